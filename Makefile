@@ -1,0 +1,54 @@
+# Flotilla — see README.md. `make demo` and `make test` are the two commands.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+PYTHON ?= python3
+STAMP := $(VENV)/.installed
+
+.PHONY: setup system proto demo test test-fast bench images consul lint services-start services-stop clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## system: as root, install the real parts the suite runs against (docker.io, Consul)
+system:
+	bash deploy/scripts/install-system.sh
+
+proto: $(STAMP)
+	bash deploy/scripts/gen-proto.sh $(PY)
+
+consul:
+	bash deploy/scripts/build-consul.sh
+
+services-start:
+	bash deploy/scripts/services.sh start
+
+services-stop:
+	bash deploy/scripts/services.sh stop
+
+demo: $(STAMP)
+	bash deploy/scripts/demo.sh $(VENV)
+
+test: $(STAMP) system
+	bash deploy/scripts/services.sh start
+	status=0; $(PY) -m pytest -q $(PYTEST_ARGS) || status=$$?; \
+	  bash deploy/scripts/services.sh stop; exit $$status
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q tests/unit
+
+bench: $(STAMP)
+	$(PY) -m pytest -q -s tests/bench -p no:randomly
+
+lint: $(STAMP)
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+clean:
+	rm -rf $(VENV) .run

@@ -1,0 +1,5 @@
+"""``python -m controlplane`` is the ``flotilla`` command."""
+
+from controlplane.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""Generated code for proto package flotilla.v1 (``make proto``)."""

@@ -1,0 +1,301 @@
+"""Entry point of the ``flotilla`` command."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from controlplane import __version__, errors
+from controlplane.cli import output
+from controlplane.client import DEFAULT_SERVER, Client, ServerUnavailable
+from controlplane.manifests import parse_yaml, resolve_kind, to_resources
+from controlplane.model import KINDS
+
+EXIT_USER_ERROR = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def default_data_dir(name: str) -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "flotilla" / name
+
+
+class FlotillaGroup(click.Group):
+    """Turns Flotilla's errors into one clear line and an exit code; no tracebacks."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ServerUnavailable as error:
+            err.print(f"[red]error:[/red] {error}", markup=True)
+            err.print(
+                "  start one with `flotilla dev` (or `flotilla server`), or point --server / "
+                "FLOTILLA_SERVER at yours"
+            )
+            ctx.exit(EXIT_UNAVAILABLE)
+        except errors.FlotillaError as error:
+            err.print(f"[red]error:[/red] {error}", markup=True)
+            ctx.exit(EXIT_USER_ERROR)
+
+
+@click.group(cls=FlotillaGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--server", envvar="FLOTILLA_SERVER", default=DEFAULT_SERVER, show_default=True,
+    help="Address of the control plane (env FLOTILLA_SERVER).",
+)
+@click.option("--timeout", type=float, default=30.0, show_default=True,
+              help="Seconds to wait for each API call.")
+@click.version_option(__version__, prog_name="flotilla")
+@click.pass_context
+def cli(ctx: click.Context, server: str, timeout: float) -> None:
+    """Flotilla: a service-mesh-centric container orchestrator."""
+    ctx.obj = {"server": server, "timeout": timeout}
+
+
+def client_of(ctx: click.Context) -> Client:
+    obj = ctx.find_root().obj
+    client = Client(obj["server"], timeout=obj["timeout"])
+    ctx.call_on_close(client.close)
+    return client
+
+
+# --- manifests ---------------------------------------------------------------
+
+
+def read_manifests(paths: Sequence[str], recursive: bool) -> list[tuple[Any, str]]:
+    """Documents from files, folders (their .yaml/.yml/.json files) or ``-`` (stdin)."""
+    docs: list[tuple[Any, str]] = []
+    for path in paths:
+        for source, text in _texts(path, recursive):
+            docs += parse_yaml(text, source)
+    if not docs:
+        raise errors.InvalidManifest(
+            [errors.FieldViolation("", f"no manifests found in {', '.join(paths)}")]
+        )
+    return docs
+
+
+def _texts(path: str, recursive: bool) -> Iterator[tuple[str, str]]:
+    if path == "-":
+        yield "<stdin>", sys.stdin.read()
+        return
+    target = Path(path)
+    if target.is_dir():
+        pattern = "**/*" if recursive else "*"
+        for child in sorted(target.glob(pattern)):
+            if child.is_file() and child.suffix in MANIFEST_SUFFIXES:
+                yield str(child), child.read_text()
+    elif target.is_file():
+        yield str(target), target.read_text()
+    else:
+        raise errors.InvalidManifest(
+            [errors.FieldViolation("", f"{path}: no such file or directory")]
+        )
+
+
+def checked(docs: list[tuple[Any, str]]) -> list[tuple[Any, str]]:
+    """Validate locally first (same rules as the server) for fast, complete errors."""
+    to_resources(docs)
+    return docs
+
+
+def kind_arg(name: str) -> str:
+    kind = resolve_kind(name)
+    if kind is None:
+        raise click.BadParameter(f"unknown kind {name!r}; use one of {', '.join(KINDS)}",
+                                 param_hint="KIND")
+    return kind
+
+
+def parse_selector(selector: str | None) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for part in filter(None, (selector or "").split(",")):
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{part!r} is not key=value", param_hint="--selector")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+OUTPUT = click.option("-o", "--output", type=click.Choice(["table", "json", "yaml", "name"]),
+                      default="table", show_default=True, help="Output format.")
+NAMESPACE = click.option("-n", "--namespace", default="default", show_default=True)
+FILES = click.option("-f", "--filename", "files", multiple=True, metavar="PATH",
+                     help="Manifest file, folder, or - for stdin (repeatable).")
+RECURSIVE = click.option("-R", "--recursive", is_flag=True, help="Descend into sub-folders.")
+
+
+def ref_line(doc: dict[str, Any]) -> str:
+    meta = doc["metadata"]
+    return f"{doc['kind']} {meta['namespace']}/{meta['name']}"
+
+
+# --- commands ------------------------------------------------------------------
+
+
+@cli.command()
+@FILES
+@RECURSIVE
+@click.option("--dry-run", is_flag=True, help="Validate and report; store nothing.")
+@OUTPUT
+@click.pass_context
+def apply(ctx: click.Context, files: tuple[str, ...], recursive: bool, dry_run: bool,
+          output: str) -> None:
+    """Create or update resources from manifests, all or nothing."""
+    if not files:
+        raise click.UsageError("apply needs -f PATH (a file, a folder or -)")
+    docs = checked(read_manifests(files, recursive))
+    results = client_of(ctx).apply(docs, dry_run=dry_run)
+    if output in ("json", "yaml"):
+        _emit(output, [r.doc for r in results], single=False)
+        return
+    suffix = " (dry run)" if dry_run else ""
+    for result in results:
+        out.print(f"{ref_line(result.doc)} {result.action}{suffix}")
+
+
+@cli.command()
+@click.argument("kind")
+@click.argument("names", nargs=-1)
+@NAMESPACE
+@click.option("-A", "--all-namespaces", is_flag=True)
+@click.option("-l", "--selector", help="Label selector: key=value[,key=value].")
+@click.option("-w", "--watch", is_flag=True, help="After listing, stream changes.")
+@OUTPUT
+@click.pass_context
+def get(ctx: click.Context, kind: str, names: tuple[str, ...], namespace: str,
+        all_namespaces: bool, selector: str | None, watch: bool, output: str) -> None:
+    """List resources of a KIND (or `all`), or show the named ones."""
+    resolved = "" if kind.lower() == "all" else kind_arg(kind)
+    client = client_of(ctx)
+    ns = "" if all_namespaces else namespace
+    if names:
+        if not resolved:
+            raise click.BadParameter("name a kind to get objects by name", param_hint="KIND")
+        docs = [client.get(resolved, name, namespace) for name in names]
+        version = max(d["metadata"]["resourceVersion"] for d in docs)
+    else:
+        docs, version = client.list(resolved, ns, parse_selector(selector))
+    _emit(output, docs, single=len(names) == 1, namespaces=all_namespaces)
+    if not docs and output == "table" and not watch:
+        where = "any namespace" if all_namespaces else f"namespace {namespace}"
+        err.print(f"No {resolved or 'resources'} found in {where}.")
+    if watch:
+        wanted = set(names)
+        for event in client.watch(resolved, ns, version):
+            if wanted and event.doc["metadata"]["name"] not in wanted:
+                continue
+            if output in ("json", "yaml"):
+                _emit(output, [{"type": event.type, "object": event.doc}], single=True)
+            else:
+                out.print(f"{event.type:<9} {ref_line(event.doc)} "
+                          f"(resourceVersion {event.resource_version})")
+
+
+@cli.command()
+@click.argument("kind")
+@click.argument("name")
+@NAMESPACE
+@click.pass_context
+def describe(ctx: click.Context, kind: str, name: str, namespace: str) -> None:
+    """Show one resource in detail."""
+    output.describe(client_of(ctx).get(kind_arg(kind), name, namespace), out)
+
+
+@cli.command()
+@click.argument("kind", required=False)
+@click.argument("names", nargs=-1)
+@FILES
+@RECURSIVE
+@NAMESPACE
+@click.option("--ignore-not-found", is_flag=True, help="Skip objects that do not exist.")
+@click.option("--dry-run", is_flag=True, help="Check and report; delete nothing.")
+@click.pass_context
+def delete(ctx: click.Context, kind: str | None, names: tuple[str, ...],
+           files: tuple[str, ...], recursive: bool, namespace: str, ignore_not_found: bool,
+           dry_run: bool) -> None:
+    """Delete KIND NAME... or what manifests (-f) describe, all or nothing."""
+    if files and kind:
+        raise click.UsageError("give either KIND NAME... or -f PATH, not both")
+    if files:
+        refs = [
+            (r.kind, r.namespace, r.name)
+            for r in to_resources(read_manifests(files, recursive))
+        ]
+    elif kind and names:
+        resolved = kind_arg(kind)
+        refs = [(resolved, namespace, name) for name in names]
+    else:
+        raise click.UsageError("delete needs KIND NAME... or -f PATH")
+    deleted = client_of(ctx).delete(refs, ignore_not_found=ignore_not_found, dry_run=dry_run)
+    suffix = " (dry run)" if dry_run else ""
+    for doc in deleted:
+        out.print(f"{ref_line(doc)} deleted{suffix}")
+
+
+@cli.command()
+@click.option("--listen", envvar="FLOTILLA_LISTEN", default=DEFAULT_SERVER, show_default=True,
+              help="host:port for the gRPC API (env FLOTILLA_LISTEN).")
+@click.option("--data-dir", envvar="FLOTILLA_DATA_DIR", type=click.Path(path_type=Path),
+              default=None, help="Where the store lives (env FLOTILLA_DATA_DIR) "
+              "[default: ~/.local/share/flotilla/server].")
+@click.option("--durable", is_flag=True, help="fsync every commit (survives power loss).")
+def server(listen: str, data_dir: Path | None, durable: bool) -> None:
+    """Run the control plane."""
+    from controlplane.server.app import ServerConfig, run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    run(ServerConfig(data_dir=data_dir or default_data_dir("server"), listen=listen,
+                     durable=durable))
+
+
+@cli.command()
+@click.option("--listen", default=DEFAULT_SERVER, show_default=True)
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="[default: ~/.local/share/flotilla/dev]")
+def dev(listen: str, data_dir: Path | None) -> None:
+    """Everything on one machine with the embedded defaults (SQLite store,
+    built-in catalog): the way to try Flotilla."""
+    from controlplane.server.app import ServerConfig, run
+
+    data = data_dir or default_data_dir("dev")
+    logging.basicConfig(level=logging.WARNING)
+    out.print(f"flotilla dev: control plane on {listen}, store {data / 'flotilla.db'} "
+              "(SQLite), catalog: embedded")
+    out.print("  try: flotilla apply -f deploy/examples/   then   flotilla get all")
+    run(ServerConfig(data_dir=data, listen=listen))
+
+
+def _emit(fmt: str, docs: list[dict[str, Any]], *, single: bool, namespaces: bool = False
+          ) -> None:
+    if fmt == "table":
+        if docs:
+            output.table(docs, out, namespaces=namespaces)
+        return
+    if fmt == "name":
+        for doc in docs:
+            out.print(f"{doc['kind'].lower()}/{doc['metadata']['name']}")
+        return
+    value: Any = docs[0] if single and docs else output.listing(docs)
+    text = output.as_json(value) if fmt == "json" else output.as_yaml(value)
+    out.print(text, markup=False, end="" if text.endswith("\n") else "\n")
+
+
+def main() -> None:
+    cli(prog_name="flotilla")
+
+
+if __name__ == "__main__":
+    main()

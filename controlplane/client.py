@@ -1,0 +1,176 @@
+"""A small Python client of the Flotilla API, used by the CLI and by tests.
+
+Errors come back as Flotilla's own error tree (:mod:`controlplane.errors`):
+gRPC statuses are mapped to ``UserError`` subclasses, with the field
+violations of an ``INVALID_ARGUMENT`` preserved, and an unreachable server is
+:class:`ServerUnavailable` naming the address tried.
+"""
+
+from __future__ import annotations
+
+import builtins
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from controlplane import convert, errors
+from controlplane.api.flotilla.v1 import resources_pb2 as pb
+from controlplane.api.flotilla.v1 import resources_pb2_grpc as pb_grpc
+
+DEFAULT_SERVER = "127.0.0.1:7300"
+
+_ACTIONS = {
+    pb.APPLY_ACTION_CREATED: "created",
+    pb.APPLY_ACTION_CONFIGURED: "configured",
+    pb.APPLY_ACTION_UNCHANGED: "unchanged",
+}
+_ERRORS: dict[grpc.StatusCode, type[errors.UserError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidManifest,
+    grpc.StatusCode.ABORTED: errors.Conflict,
+    grpc.StatusCode.NOT_FOUND: errors.NotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
+    grpc.StatusCode.OUT_OF_RANGE: errors.OutOfRange,
+    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
+}
+
+
+class ServerUnavailable(errors.TemporaryError):
+    def __init__(self, address: str, detail: str) -> None:
+        self.address = address
+        super().__init__(f"cannot reach the Flotilla server at {address}: {detail}")
+
+
+@dataclass(frozen=True)
+class Applied:
+    doc: dict[str, Any]
+    action: str
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str
+    doc: dict[str, Any]
+    resource_version: int
+
+
+class Client:
+    def __init__(self, address: str = DEFAULT_SERVER, timeout: float = 30.0) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(address)
+        self._stub = pb_grpc.ResourceServiceStub(self._channel)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def apply(
+        self, docs: Sequence[tuple[Mapping[str, Any], str]], *, dry_run: bool = False
+    ) -> builtins.list[Applied]:
+        """Apply manifest documents (with where each came from) in one transaction."""
+        request = pb.ApplyRequest(
+            resources=[convert.pb_of_doc(doc) for doc, _ in docs],
+            sources=[source for _, source in docs],
+            dry_run=dry_run,
+        )
+        response = self._call(self._stub.Apply, request)
+        return [
+            Applied(convert.doc_of_pb(r.resource), _ACTIONS.get(r.action, "unknown"))
+            for r in response.results
+        ]
+
+    def get(self, kind: str, name: str, namespace: str = "") -> dict[str, Any]:
+        request = pb.GetRequest(kind=kind, name=name, namespace=namespace)
+        return convert.doc_of_pb(self._call(self._stub.Get, request))
+
+    def list(
+        self, kind: str = "", namespace: str = "", selector: Mapping[str, str] | None = None
+    ) -> tuple[builtins.list[dict[str, Any]], int]:
+        request = pb.ListRequest(kind=kind, namespace=namespace, label_selector=selector or {})
+        response = self._call(self._stub.List, request)
+        return [convert.doc_of_pb(r) for r in response.resources], response.resource_version
+
+    def delete(
+        self,
+        refs: Sequence[tuple[str, str, str]],
+        *,
+        ignore_not_found: bool = False,
+        dry_run: bool = False,
+    ) -> builtins.list[dict[str, Any]]:
+        """Delete ``(kind, namespace, name)`` objects in one transaction."""
+        request = pb.DeleteRequest(
+            refs=[pb.ObjectRef(kind=k, namespace=ns, name=n) for k, ns, n in refs],
+            ignore_not_found=ignore_not_found,
+            dry_run=dry_run,
+        )
+        return [convert.doc_of_pb(r) for r in self._call(self._stub.Delete, request).deleted]
+
+    def watch(self, kind: str = "", namespace: str = "", resource_version: int = 0
+              ) -> Iterator[Event]:
+        request = pb.WatchRequest(kind=kind, namespace=namespace, resource_version=resource_version)
+        stream = self._stub.Watch(request)
+        try:
+            for event in stream:
+                yield Event(
+                    pb.WatchEvent.Type.Name(event.type),
+                    convert.doc_of_pb(event.resource),
+                    event.resource_version,
+                )
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.CANCELLED:
+                raise self._mapped(error) from None
+        finally:
+            stream.cancel()
+
+    def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as error:
+            raise self._mapped(error) from None
+
+    def _mapped(self, error: grpc.RpcError) -> errors.FlotillaError:
+        code, detail = error.code(), error.details() or ""
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return ServerUnavailable(self.address, _short(detail) or code.name.lower())
+        kind = _ERRORS.get(code)
+        if kind is errors.InvalidManifest:
+            violations = _violations(error)
+            if violations:
+                return errors.InvalidManifest(violations)
+            return errors.InvalidManifest([errors.FieldViolation("", detail)])
+        if kind is not None:
+            return kind(detail)
+        return errors.FlotillaError(f"{code.name}: {detail}")
+
+
+def _short(detail: str) -> str:
+    """grpc's connection errors, reduced to their cause."""
+    lowered = detail.lower()
+    if "connection refused" in lowered:
+        return "connection refused (is `flotilla server` or `flotilla dev` running?)"
+    if "deadline" in lowered:
+        return "timed out"
+    return detail.splitlines()[0] if detail else ""
+
+
+def _violations(error: grpc.RpcError) -> list[errors.FieldViolation]:
+    status = rpc_status.from_call(error)
+    out: list[errors.FieldViolation] = []
+    for detail in status.details if status is not None else []:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            request = error_details_pb2.BadRequest()
+            detail.Unpack(request)
+            for v in request.field_violations:
+                source, sep, path = v.field.rpartition(": ")
+                out.append(errors.FieldViolation(path if sep else v.field, v.description, source))
+    return out

@@ -1,0 +1,157 @@
+"""Protobuf <-> model and protobuf <-> manifest conversion, used at the API
+edge by the server and the client; the only module that knows both sides."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+from controlplane.api.flotilla.v1 import resources_pb2 as pb
+from controlplane.model import API_VERSION, ApplyAction, EventType, Resource, WatchEvent
+
+REDACTED = "<redacted>"
+
+ACTIONS = {
+    ApplyAction.CREATED: pb.APPLY_ACTION_CREATED,
+    ApplyAction.CONFIGURED: pb.APPLY_ACTION_CONFIGURED,
+    ApplyAction.UNCHANGED: pb.APPLY_ACTION_UNCHANGED,
+}
+EVENTS = {
+    EventType.ADDED: pb.WatchEvent.ADDED,
+    EventType.MODIFIED: pb.WatchEvent.MODIFIED,
+    EventType.DELETED: pb.WatchEvent.DELETED,
+}
+
+
+def struct_of(value: Mapping[str, Any]) -> struct_pb2.Struct:
+    out = struct_pb2.Struct()
+    out.update(dict(value))
+    return out
+
+
+def plain(value: Any) -> Any:
+    """A Struct's value as plain Python, with whole numbers back as ints
+    (protobuf's Struct carries every number as a double)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+def dict_of(message: struct_pb2.Struct) -> dict[str, Any]:
+    return plain(json_format.MessageToDict(message))  # type: ignore[no-any-return]
+
+
+def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    out = timestamp_pb2.Timestamp()
+    if seconds:
+        out.FromNanoseconds(int(seconds * 1e9))
+    return out
+
+
+def redacted_spec(resource: Resource) -> Mapping[str, Any]:
+    """What the API shows of a spec: Secret values never leave the server."""
+    if resource.kind != "Secret":
+        return resource.spec
+    return {**resource.spec, "data": {key: REDACTED for key in resource.spec.get("data", {})}}
+
+
+def resource_to_pb(resource: Resource) -> pb.Resource:
+    return pb.Resource(
+        api_version=API_VERSION,
+        kind=resource.kind,
+        metadata=pb.ObjectMeta(
+            name=resource.name,
+            namespace=resource.namespace,
+            labels=dict(resource.labels),
+            annotations=dict(resource.annotations),
+            uid=resource.uid,
+            resource_version=resource.resource_version,
+            generation=resource.generation,
+            create_time=timestamp(resource.create_time),
+            update_time=timestamp(resource.update_time),
+        ),
+        spec=struct_of(redacted_spec(resource)),
+        status=struct_of(resource.status),
+    )
+
+
+def document_of(message: pb.Resource) -> dict[str, Any]:
+    """An incoming Resource as a manifest document, for validation."""
+    meta = message.metadata
+    metadata: dict[str, Any] = {"name": meta.name}
+    if meta.namespace:
+        metadata["namespace"] = meta.namespace
+    if meta.labels:
+        metadata["labels"] = dict(meta.labels)
+    if meta.annotations:
+        metadata["annotations"] = dict(meta.annotations)
+    if meta.resource_version:
+        metadata["resourceVersion"] = meta.resource_version
+    return {
+        "apiVersion": message.api_version,
+        "kind": message.kind,
+        "metadata": metadata,
+        "spec": dict_of(message.spec),
+    }
+
+
+def event_to_pb(event: WatchEvent) -> pb.WatchEvent:
+    return pb.WatchEvent(
+        type=EVENTS[event.type],
+        resource=resource_to_pb(event.resource),
+        resource_version=event.resource_version,
+    )
+
+
+def doc_of_pb(message: pb.Resource) -> dict[str, Any]:
+    """A Resource from the API as a manifest-shaped mapping (for printing,
+    or for saving and reapplying)."""
+    meta = message.metadata
+    metadata: dict[str, Any] = {"name": meta.name, "namespace": meta.namespace}
+    if meta.labels:
+        metadata["labels"] = dict(sorted(meta.labels.items()))
+    if meta.annotations:
+        metadata["annotations"] = dict(sorted(meta.annotations.items()))
+    metadata |= {
+        "uid": meta.uid,
+        "resourceVersion": meta.resource_version,
+        "generation": meta.generation,
+    }
+    if meta.HasField("create_time"):
+        metadata["createTime"] = meta.create_time.ToJsonString()
+    if meta.HasField("update_time"):
+        metadata["updateTime"] = meta.update_time.ToJsonString()
+    doc: dict[str, Any] = {
+        "apiVersion": message.api_version or API_VERSION,
+        "kind": message.kind,
+        "metadata": metadata,
+        "spec": dict_of(message.spec),
+    }
+    status = dict_of(message.status)
+    if status:
+        doc["status"] = status
+    return doc
+
+
+def pb_of_doc(doc: Mapping[str, Any]) -> pb.Resource:
+    """A manifest document (already checked by ``to_resource``) as an API Resource.
+    The spec travels as written; the server applies defaults."""
+    meta = doc.get("metadata") or {}
+    return pb.Resource(
+        api_version=str(doc.get("apiVersion", "")),
+        kind=str(doc.get("kind", "")),
+        metadata=pb.ObjectMeta(
+            name=str(meta.get("name", "")),
+            namespace=str(meta.get("namespace") or ""),
+            labels={str(k): str(v) for k, v in (meta.get("labels") or {}).items()},
+            annotations={str(k): str(v) for k, v in (meta.get("annotations") or {}).items()},
+            resource_version=int(meta.get("resourceVersion") or 0),
+        ),
+        spec=struct_of(doc.get("spec") or {}),
+    )

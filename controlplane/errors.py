@@ -1,0 +1,89 @@
+"""The errors Flotilla raises, as one small tree.
+
+::
+
+    FlotillaError
+    ├── UserError                 the caller must change something; never retried
+    │   ├── InvalidManifest       INVALID_ARGUMENT, carries FieldViolations
+    │   ├── Conflict              ABORTED (stale resourceVersion)
+    │   ├── NotFound              NOT_FOUND
+    │   ├── FailedPrecondition    FAILED_PRECONDITION (e.g. still referenced)
+    │   ├── OutOfRange            OUT_OF_RANGE (watch from compacted history)
+    │   └── PermissionDenied      PERMISSION_DENIED
+    ├── TemporaryError            retry with backoff
+    └── PermanentError            recorded on the object's status
+
+Each user error names a gRPC status code by its name (``code``) so that this
+module imports no grpc; the server maps it, and the CLI maps it to exit code 1.
+Messages name the object or the field and say what to change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class FlotillaError(Exception):
+    """Base of every error Flotilla raises on purpose."""
+
+
+class UserError(FlotillaError):
+    """Bad input or a request that cannot be honoured as asked."""
+
+    code = "INVALID_ARGUMENT"
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One problem with one field of one document.
+
+    ``path`` is dotted with list indexes (``spec.listeners[1].port``);
+    ``source`` says which document (``app.yaml#2`` or ``Service default/web``).
+    """
+
+    path: str
+    message: str
+    source: str = ""
+
+    def __str__(self) -> str:
+        where = f"{self.source}: " if self.source else ""
+        return f"{where}{self.path}: {self.message}" if self.path else f"{where}{self.message}"
+
+
+class InvalidManifest(UserError):
+    code = "INVALID_ARGUMENT"
+
+    def __init__(self, violations: list[FieldViolation]) -> None:
+        self.violations = list(violations)
+        count = len(self.violations)
+        head = "1 problem" if count == 1 else f"{count} problems"
+        lines = "\n".join(f"  {v}" for v in self.violations)
+        super().__init__(f"invalid manifest, nothing was applied ({head}):\n{lines}")
+
+
+class Conflict(UserError):
+    code = "ABORTED"
+
+
+class NotFound(UserError):
+    code = "NOT_FOUND"
+
+
+class FailedPrecondition(UserError):
+    code = "FAILED_PRECONDITION"
+
+
+class OutOfRange(UserError):
+    code = "OUT_OF_RANGE"
+
+
+class PermissionDenied(UserError):
+    code = "PERMISSION_DENIED"
+
+
+class TemporaryError(FlotillaError):
+    """Something outside Flotilla is briefly unavailable; retry with backoff."""
+
+
+class PermanentError(FlotillaError):
+    """Retrying will not help; record it on the object's status."""

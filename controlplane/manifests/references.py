@@ -1,0 +1,164 @@
+"""Rules across objects: references that must resolve, and uniqueness.
+
+``references(resource)`` lists every object a resource points at, with the
+field that does it. ``check_batch`` judges a batch against the world as it
+will be after the batch (stored objects, overridden by the batch), so it must
+run inside the store's write transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from controlplane.errors import FieldViolation
+from controlplane.model import ObjectKey, Reference, Resource
+
+
+class View(Protocol):
+    """Read access to stored objects, as of the current transaction."""
+
+    def get(self, key: ObjectKey) -> Resource | None: ...
+
+    def list(self, kind: str, namespace: str) -> Sequence[Resource]: ...
+
+
+def references(resource: Resource) -> list[Reference]:
+    spec, ns, out = resource.spec, resource.namespace, []
+
+    def add(path: str, kind: str, name: str, namespace: str | None = None) -> None:
+        out.append(Reference(resource.key, path, ObjectKey(kind, namespace or ns, name)))
+
+    if resource.kind == "Service":
+        for i, up in enumerate(_items(spec, "upstreams")):
+            add(f"spec.upstreams[{i}].name", "Service", up["name"], up.get("namespace"))
+        placement = spec.get("placement") or {}
+        for field in ("affinity", "antiAffinity"):
+            for i, name in enumerate(placement.get(field) or []):
+                add(f"spec.placement.{field}[{i}]", "Service", name)
+        for field in ("mounts", "envFrom"):
+            for i, item in enumerate(_items(spec, field)):
+                if "configMap" in item:
+                    add(f"spec.{field}[{i}].configMap", "ConfigMap", item["configMap"])
+                if "secret" in item:
+                    add(f"spec.{field}[{i}].secret", "Secret", item["secret"])
+    elif resource.kind == "TrafficPolicy":
+        add("spec.destination", "Service", spec["destination"])
+    elif resource.kind == "Intention":
+        for field in ("source", "destination"):
+            namespace, _, name = str(spec[field]).rpartition("/")
+            if "*" not in (namespace, name):
+                add(f"spec.{field}", "Service", name, namespace or None)
+    elif resource.kind == "Gateway":
+        for i, listener in enumerate(_items(spec, "listeners")):
+            if listener.get("tls"):
+                add(f"spec.listeners[{i}].tls.secret", "Secret", listener["tls"]["secret"])
+            for j, route in enumerate(listener.get("routes") or []):
+                path = f"spec.listeners[{i}].routes[{j}].service"
+                add(path, "Service", route["service"], route.get("namespace"))
+    return out
+
+
+def _items(spec: Mapping[str, Any], field: str) -> list[Mapping[str, Any]]:
+    return list(spec.get(field) or [])
+
+
+def check_batch(
+    batch: Sequence[Resource], view: View, sources: Mapping[ObjectKey, str] | None = None
+) -> list[FieldViolation]:
+    """Every problem the batch has with the other objects in the world."""
+    mine = {r.key: r for r in batch}
+    sources = sources or {}
+
+    def lookup(key: ObjectKey) -> Resource | None:
+        return mine.get(key) or view.get(key)
+
+    def siblings(kind: str, namespace: str) -> list[Resource]:
+        stored = {r.key: r for r in view.list(kind, namespace)}
+        stored.update({k: r for k, r in mine.items() if k.kind == kind and k.namespace == namespace})
+        return list(stored.values())
+
+    out: list[FieldViolation] = []
+    for resource in batch:
+        source = sources.get(resource.key) or str(resource.key)
+        for ref in references(resource):
+            target = lookup(ref.target)
+            if target is None:
+                out.append(FieldViolation(ref.path, _dangling(ref), source))
+            elif ref.target.kind == "Secret" and ".tls." in ref.path and (
+                target.spec.get("type") != "tls"
+            ):
+                out.append(
+                    FieldViolation(
+                        ref.path, f"{ref.target} is not of type tls; use a Secret of type tls "
+                        "with tls.crt and tls.key", source,
+                    )
+                )
+        if resource.kind == "TrafficPolicy":
+            out += _one_policy_per_destination(resource, siblings, source)
+        if resource.kind == "Intention":
+            out += _intention_rules(resource, lookup, siblings, source)
+    return out
+
+
+def _dangling(ref: Reference) -> str:
+    return (
+        f"{ref.target} does not exist; create it first (or in the same apply), "
+        "or fix the name"
+    )
+
+
+def _one_policy_per_destination(
+    policy: Resource, siblings: Any, source: str
+) -> list[FieldViolation]:
+    dest = policy.spec["destination"]
+    for other in siblings("TrafficPolicy", policy.namespace):
+        if other.name != policy.name and other.spec.get("destination") == dest:
+            return [
+                FieldViolation(
+                    "spec.destination",
+                    f"Service {policy.namespace}/{dest} already has TrafficPolicy "
+                    f"{other.name!r}; a destination has one policy, so edit that one",
+                    source,
+                )
+            ]
+    return []
+
+
+def _intention_rules(
+    intention: Resource, lookup: Any, siblings: Any, source: str
+) -> list[FieldViolation]:
+    out: list[FieldViolation] = []
+    spec = intention.spec
+    pair = (_qualify(spec["source"], intention.namespace),
+            _qualify(spec["destination"], intention.namespace))
+    for other in siblings("Intention", intention.namespace):
+        other_pair = (_qualify(other.spec["source"], other.namespace),
+                      _qualify(other.spec["destination"], other.namespace))
+        if other.name != intention.name and other_pair == pair:
+            out.append(
+                FieldViolation(
+                    "spec.source",
+                    f"Intention {other.name!r} already covers {pair[0]} -> {pair[1]}; "
+                    "one intention per source and destination, so edit that one",
+                    source,
+                )
+            )
+            break
+    namespace, _, name = pair[1].partition("/")
+    if spec.get("http") and "*" not in (namespace, name):
+        dest = lookup(ObjectKey("Service", namespace, name))
+        if dest is not None and dest.spec.get("protocol") == "tcp":
+            out.append(
+                FieldViolation(
+                    "spec.http",
+                    f"Service {pair[1]} speaks tcp; http rules need an http or grpc "
+                    "destination, so remove spec.http or change its protocol",
+                    source,
+                )
+            )
+    return out
+
+
+def _qualify(pattern: str, namespace: str) -> str:
+    return pattern if "/" in pattern else f"{namespace}/{pattern}"

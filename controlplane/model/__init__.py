@@ -1,0 +1,31 @@
+"""The domain model: plain frozen dataclasses with no I/O.
+
+Protobuf conversion happens only at the API edge (``controlplane.server``);
+everything between the edge and the store speaks these types.
+"""
+
+from controlplane.model.resources import (
+    API_VERSION,
+    DEFAULT_NAMESPACE,
+    KINDS,
+    ApplyAction,
+    ApplyOutcome,
+    EventType,
+    ObjectKey,
+    Reference,
+    Resource,
+    WatchEvent,
+)
+
+__all__ = [
+    "API_VERSION",
+    "DEFAULT_NAMESPACE",
+    "KINDS",
+    "ApplyAction",
+    "ApplyOutcome",
+    "EventType",
+    "ObjectKey",
+    "Reference",
+    "Resource",
+    "WatchEvent",
+]

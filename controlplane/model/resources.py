@@ -1,0 +1,93 @@
+"""Resources as stored: identity, metadata, a validated spec and a status.
+
+Contract: ``spec`` and ``status`` are JSON-compatible values (dict, list, str,
+int, float, bool, None) and are never mutated after construction; build a new
+``Resource`` with :func:`dataclasses.replace` instead.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+API_VERSION = "flotilla.dev/v1"
+DEFAULT_NAMESPACE = "default"
+
+#: Every kind the API stores, in the order `flotilla get` lists them.
+KINDS = ("Service", "TrafficPolicy", "Intention", "Gateway", "ConfigMap", "Secret")
+
+
+@dataclass(frozen=True, order=True)
+class ObjectKey:
+    kind: str
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Resource:
+    kind: str
+    name: str
+    namespace: str = DEFAULT_NAMESPACE
+    spec: Mapping[str, Any] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    status: Mapping[str, Any] = field(default_factory=dict)
+    #: Set by the store. ``resource_version`` on input is a precondition.
+    uid: str = ""
+    resource_version: int = 0
+    generation: int = 0
+    #: Unix seconds, set by the store.
+    create_time: float = 0.0
+    update_time: float = 0.0
+
+    @property
+    def key(self) -> ObjectKey:
+        return ObjectKey(self.kind, self.namespace, self.name)
+
+    def same_content(self, other: Resource) -> bool:
+        """True when applying ``other`` over ``self`` would change nothing."""
+        return (
+            dict(self.spec) == dict(other.spec)
+            and dict(self.labels) == dict(other.labels)
+            and dict(self.annotations) == dict(other.annotations)
+        )
+
+
+@dataclass(frozen=True)
+class Reference:
+    """``source`` points at ``target`` through the field at ``path``."""
+
+    source: ObjectKey
+    path: str
+    target: ObjectKey
+
+
+class ApplyAction(enum.Enum):
+    CREATED = "created"
+    CONFIGURED = "configured"
+    UNCHANGED = "unchanged"
+
+
+@dataclass(frozen=True)
+class ApplyOutcome:
+    resource: Resource
+    action: ApplyAction
+
+
+class EventType(enum.Enum):
+    ADDED = "ADDED"
+    MODIFIED = "MODIFIED"
+    DELETED = "DELETED"
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    type: EventType
+    resource: Resource
+    resource_version: int

@@ -1,0 +1,155 @@
+"""Assembles and runs ``flotilla server``: the store, the servicers, grpc
+health and reflection; stops gracefully on SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from controlplane.api.flotilla.v1 import (
+    instances_pb2,
+    instances_pb2_grpc,
+    nodes_pb2,
+    nodes_pb2_grpc,
+    proxies_pb2,
+    proxies_pb2_grpc,
+    resources_pb2,
+    resources_pb2_grpc,
+)
+from controlplane.errors import UserError
+from controlplane.server.pending import InstanceServicer, NodeServicer, ProxyServicer
+from controlplane.server.resources import ResourceServicer
+from controlplane.store import SqliteStore
+from controlplane.store.sealing import Sealer, load_or_create_key
+
+log = logging.getLogger("flotilla.server")
+
+DEFAULT_LISTEN = "127.0.0.1:7300"
+
+#: Fully qualified names of Flotilla's gRPC services.
+SERVICE_NAMES = tuple(
+    module.DESCRIPTOR.services_by_name[name].full_name
+    for module, name in (
+        (resources_pb2, "ResourceService"),
+        (nodes_pb2, "NodeService"),
+        (instances_pb2, "InstanceService"),
+        (proxies_pb2, "ProxyService"),
+    )
+)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    data_dir: Path
+    listen: str = DEFAULT_LISTEN
+    #: fsync every commit (survives power loss, not just process death).
+    durable: bool = False
+    max_workers: int = 64
+    #: Seconds in-flight RPCs get to finish on shutdown.
+    grace: float = 5.0
+
+
+class ControlPlane:
+    """One control-plane replica. ``start()`` binds; ``stop()`` drains and closes."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock_file = _lock_data_dir(config.data_dir)
+        key = load_or_create_key(config.data_dir / "secrets.key")
+        self.store = SqliteStore(
+            config.data_dir / "flotilla.db", sealer=Sealer(key), durable=config.durable
+        )
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers))
+        self._health = health.HealthServicer()
+        resources_pb2_grpc.add_ResourceServiceServicer_to_server(
+            ResourceServicer(self.store), self._server
+        )
+        nodes_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(), self._server)
+        instances_pb2_grpc.add_InstanceServiceServicer_to_server(InstanceServicer(), self._server)
+        proxies_pb2_grpc.add_ProxyServiceServicer_to_server(ProxyServicer(), self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
+        self.port = 0
+        self._stop_requested = threading.Event()
+        self._stopped = False
+
+    def start(self) -> str:
+        """Bind and serve; returns the address actually listened on."""
+        host = self.config.listen.rpartition(":")[0]
+        self.port = self._server.add_insecure_port(self.config.listen)
+        if self.port == 0:
+            raise UserError(f"cannot listen on {self.config.listen}: the address is in use "
+                            "or not local; pick another with --listen")
+        self._server.start()
+        for name in ("", *SERVICE_NAMES):
+            self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return f"{host}:{self.port}"
+
+    def request_stop(self) -> None:
+        """Ask ``wait()`` to return; safe from a signal handler."""
+        self._stop_requested.set()
+
+    def wait(self) -> None:
+        self._stop_requested.wait()
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self._stop_requested.set()
+        self._health.enter_graceful_shutdown()
+        self._server.stop(self.config.grace).wait()
+        self.store.close()
+        self._lock_file.close()
+
+
+def _lock_data_dir(data_dir: Path) -> IO[str]:
+    """Exclusive lock on the data dir: one server per store."""
+    handle = open(data_dir / "LOCK", "a+")  # noqa: SIM115 - held for the server's life
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "unknown"
+        handle.close()
+        raise UserError(
+            f"data dir {data_dir} is in use by another Flotilla server (pid {owner}); "
+            "stop it or choose another --data-dir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def run(config: ServerConfig, announce: bool = True) -> None:
+    """Serve until SIGTERM or SIGINT, then stop gracefully."""
+    plane = ControlPlane(config)
+    address = plane.start()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: shutting down", signum)
+        plane.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if announce:
+        print(f"flotilla server listening on {address} (data dir {config.data_dir})", flush=True)
+    plane.wait()
+    plane.stop()

@@ -1,0 +1,146 @@
+"""ResourceService: Apply, Get, List, Delete and Watch over the store."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import grpc
+
+from controlplane.api.flotilla.v1 import resources_pb2 as pb
+from controlplane.api.flotilla.v1 import resources_pb2_grpc as pb_grpc
+from controlplane.errors import FieldViolation, InvalidManifest, NotFound, UserError
+from controlplane.manifests import check_batch, resolve_kind, to_resources
+from controlplane.manifests.references import View
+from controlplane.model import DEFAULT_NAMESPACE, KINDS, EventType, ObjectKey, Resource, WatchEvent
+from controlplane import convert
+from controlplane.server.status import abort
+from controlplane.store import SqliteStore
+
+#: How long a watch sleeps between checks that its client is still there.
+WATCH_POLL_SECONDS = 1.0
+#: Events read from the store at a time by one watch.
+WATCH_BATCH = 500
+
+
+def kind_of(name: str, *, allow_empty: bool = False) -> str:
+    if allow_empty and not name:
+        return ""
+    kind = resolve_kind(name)
+    if kind is None:
+        raise InvalidManifest(
+            [FieldViolation("kind", f"unknown kind {name!r}; use one of {', '.join(KINDS)}")]
+        )
+    return kind
+
+
+class ResourceServicer(pb_grpc.ResourceServiceServicer):
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
+
+    def Apply(self, request: pb.ApplyRequest, context: grpc.ServicerContext) -> pb.ApplyResponse:
+        try:
+            sources = list(request.sources)
+            docs = [
+                (convert.document_of(message), sources[i] if i < len(sources) else "")
+                for i, message in enumerate(request.resources)
+            ]
+            batch = to_resources(docs)
+            labels = {
+                r.key: f"{r.key} ({src})" if src else str(r.key)
+                for r, (_, src) in zip(batch, docs, strict=True)
+            }
+            outcomes = self._store.apply(
+                batch, dry_run=request.dry_run, admit=_admission(labels)
+            )
+        except UserError as error:
+            abort(context, error)
+        return pb.ApplyResponse(
+            results=[
+                pb.ApplyResult(
+                    resource=convert.resource_to_pb(o.resource), action=convert.ACTIONS[o.action]
+                )
+                for o in outcomes
+            ]
+        )
+
+    def Get(self, request: pb.GetRequest, context: grpc.ServicerContext) -> pb.Resource:
+        try:
+            key = ObjectKey(kind_of(request.kind), request.namespace or DEFAULT_NAMESPACE,
+                            request.name)
+            found = self._store.get(key)
+            if found is None:
+                raise NotFound(f"{key} not found")
+        except UserError as error:
+            abort(context, error)
+        return convert.resource_to_pb(found)
+
+    def List(self, request: pb.ListRequest, context: grpc.ServicerContext) -> pb.ListResponse:
+        try:
+            kind = kind_of(request.kind, allow_empty=True)
+        except UserError as error:
+            abort(context, error)
+        found, version = self._store.list_at(
+            kind or None, request.namespace or None, dict(request.label_selector)
+        )
+        return pb.ListResponse(
+            resources=[convert.resource_to_pb(r) for r in found], resource_version=version
+        )
+
+    def Delete(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteResponse:
+        try:
+            keys = [
+                ObjectKey(kind_of(ref.kind), ref.namespace or DEFAULT_NAMESPACE, ref.name)
+                for ref in request.refs
+            ]
+            deleted = self._store.delete(
+                keys, ignore_not_found=request.ignore_not_found, dry_run=request.dry_run
+            )
+        except UserError as error:
+            abort(context, error)
+        return pb.DeleteResponse(deleted=[convert.resource_to_pb(r) for r in deleted])
+
+    def Watch(
+        self, request: pb.WatchRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.WatchEvent]:
+        try:
+            kind = kind_of(request.kind, allow_empty=True) or None
+            events = watch(self._store, kind, request.namespace or None,
+                           request.resource_version, context.is_active)
+            for event in events:
+                yield convert.event_to_pb(event)
+        except UserError as error:
+            abort(context, error)
+
+
+def watch(
+    store: SqliteStore,
+    kind: str | None,
+    namespace: str | None,
+    after: int,
+    active: Callable[[], bool],
+) -> Iterator[WatchEvent]:
+    """Every change after ``after`` (or, from 0, the current objects as ADDED
+    first), in resourceVersion order, until ``active()`` turns false."""
+    if after == 0:
+        current, after = store.list_at(kind, namespace)
+        for resource in current:
+            yield WatchEvent(EventType.ADDED, resource, resource.resource_version)
+    else:
+        store.events(after, kind, namespace, limit=0)  # raises OutOfRange if too old
+    while active():
+        head = store.resource_version
+        if head > after:
+            batch = store.events(after, kind, namespace, until=head, limit=WATCH_BATCH)
+            yield from batch
+            after = batch[-1].resource_version if len(batch) == WATCH_BATCH else head
+        else:
+            store.wait(after, WATCH_POLL_SECONDS)
+
+
+def _admission(sources: dict[ObjectKey, str]) -> Callable[[Sequence[Resource], View], None]:
+    def admit(batch: Sequence[Resource], view: View) -> None:
+        problems = check_batch(batch, view, sources)
+        if problems:
+            raise InvalidManifest(problems)
+
+    return admit

@@ -1,0 +1,10 @@
+"""The resource store: SQLite in WAL mode in the data dir (the embedded default).
+
+One writer at a time; every write gets a monotonically increasing
+resourceVersion and an event row, which is what watches replay. Secrets are
+encrypted at rest (AES-GCM) with a key kept beside the database (mode 0600).
+"""
+
+from controlplane.store.sqlite import Admission, SqliteStore
+
+__all__ = ["Admission", "SqliteStore"]

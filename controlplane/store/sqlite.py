@@ -1,0 +1,393 @@
+"""SQLite (WAL) implementation of the resource store.
+
+Thread-safety: one connection guarded by one lock; every public method may be
+called from any thread. Durability: each apply or delete is one transaction,
+committed before the call returns, so an acknowledged write survives the
+process being killed (``synchronous=NORMAL`` in WAL mode loses nothing on a
+process crash; ``durable=True`` also fsyncs each commit, for power loss).
+"""
+
+from __future__ import annotations
+
+import builtins
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from controlplane.errors import Conflict, FailedPrecondition, NotFound, OutOfRange
+from controlplane.manifests import references
+from controlplane.manifests.references import View
+from controlplane.model import (
+    ApplyAction,
+    ApplyOutcome,
+    EventType,
+    ObjectKey,
+    Resource,
+    WatchEvent,
+)
+from controlplane.store.sealing import Sealer
+
+#: Checks a batch against the world inside the write transaction; raises a
+#: UserError to reject the whole batch.
+Admission = Callable[[Sequence[Resource], View], None]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS objects (
+    kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (kind, namespace, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    rv INTEGER PRIMARY KEY,
+    type TEXT NOT NULL,
+    kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS refs (
+    src_kind TEXT NOT NULL, src_namespace TEXT NOT NULL, src_name TEXT NOT NULL,
+    path TEXT NOT NULL,
+    dst_kind TEXT NOT NULL, dst_namespace TEXT NOT NULL, dst_name TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS refs_by_dst ON refs (dst_kind, dst_namespace, dst_name);
+CREATE INDEX IF NOT EXISTS refs_by_src ON refs (src_kind, src_namespace, src_name);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+class SqliteStore:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        sealer: Sealer | None = None,
+        history: int = 100_000,
+        durable: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._sealer = sealer
+        self._history = history
+        self._clock = clock
+        row = self._db.execute("SELECT max(rv) FROM events").fetchone()
+        floor = self._db.execute("SELECT value FROM meta WHERE key='compacted'").fetchone()
+        self._compacted = int(floor[0]) if floor else 0
+        self._rv = max(int(row[0] or 0), self._compacted)
+        self._closed = False
+
+    # --- reads ----------------------------------------------------------------
+
+    @property
+    def resource_version(self) -> int:
+        with self._lock:
+            return self._rv
+
+    def get(self, key: ObjectKey) -> Resource | None:
+        with self._lock:
+            return self._get(key)
+
+    def list(
+        self,
+        kind: str | None = None,
+        namespace: str | None = None,
+        selector: Mapping[str, str] | None = None,
+    ) -> Sequence[Resource]:
+        return self.list_at(kind, namespace, selector)[0]
+
+    def list_at(
+        self,
+        kind: str | None = None,
+        namespace: str | None = None,
+        selector: Mapping[str, str] | None = None,
+    ) -> tuple[builtins.list[Resource], int]:
+        """Matching objects and the resourceVersion they were read at."""
+        with self._lock:
+            return self._list(kind, namespace, selector), self._rv
+
+    def events(
+        self,
+        after: int,
+        kind: str | None = None,
+        namespace: str | None = None,
+        *,
+        until: int | None = None,
+        limit: int = 1000,
+    ) -> builtins.list[WatchEvent]:
+        """Changes with ``after`` < resourceVersion <= ``until``, oldest first."""
+        with self._lock:
+            if after < self._compacted:
+                raise OutOfRange(
+                    f"resourceVersion {after} is older than the retained history "
+                    f"(from {self._compacted}); list again and watch from the "
+                    "version the list returns"
+                )
+            where, args = _filters(kind, namespace)
+            rows = self._db.execute(
+                f"SELECT rv, type, body FROM events WHERE rv > ? AND rv <= ?{where} "
+                "ORDER BY rv LIMIT ?",
+                (after, self._rv if until is None else until, *args, limit),
+            ).fetchall()
+        return [
+            WatchEvent(EventType(kind_), self._decode(body), int(rv)) for rv, kind_, body in rows
+        ]
+
+    def wait(self, after: int, timeout: float) -> int:
+        """Block until the store's resourceVersion exceeds ``after`` (or timeout,
+        or close); return the current resourceVersion."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._rv > after or self._closed, timeout)
+            return self._rv
+
+    # --- writes ---------------------------------------------------------------
+
+    def apply(
+        self,
+        batch: Sequence[Resource],
+        *,
+        dry_run: bool = False,
+        admit: Admission | None = None,
+    ) -> builtins.list[ApplyOutcome]:
+        """Create or update every resource of ``batch`` in one transaction.
+
+        A non-zero ``resource_version`` on an input resource is a
+        precondition (``Conflict`` unless it is current). ``admit`` runs inside
+        the transaction and may veto the batch by raising.
+        """
+        with self._changed:
+            self._begin()
+            try:
+                if admit is not None:
+                    admit(batch, _TransactionView(self))
+                outcomes = [self._apply_one(resource) for resource in batch]
+            except BaseException:
+                self._rollback()
+                raise
+            if dry_run:
+                self._rollback()
+            else:
+                self._commit()
+            return outcomes
+
+    def delete(
+        self, keys: Sequence[ObjectKey], *, ignore_not_found: bool = False, dry_run: bool = False
+    ) -> builtins.list[Resource]:
+        """Delete every key in one transaction. Refused (``FailedPrecondition``)
+        while an object outside the batch still references one of them."""
+        with self._changed:
+            self._begin()
+            try:
+                deleted = self._delete(keys, ignore_not_found)
+            except BaseException:
+                self._rollback()
+                raise
+            if dry_run:
+                self._rollback()
+            else:
+                self._commit()
+            return deleted
+
+    def close(self) -> None:
+        with self._changed:
+            if not self._closed:
+                self._closed = True
+                self._changed.notify_all()
+                self._db.close()
+
+    # --- internals (called with the lock held) ----------------------------------
+
+    def _begin(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+        self._rv_at_begin = self._rv
+
+    def _commit(self) -> None:
+        self._db.execute("COMMIT")
+        if self._rv != self._rv_at_begin:
+            self._compact()
+            self._changed.notify_all()
+
+    def _rollback(self) -> None:
+        self._db.execute("ROLLBACK")
+        self._rv = self._rv_at_begin
+
+    def _apply_one(self, resource: Resource) -> ApplyOutcome:
+        current = self._get(resource.key)
+        wanted = resource.resource_version
+        if wanted and (current is None or current.resource_version != wanted):
+            state = "it does not exist" if current is None else (
+                f"it is now at {current.resource_version}"
+            )
+            raise Conflict(
+                f"{resource.key} was changed by someone else: your copy has "
+                f"resourceVersion {wanted} but {state}; get it again, redo your change and "
+                "reapply (or drop metadata.resourceVersion to overwrite)"
+            )
+        if current is not None and current.same_content(resource):
+            return ApplyOutcome(current, ApplyAction.UNCHANGED)
+        self._rv += 1
+        now = self._clock()
+        if current is None:
+            stored = replace(
+                resource, uid=str(uuid.uuid4()), resource_version=self._rv, generation=1,
+                create_time=now, update_time=now, status={},
+            )
+            event, action = EventType.ADDED, ApplyAction.CREATED
+        else:
+            spec_changed = dict(current.spec) != dict(resource.spec)
+            stored = replace(
+                resource, uid=current.uid, resource_version=self._rv,
+                generation=current.generation + (1 if spec_changed else 0),
+                create_time=current.create_time, update_time=now, status=current.status,
+            )
+            event, action = EventType.MODIFIED, ApplyAction.CONFIGURED
+        body = self._encode(stored)
+        self._db.execute(
+            "INSERT OR REPLACE INTO objects (kind, namespace, name, body) VALUES (?, ?, ?, ?)",
+            (stored.kind, stored.namespace, stored.name, body),
+        )
+        self._record(event, stored, body)
+        self._db.execute(
+            "DELETE FROM refs WHERE src_kind=? AND src_namespace=? AND src_name=?",
+            (stored.kind, stored.namespace, stored.name),
+        )
+        self._db.executemany(
+            "INSERT INTO refs VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (*_key_tuple(ref.source), ref.path, *_key_tuple(ref.target))
+                for ref in references(stored)
+            ],
+        )
+        return ApplyOutcome(stored, action)
+
+    def _delete(
+        self, keys: Sequence[ObjectKey], ignore_not_found: bool
+    ) -> builtins.list[Resource]:
+        doomed = set(keys)
+        found: builtins.list[Resource] = []
+        for key in dict.fromkeys(keys):
+            current = self._get(key)
+            if current is None:
+                if ignore_not_found:
+                    continue
+                raise NotFound(f"{key} not found")
+            found.append(current)
+        for resource in found:
+            for src_kind, src_ns, src_name, path in self._db.execute(
+                "SELECT src_kind, src_namespace, src_name, path FROM refs "
+                "WHERE dst_kind=? AND dst_namespace=? AND dst_name=?",
+                _key_tuple(resource.key),
+            ):
+                source = ObjectKey(src_kind, src_ns, src_name)
+                if source not in doomed:
+                    raise FailedPrecondition(
+                        f"{resource.key} is still referenced by {source} ({path}); "
+                        f"change or delete {source} first, or delete both together"
+                    )
+        for resource in found:
+            self._db.execute(
+                "DELETE FROM objects WHERE kind=? AND namespace=? AND name=?",
+                _key_tuple(resource.key),
+            )
+            self._db.execute(
+                "DELETE FROM refs WHERE src_kind=? AND src_namespace=? AND src_name=?",
+                _key_tuple(resource.key),
+            )
+            self._rv += 1
+            self._record(EventType.DELETED, resource, self._encode(resource))
+        return found
+
+    def _record(self, event: EventType, resource: Resource, body: str) -> None:
+        self._db.execute(
+            "INSERT INTO events (rv, type, kind, namespace, name, body) VALUES (?, ?, ?, ?, ?, ?)",
+            (self._rv, event.value, resource.kind, resource.namespace, resource.name, body),
+        )
+
+    def _compact(self) -> None:
+        """Keep the newest ``history`` events; watches from before fail OutOfRange."""
+        floor = self._rv - self._history
+        if floor > self._compacted and floor % 1000 == 0:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("DELETE FROM events WHERE rv <= ?", (floor,))
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('compacted', ?)", (floor,)
+            )
+            self._db.execute("COMMIT")
+            self._compacted = floor
+
+    def _get(self, key: ObjectKey) -> Resource | None:
+        row = self._db.execute(
+            "SELECT body FROM objects WHERE kind=? AND namespace=? AND name=?", _key_tuple(key)
+        ).fetchone()
+        return self._decode(row[0]) if row else None
+
+    def _list(
+        self, kind: str | None, namespace: str | None, selector: Mapping[str, str] | None
+    ) -> builtins.list[Resource]:
+        where, args = _filters(kind, namespace)
+        rows = self._db.execute(
+            f"SELECT body FROM objects WHERE 1=1{where} ORDER BY kind, namespace, name", args
+        ).fetchall()
+        found = [self._decode(body) for (body,) in rows]
+        if selector:
+            found = [r for r in found if all(r.labels.get(k) == v for k, v in selector.items())]
+        return found
+
+    def _encode(self, resource: Resource) -> str:
+        spec: Any = resource.spec
+        if resource.kind == "Secret" and self._sealer is not None:
+            spec = self._sealer.seal(dict(spec))
+        return json.dumps(
+            {
+                "kind": resource.kind, "namespace": resource.namespace, "name": resource.name,
+                "spec": spec, "labels": resource.labels, "annotations": resource.annotations,
+                "status": resource.status, "uid": resource.uid,
+                "rv": resource.resource_version, "generation": resource.generation,
+                "created": resource.create_time, "updated": resource.update_time,
+            },
+            separators=(",", ":"), sort_keys=True,
+        )
+
+    def _decode(self, body: str) -> Resource:
+        raw = json.loads(body)
+        spec = raw["spec"]
+        if self._sealer is not None:
+            spec = self._sealer.unseal(spec)
+        return Resource(
+            kind=raw["kind"], namespace=raw["namespace"], name=raw["name"], spec=spec,
+            labels=raw["labels"], annotations=raw["annotations"], status=raw["status"],
+            uid=raw["uid"], resource_version=raw["rv"], generation=raw["generation"],
+            create_time=raw["created"], update_time=raw["updated"],
+        )
+
+
+def _key_tuple(key: ObjectKey) -> tuple[str, str, str]:
+    return (key.kind, key.namespace, key.name)
+
+
+def _filters(kind: str | None, namespace: str | None) -> tuple[str, tuple[str, ...]]:
+    clauses = [(column, value) for column, value in (("kind", kind), ("namespace", namespace))
+               if value]
+    return "".join(f" AND {column}=?" for column, _ in clauses), tuple(v for _, v in clauses)
+
+
+class _TransactionView:
+    """Reads inside a write transaction (the store's lock is already held)."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
+
+    def get(self, key: ObjectKey) -> Resource | None:
+        return self._store._get(key)
+
+    def list(self, kind: str, namespace: str) -> Sequence[Resource]:
+        return self._store._list(kind, namespace, None)

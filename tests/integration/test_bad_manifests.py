@@ -1,0 +1,179 @@
+"""Bad manifests are rejected with the field path and the fix, through the CLI
+(exit 1) and through the API (INVALID_ARGUMENT with BadRequest details), and
+nothing is stored: each bad document travels with a valid one, which must not
+be applied either."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from controlplane import errors
+from controlplane.client import Client
+from tests.harness import ServerProcess, run_cli
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples"
+
+
+def svc(name: str = "web", **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "flotilla.dev/v1", "kind": "Service", "metadata": {"name": name},
+            "spec": {"image": "example/web:dev", "port": 8080, **spec}}
+
+
+def doc(kind: str, name: str, spec: dict[str, Any], **meta: Any) -> dict[str, Any]:
+    return {"apiVersion": "flotilla.dev/v1", "kind": kind,
+            "metadata": {"name": name, **meta}, "spec": spec}
+
+
+ROUTE = [{"service": "backend"}]
+
+# (id, bad document, field path expected, words of the message expected)
+CASES: list[tuple[str, dict[str, Any], str, str]] = [
+    ("negative-replicas", svc(replicas=-1), "spec.replicas", "must be >= 0, got -1"),
+    ("unknown-field", svc(replica=3), "spec.replica", "did you mean 'replicas'"),
+    ("wrong-type", svc(port="8080"), "spec.port", "must be an integer, got string '8080'"),
+    ("bad-name", svc(name="My_App"), "metadata.name", "e.g. 'my-app'"),
+    ("duplicate-ports",
+     doc("Gateway", "edge", {"listeners": [{"name": "a", "port": 80, "routes": ROUTE},
+                                           {"name": "b", "port": 80, "routes": ROUTE}]}),
+     "spec.listeners[1].port", "already used by listeners[0]"),
+    ("dangling-upstream", svc(upstreams=[{"name": "nowhere"}]), "spec.upstreams[0].name",
+     "Service default/nowhere does not exist"),
+    ("dangling-gateway-route",
+     doc("Gateway", "edge", {"listeners": [{"name": "a", "port": 80,
+                                            "routes": [{"service": "ghost"}]}]}),
+     "spec.listeners[0].routes[0].service", "Service default/ghost does not exist"),
+    ("dangling-mount", svc(mounts=[{"configMap": "missing", "path": "/etc/x"}]),
+     "spec.mounts[0].configMap", "ConfigMap default/missing does not exist"),
+    ("wrong-api-version", {**svc(), "apiVersion": "v1"}, "apiVersion",
+     "must be 'flotilla.dev/v1'"),
+    ("unknown-kind", {**svc(), "kind": "Servise"}, "kind", "did you mean 'Service'"),
+    ("bad-protocol", svc(protocol="udp"), "spec.protocol", "'http', 'grpc' or 'tcp'"),
+    ("bad-intention-action",
+     doc("Intention", "x", {"source": "frontend", "destination": "backend", "action": "permit"}),
+     "spec.action", "'allow' or 'deny', got 'permit'"),
+    ("weights-not-100",
+     doc("TrafficPolicy", "tp", {"destination": "frontend", "subsets": [
+         {"name": "v1", "labels": {"version": "v1"}}], "split": [{"subset": "v1", "weight": 60}]}),
+     "spec.split", "weights must add up to 100, got 60"),
+    ("undefined-subset",
+     doc("TrafficPolicy", "tp", {"destination": "frontend",
+                                 "split": [{"subset": "canary", "weight": 100}]}),
+     "spec", "subset 'canary' is used but not defined"),
+    ("second-policy-same-destination",
+     doc("TrafficPolicy", "another", {"destination": "backend"}),
+     "spec.destination", "already has TrafficPolicy 'backend'"),
+    ("relative-health-path", svc(healthCheck={"http": {"path": "healthz"}}),
+     "spec.healthCheck.http.path", "start it with '/'"),
+    ("bad-duration", doc("TrafficPolicy", "tp", {"destination": "frontend",
+                                                 "requestTimeout": "5 sec"}),
+     "spec.requestTimeout", "like '250ms', '5s' or '1m'"),
+    ("bad-label", svc(name="web") | {"metadata": {"name": "web", "labels": {"tier": "-x-"}}},
+     "metadata.labels", "label value '-x-' is not valid"),
+    ("missing-required", doc("Intention", "x", {"source": "frontend", "action": "allow"}),
+     "spec.destination", "required field is missing"),
+    ("replicas-without-workload", doc("Service", "ghost", {"replicas": 2}), "spec.replicas",
+     "needs a workload"),
+    ("bad-constraint",
+     svc(placement={"constraints": [{"key": "zone", "operator": "in", "value": "b"}]}),
+     "spec.placement.constraints[0]", "takes a non-empty 'values' list"),
+    ("secret-not-base64", doc("Secret", "s", {"data": {"key": "not base64!"}}), "spec",
+     "is not valid base64"),
+    ("https-without-tls",
+     doc("Gateway", "edge", {"listeners": [{"name": "a", "port": 443, "protocol": "https",
+                                            "routes": ROUTE}]}),
+     "spec.listeners[0]", "needs tls.secret"),
+    ("l7-on-tcp-destination",
+     doc("Intention", "to-db", {"source": "frontend", "destination": "db", "action": "allow",
+                                "http": [{"pathPrefix": "/"}]}),
+     "spec.http", "speaks tcp"),
+]
+
+# A valid document that travels with every bad one and must not be applied.
+INNOCENT = doc("ConfigMap", "innocent", {"data": {"a": "b"}})
+DB = doc("Service", "db", {"image": "example/db:dev", "port": 5432, "protocol": "tcp"})
+
+
+def snapshot(client: Client) -> list[dict[str, Any]]:
+    return client.list("", "")[0]
+
+
+@pytest.fixture(scope="module")
+def seeded(module_server: ServerProcess, module_client: Client) -> ServerProcess:
+    applied = run_cli("apply", "-f", str(EXAMPLES), server=module_server)
+    assert applied.returncode == 0, applied.stderr
+    module_client.apply([(DB, "db")])
+    return module_server
+
+
+@pytest.fixture
+def client(seeded: ServerProcess, module_client: Client) -> Client:
+    return module_client
+
+
+def test_at_least_twelve_distinct_cases() -> None:
+    assert len({case[0] for case in CASES}) >= 12
+
+
+@pytest.mark.parametrize(("bad", "path", "words"), [c[1:] for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_rejected_through_the_api(
+    seeded: ServerProcess, client: Client, bad: dict[str, Any], path: str, words: str
+) -> None:
+    before = snapshot(client)
+    with pytest.raises(errors.InvalidManifest) as caught:
+        client.apply([(INNOCENT, "ok.yaml#1"), (bad, "bad.yaml#2")])
+    found = [(v.path, v.message) for v in caught.value.violations]
+    assert any(p == path and words in m for p, m in found), found
+    assert all("ok.yaml" not in v.source for v in caught.value.violations)
+    assert snapshot(client) == before
+
+
+@pytest.mark.parametrize(("bad", "path", "words"), [c[1:] for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_rejected_through_the_cli(
+    seeded: ServerProcess, client: Client, tmp_path: Path, bad: dict[str, Any], path: str,
+    words: str,
+) -> None:
+    before = snapshot(client)
+    manifest = tmp_path / "mixed.yaml"
+    manifest.write_text(yaml.safe_dump_all([INNOCENT, bad]))
+    result = run_cli("apply", "-f", str(manifest), server=seeded)
+    assert result.returncode == 1, result.stdout
+    assert "Traceback" not in result.stderr
+    assert "nothing was applied" in result.stderr
+    line = next((ln for ln in result.stderr.splitlines() if f" {path}: " in ln), None)
+    assert line is not None and words in line, result.stderr
+    assert "mixed.yaml#2" in line
+    assert snapshot(client) == before
+
+
+def test_yaml_syntax_error_names_the_line(seeded: ServerProcess, tmp_path: Path) -> None:
+    manifest = tmp_path / "broken.yaml"
+    manifest.write_text("apiVersion: flotilla.dev/v1\nkind: Service\nmetadata: {name: x\n")
+    result = run_cli("apply", "-f", str(manifest), server=seeded)
+    assert result.returncode == 1
+    assert "broken.yaml" in result.stderr and "line " in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_same_object_twice_in_one_apply(seeded: ServerProcess, tmp_path: Path) -> None:
+    manifest = tmp_path / "twice.yaml"
+    manifest.write_text(yaml.safe_dump_all([INNOCENT, INNOCENT]))
+    result = run_cli("apply", "-f", str(manifest), server=seeded)
+    assert result.returncode == 1
+    assert "also defined in" in result.stderr and "twice.yaml#1" in result.stderr
+
+
+def test_every_problem_is_reported_at_once(client: Client) -> None:
+    bad = svc(replicas=-1, port=0, protocol="udp")
+    with pytest.raises(errors.InvalidManifest) as caught:
+        client.apply([(bad, "all.yaml")])
+    paths = sorted(v.path for v in caught.value.violations)
+    assert paths == ["spec.port", "spec.protocol", "spec.replicas"]
+    as_json = json.dumps([str(v) for v in caught.value.violations])
+    assert "must be >= 1, got 0" in as_json
