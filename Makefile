@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system proto demo test test-fast bench images consul lint services-start services-stop clean
+.PHONY: setup system proto demo test test-fast bench consul lint services-start services-stop clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,7 @@ services-stop:
 demo: $(STAMP)
 	bash deploy/scripts/demo.sh $(VENV)
 
-test: $(STAMP) system
+test: $(STAMP) system lint
 	bash deploy/scripts/services.sh start
 	status=0; $(PY) -m pytest -q $(PYTEST_ARGS) || status=$$?; \
 	  bash deploy/scripts/services.sh stop; exit $$status
@@ -43,8 +43,10 @@ test: $(STAMP) system
 test-fast: $(STAMP)
 	$(PY) -m pytest -q tests/unit
 
+## bench: every tests/bench/bench_*.py, each a script that prints its figures
 bench: $(STAMP)
-	$(PY) -m pytest -q -s tests/bench -p no:randomly
+	@for f in tests/bench/bench_*.py; do \
+	  echo "== $$f"; $(PY) -m tests.bench.$$(basename $$f .py) || exit 1; done
 
 lint: $(STAMP)
 	$(VENV)/bin/mypy

@@ -10,13 +10,14 @@ process crash; ``durable=True`` also fsyncs each commit, for power loss).
 from __future__ import annotations
 
 import builtins
+import contextlib
 
 import json
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -164,38 +165,18 @@ class SqliteStore:
         precondition (``Conflict`` unless it is current). ``admit`` runs inside
         the transaction and may veto the batch by raising.
         """
-        with self._changed:
-            self._begin()
-            try:
-                if admit is not None:
-                    admit(batch, _TransactionView(self))
-                outcomes = [self._apply_one(resource) for resource in batch]
-            except BaseException:
-                self._rollback()
-                raise
-            if dry_run:
-                self._rollback()
-            else:
-                self._commit()
-            return outcomes
+        with self._transaction(dry_run):
+            if admit is not None:
+                admit(batch, _TransactionView(self))
+            return [self._apply_one(resource) for resource in batch]
 
     def delete(
         self, keys: Sequence[ObjectKey], *, ignore_not_found: bool = False, dry_run: bool = False
     ) -> builtins.list[Resource]:
         """Delete every key in one transaction. Refused (``FailedPrecondition``)
         while an object outside the batch still references one of them."""
-        with self._changed:
-            self._begin()
-            try:
-                deleted = self._delete(keys, ignore_not_found)
-            except BaseException:
-                self._rollback()
-                raise
-            if dry_run:
-                self._rollback()
-            else:
-                self._commit()
-            return deleted
+        with self._transaction(dry_run):
+            return self._delete(keys, ignore_not_found)
 
     def close(self) -> None:
         with self._changed:
@@ -206,19 +187,28 @@ class SqliteStore:
 
     # --- internals (called with the lock held) ----------------------------------
 
-    def _begin(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-        self._rv_at_begin = self._rv
-
-    def _commit(self) -> None:
-        self._db.execute("COMMIT")
-        if self._rv != self._rv_at_begin:
-            self._compact()
-            self._changed.notify_all()
-
-    def _rollback(self) -> None:
-        self._db.execute("ROLLBACK")
-        self._rv = self._rv_at_begin
+    @contextlib.contextmanager
+    def _transaction(self, dry_run: bool) -> Iterator[None]:
+        """Hold the lock for one write transaction: committed (and watchers
+        woken) when the body returns, rolled back when it raises or for a
+        dry run."""
+        with self._changed:
+            start = self._rv
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                self._rv = start
+                raise
+            if dry_run:
+                self._db.execute("ROLLBACK")
+                self._rv = start
+                return
+            self._db.execute("COMMIT")
+            if self._rv != start:
+                self._compact()
+                self._changed.notify_all()
 
     def _apply_one(self, resource: Resource) -> ApplyOutcome:
         current = self._get(resource.key)
