@@ -142,6 +142,10 @@ class Client:
         code, detail = error.code(), error.details() or ""
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             return ServerUnavailable(self.address, _short(detail) or code.name.lower())
+        if code == grpc.StatusCode.CANCELLED:
+            # The server cancels calls in flight when it shuts down; nothing
+            # was stored, and retrying against a live server is safe.
+            return ServerUnavailable(self.address, "the call was cancelled (server shutting down?)")
         kind = _ERRORS.get(code)
         if kind is errors.InvalidManifest:
             violations = _violations(error)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from controlplane.api.flotilla.v1 import resources_pb2 as pb
 from controlplane.model import API_VERSION, ApplyAction, EventType, Resource, WatchEvent
@@ -31,20 +31,24 @@ def struct_of(value: Mapping[str, Any]) -> struct_pb2.Struct:
     return out
 
 
-def plain(value: Any) -> Any:
-    """A Struct's value as plain Python, with whole numbers back as ints
-    (protobuf's Struct carries every number as a double)."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    return value
-
-
 def dict_of(message: struct_pb2.Struct) -> dict[str, Any]:
-    return plain(json_format.MessageToDict(message))  # type: ignore[no-any-return]
+    """A Struct as plain Python, with whole numbers back as ints (protobuf's
+    Struct carries every number as a double)."""
+    return {key: _value_of(value) for key, value in message.fields.items()}
+
+
+def _value_of(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return dict_of(value.struct_value)
+    if kind == "list_value":
+        return [_value_of(item) for item in value.list_value.values]
+    if kind == "number_value":
+        number = value.number_value
+        return int(number) if number.is_integer() else number
+    if kind == "null_value" or kind is None:
+        return None
+    return getattr(value, kind)
 
 
 def timestamp(seconds: float) -> timestamp_pb2.Timestamp:

@@ -74,9 +74,8 @@ class ControlPlane:
         )
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers))
         self._health = health.HealthServicer()
-        resources_pb2_grpc.add_ResourceServiceServicer_to_server(
-            ResourceServicer(self.store), self._server
-        )
+        self._resources = ResourceServicer(self.store)
+        resources_pb2_grpc.add_ResourceServiceServicer_to_server(self._resources, self._server)
         nodes_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(), self._server)
         instances_pb2_grpc.add_InstanceServiceServicer_to_server(InstanceServicer(), self._server)
         proxies_pb2_grpc.add_ProxyServiceServicer_to_server(ProxyServicer(), self._server)
@@ -113,7 +112,9 @@ class ControlPlane:
         self._stopped = True
         self._stop_requested.set()
         self._health.enter_graceful_shutdown()
-        self._server.stop(self.config.grace).wait()
+        done = self._server.stop(self.config.grace)
+        self._resources.shutdown()
+        done.wait()
         self.store.close()
         self._lock_file.close()
 

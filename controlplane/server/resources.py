@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 
 import grpc
@@ -36,6 +37,12 @@ def kind_of(name: str, *, allow_empty: bool = False) -> str:
 class ResourceServicer(pb_grpc.ResourceServiceServicer):
     def __init__(self, store: SqliteStore) -> None:
         self._store = store
+        self._stopping = threading.Event()
+
+    def shutdown(self) -> None:
+        """End every watch now: their clients reconnect and resume elsewhere."""
+        self._stopping.set()
+        self._store.wake()
 
     def Apply(self, request: pb.ApplyRequest, context: grpc.ServicerContext) -> pb.ApplyResponse:
         try:
@@ -104,12 +111,18 @@ class ResourceServicer(pb_grpc.ResourceServiceServicer):
     ) -> Iterator[pb.WatchEvent]:
         try:
             kind = kind_of(request.kind, allow_empty=True) or None
+            active = lambda: context.is_active() and not self._stopping.is_set()  # noqa: E731
             events = watch(self._store, kind, request.namespace or None,
-                           request.resource_version, context.is_active)
+                           request.resource_version, active)
+            last = request.resource_version
             for event in events:
+                last = event.resource_version
                 yield convert.event_to_pb(event)
         except UserError as error:
             abort(context, error)
+        if self._stopping.is_set():
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; watch "
+                          f"again (from resourceVersion {last}) once it is back")
 
 
 def watch(

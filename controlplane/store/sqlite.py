@@ -86,6 +86,7 @@ class SqliteStore:
         self._compacted = int(floor[0]) if floor else 0
         self._rv = max(int(row[0] or 0), self._compacted)
         self._closed = False
+        self._wakes = 0
 
     # --- reads ----------------------------------------------------------------
 
@@ -145,10 +146,19 @@ class SqliteStore:
 
     def wait(self, after: int, timeout: float) -> int:
         """Block until the store's resourceVersion exceeds ``after`` (or timeout,
-        or close); return the current resourceVersion."""
+        :meth:`wake`, or close); return the current resourceVersion."""
         with self._changed:
-            self._changed.wait_for(lambda: self._rv > after or self._closed, timeout)
+            epoch = self._wakes
+            self._changed.wait_for(
+                lambda: self._rv > after or self._closed or self._wakes != epoch, timeout
+            )
             return self._rv
+
+    def wake(self) -> None:
+        """Release every :meth:`wait` now (e.g. so watches notice a shutdown)."""
+        with self._changed:
+            self._wakes += 1
+            self._changed.notify_all()
 
     # --- writes ---------------------------------------------------------------
 
@@ -305,7 +315,7 @@ class SqliteStore:
     def _compact(self) -> None:
         """Keep the newest ``history`` events; watches from before fail OutOfRange."""
         floor = self._rv - self._history
-        if floor > self._compacted and floor % 1000 == 0:
+        if floor >= self._compacted + 1000:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("DELETE FROM events WHERE rv <= ?", (floor,))
             self._db.execute(
