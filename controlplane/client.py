@@ -19,6 +19,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from controlplane import convert, errors
+from controlplane.api.flotilla.v1 import nodes_pb2, nodes_pb2_grpc
 from controlplane.api.flotilla.v1 import resources_pb2 as pb
 from controlplane.api.flotilla.v1 import resources_pb2_grpc as pb_grpc
 
@@ -64,6 +65,7 @@ class Client:
         self.timeout = timeout
         self._channel = grpc.insecure_channel(address)
         self._stub = pb_grpc.ResourceServiceStub(self._channel)
+        self._nodes = nodes_pb2_grpc.NodeServiceStub(self._channel)
 
     def __enter__(self) -> Client:
         return self
@@ -114,6 +116,21 @@ class Client:
             dry_run=dry_run,
         )
         return [convert.doc_of_pb(r) for r in self._call(self._stub.Delete, request).deleted]
+
+    def scale(self, service: str, replicas: int, namespace: str = "") -> Applied:
+        """Set a Service's replicas, retrying when someone else wrote it meanwhile."""
+        for attempt in range(5):
+            doc = self.get("Service", service, namespace)
+            doc["spec"]["replicas"] = replicas
+            try:
+                return self.apply([(doc, f"scale {service}")])[0]
+            except errors.Conflict:
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    def drain(self, node: str) -> None:
+        self._call(self._nodes.DrainNode, nodes_pb2.DrainNodeRequest(name=node))
 
     def watch(self, kind: str = "", namespace: str = "", resource_version: int = 0
               ) -> Iterator[Event]:

@@ -3,15 +3,17 @@ subprocess on a free loopback port with a data dir of its own, and a CLI runner.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -19,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from controlplane.client import Client
 
 STARTUP_DEADLINE = 30.0
+T = TypeVar("T")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -51,6 +54,7 @@ class ServerProcess:
     data_dir: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    extra_args: tuple[str, ...] = ()
 
     @property
     def address(self) -> str:
@@ -60,7 +64,7 @@ class ServerProcess:
         log = open(self.data_dir.parent / f"server-{self.port}.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "controlplane", "server", "--listen", self.address,
-             "--data-dir", str(self.data_dir)],
+             "--data-dir", str(self.data_dir), *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()
@@ -99,3 +103,70 @@ def run_cli(
         [sys.executable, "-m", "controlplane", *args],
         input=stdin, capture_output=True, text=True, env=env, timeout=60,
     )
+
+
+@dataclass
+class AgentProcess:
+    """A `flotilla agent` subprocess with the process driver and a data dir of
+    its own. ``cleanup()`` also ends the workloads it started (by pid)."""
+
+    server: ServerProcess
+    name: str
+    address: str
+    data_dir: Path
+    labels: tuple[str, ...] = ()
+    cpu: int = 4000
+    memory: int = 4096
+    drivers: tuple[str, ...] = ("process",)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> AgentProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.data_dir / "agent.log", "ab")  # noqa: SIM115
+        args = [sys.executable, "-m", "controlplane", "--server", self.server.address, "agent",
+                "--name", self.name, "--address", self.address, "--cpu", str(self.cpu),
+                "--memory", str(self.memory), "--data-dir", str(self.data_dir)]
+        for label in self.labels:
+            args += ["--label", label]
+        for driver in self.drivers:
+            args += ["--driver", driver]
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        return self
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
+
+    def workload_pids(self) -> dict[str, int]:
+        """instance id -> pid of each process-driver workload on disk."""
+        pids = {}
+        for state in (self.data_dir / "instances").glob("*/state.json"):
+            pids[state.parent.name] = int(json.loads(state.read_text())["pid"])
+        return pids
+
+    def cleanup(self) -> None:
+        self.kill(signal.SIGTERM)
+        for pid in self.workload_pids().values():
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def log(self) -> str:
+        path = self.data_dir / "agent.log"
+        return path.read_text() if path.exists() else ""
+
+
+def eventually(check: Callable[[], T | None], timeout: float, what: str,
+               interval: float = 0.1) -> T:
+    """Poll ``check`` until it returns something truthy, or fail after ``timeout``."""
+    end = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < end:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")

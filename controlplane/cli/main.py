@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +16,17 @@ from controlplane import __version__, errors
 from controlplane.cli import output
 from controlplane.client import DEFAULT_SERVER, Client, ServerUnavailable
 from controlplane.manifests import parse_yaml, resolve_kind, to_resources
-from controlplane.model import KINDS
+from controlplane.model import KINDS, SERVICE_LABEL, SYSTEM_KINDS
+
+NODE_NAMESPACE = "cluster"
 
 EXIT_USER_ERROR = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
-out = Console(highlight=False, soft_wrap=True)
+#: Tables are never cut to a terminal's width when the output is piped.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 10_000)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -111,12 +114,17 @@ def checked(docs: list[tuple[Any, str]]) -> list[tuple[Any, str]]:
     return docs
 
 
-def kind_arg(name: str) -> str:
-    kind = resolve_kind(name)
+def kind_arg(name: str, *, system: bool = True) -> str:
+    kind = resolve_kind(name, system=system)
     if kind is None:
-        raise click.BadParameter(f"unknown kind {name!r}; use one of {', '.join(KINDS)}",
+        kinds = ", ".join(KINDS + (SYSTEM_KINDS if system else ()))
+        raise click.BadParameter(f"unknown kind {name!r}; use one of {kinds}",
                                  param_hint="KIND")
     return kind
+
+
+def namespace_of(kind: str, namespace: str) -> str:
+    return NODE_NAMESPACE if kind == "Node" else namespace
 
 
 def parse_selector(selector: str | None) -> dict[str, str]:
@@ -177,17 +185,27 @@ def apply(ctx: click.Context, files: tuple[str, ...], recursive: bool, dry_run: 
 @click.pass_context
 def get(ctx: click.Context, kind: str, names: tuple[str, ...], namespace: str,
         all_namespaces: bool, selector: str | None, watch: bool, output: str) -> None:
-    """List resources of a KIND (or `all`), or show the named ones."""
+    """List resources of a KIND (or `all`), or show the named ones.
+    For instances, NAMES are services: `get instances web` lists web's."""
     resolved = "" if kind.lower() == "all" else kind_arg(kind)
     client = client_of(ctx)
-    ns = "" if all_namespaces else namespace
-    if names:
+    ns = "" if all_namespaces or resolved == "Node" else namespace
+    labels = parse_selector(selector)
+    if resolved == "Instance" and names:
+        docs = []
+        for service in names:
+            docs += client.list(resolved, ns, {**labels, SERVICE_LABEL: service})[0]
+        version = max((d["metadata"]["resourceVersion"] for d in docs), default=0)
+        names = ()
+    elif names:
         if not resolved:
             raise click.BadParameter("name a kind to get objects by name", param_hint="KIND")
-        docs = [client.get(resolved, name, namespace) for name in names]
+        docs = [client.get(resolved, name, namespace_of(resolved, namespace)) for name in names]
         version = max(d["metadata"]["resourceVersion"] for d in docs)
     else:
-        docs, version = client.list(resolved, ns, parse_selector(selector))
+        docs, version = client.list(resolved, ns, labels)
+        if not resolved:  # `all` is what users apply, as with kubectl
+            docs = [d for d in docs if d["kind"] in KINDS]
     _emit(output, docs, single=len(names) == 1, namespaces=all_namespaces)
     if not docs and output == "table" and not watch:
         where = "any namespace" if all_namespaces else f"namespace {namespace}"
@@ -211,7 +229,8 @@ def get(ctx: click.Context, kind: str, names: tuple[str, ...], namespace: str,
 @click.pass_context
 def describe(ctx: click.Context, kind: str, name: str, namespace: str) -> None:
     """Show one resource in detail."""
-    output.describe(client_of(ctx).get(kind_arg(kind), name, namespace), out)
+    resolved = kind_arg(kind)
+    output.describe(client_of(ctx).get(resolved, name, namespace_of(resolved, namespace)), out)
 
 
 @cli.command()
@@ -236,7 +255,7 @@ def delete(ctx: click.Context, kind: str | None, names: tuple[str, ...],
         ]
     elif kind and names:
         resolved = kind_arg(kind)
-        refs = [(resolved, namespace, name) for name in names]
+        refs = [(resolved, namespace_of(resolved, namespace), name) for name in names]
     else:
         raise click.UsageError("delete needs KIND NAME... or -f PATH")
     deleted = client_of(ctx).delete(refs, ignore_not_found=ignore_not_found, dry_run=dry_run)
@@ -252,30 +271,43 @@ def delete(ctx: click.Context, kind: str | None, names: tuple[str, ...],
               default=None, help="Where the store lives (env FLOTILLA_DATA_DIR) "
               "[default: ~/.local/share/flotilla/server].")
 @click.option("--durable", is_flag=True, help="fsync every commit (survives power loss).")
-def server(listen: str, data_dir: Path | None, durable: bool) -> None:
+@click.option("--node-grace", type=click.FloatRange(min=1), default=10.0, show_default=True,
+              help="Seconds without a report before a node is down and its instances move.")
+def server(listen: str, data_dir: Path | None, durable: bool, node_grace: float) -> None:
     """Run the control plane."""
     from controlplane.server.app import ServerConfig, run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     run(ServerConfig(data_dir=data_dir or default_data_dir("server"), listen=listen,
-                     durable=durable))
+                     durable=durable, node_grace=node_grace))
 
 
 @cli.command()
 @click.option("--listen", default=DEFAULT_SERVER, show_default=True)
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="[default: ~/.local/share/flotilla/dev]")
-def dev(listen: str, data_dir: Path | None) -> None:
+@click.option("--address", default="127.0.0.1", show_default=True,
+              help="Where the local agent publishes instances.")
+def dev(listen: str, data_dir: Path | None, address: str) -> None:
     """Everything on one machine with the embedded defaults (SQLite store,
-    built-in catalog): the way to try Flotilla."""
+    built-in catalog, one agent): the way to try Flotilla."""
     from controlplane.server.app import ServerConfig, run
+    from sidecar.main import build_agent
 
     data = data_dir or default_data_dir("dev")
     logging.basicConfig(level=logging.WARNING)
-    out.print(f"flotilla dev: control plane on {listen}, store {data / 'flotilla.db'} "
-              "(SQLite), catalog: embedded")
-    out.print("  try: flotilla apply -f deploy/examples/   then   flotilla get all")
-    run(ServerConfig(data_dir=data, listen=listen))
+
+    def start_agent(server: str) -> Callable[[], None]:
+        agent = build_agent(server=server, name="dev", address=address, labels={}, cpu=None,
+                            memory=None, drivers=(), data_dir=data / "agent")
+        agent.start()
+        out.print(f"flotilla dev: control plane on {server}, store {data / 'flotilla.db'} "
+                  f"(SQLite), catalog: embedded, agent 'dev' on {address} with drivers "
+                  f"{', '.join(sorted(agent.drivers))}")
+        out.print("  try: flotilla apply -f deploy/examples/   then   flotilla get all")
+        return agent.stop
+
+    run(ServerConfig(data_dir=data, listen=listen), announce=False, alongside=start_agent)
 
 
 def _emit(fmt: str, docs: list[dict[str, Any]], *, single: bool, namespaces: bool = False
@@ -294,6 +326,8 @@ def _emit(fmt: str, docs: list[dict[str, Any]], *, single: bool, namespaces: boo
 
 
 def main() -> None:
+    from controlplane.cli import cluster  # noqa: F401  (registers its commands)
+
     cli(prog_name="flotilla")
 
 

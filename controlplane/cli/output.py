@@ -70,7 +70,36 @@ COLUMNS: dict[str, list[Column]] = {
         ("TYPE", lambda d: d["spec"].get("type", "opaque")),
         ("KEYS", lambda d: str(len(d["spec"].get("data", {})))),
     ],
+    "Node": [
+        ("STATE", lambda d: _node_state(d)),
+        ("ADDRESS", lambda d: d["spec"].get("address", "")),
+        ("CPU", lambda d: f"{d['spec'].get('capacity', {}).get('cpu', 0)}m"),
+        ("MEMORY", lambda d: f"{d['spec'].get('capacity', {}).get('memory', 0)}Mi"),
+        ("DRIVERS", lambda d: ",".join(d["spec"].get("drivers", []))),
+        ("LABELS", lambda d: ",".join(f"{k}={v}" for k, v in d["spec"].get("labels", {}).items())
+         or "-"),
+    ],
+    "Instance": [
+        ("SERVICE", lambda d: d["spec"]["service"]),
+        ("STATE", lambda d: d.get("status", {}).get("state", "pending")),
+        ("NODE", lambda d: d["spec"].get("node") or "-"),
+        ("ADDRESS", lambda d: _endpoint(d.get("status", {}))),
+        ("RESTARTS", lambda d: str(d.get("status", {}).get("restarts", 0))),
+        ("REASON", lambda d: str(d.get("status", {}).get("reason", ""))[:60] or "-"),
+    ],
 }
+
+
+def _node_state(doc: Doc) -> str:
+    state = str(doc.get("status", {}).get("state", "ready"))
+    return "draining" if state == "ready" and doc["spec"].get("drain") else state
+
+
+def _endpoint(status: dict[str, Any]) -> str:
+    address, port = status.get("address"), status.get("port")
+    if not address:
+        return "-"
+    return f"{address}:{port}" if port else str(address)
 
 
 def table(docs: Sequence[Doc], console: Console, *, namespaces: bool) -> None:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from controlplane.errors import FieldViolation, InvalidManifest
 from controlplane.manifests.schemas import SPEC_SCHEMAS, Document, Schema
 from controlplane.manifests.types import FieldError
-from controlplane.model import API_VERSION, KINDS, Resource
+from controlplane.model import API_VERSION, KINDS, SYSTEM_KINDS, Resource
 
 #: Names accepted for each kind on the command line and in manifests' `kind`
 #: (case-insensitive), Kubernetes style.
@@ -30,10 +30,21 @@ for _kind, _short in zip(KINDS, ("svc", "tp", "int", "gw", "cm", "sec"), strict=
     for _alias in (_kind, _kind + "s", _kind + "es", _short):
         KIND_ALIASES[_alias.lower()] = _kind
 KIND_ALIASES["trafficpolicies"] = "TrafficPolicy"
+SYSTEM_KIND_ALIASES = {
+    alias: kind
+    for kind, short in (("Node", "no"), ("Instance", "inst"))
+    for alias in (kind.lower(), kind.lower() + "s", short)
+}
 
 
-def resolve_kind(name: str) -> str | None:
-    return KIND_ALIASES.get(name.lower())
+def resolve_kind(name: str, *, system: bool = False) -> str | None:
+    """The kind a user's word names (``svc`` -> ``Service``); with ``system``,
+    also the kinds Flotilla writes itself (nodes, instances)."""
+    lowered = name.lower()
+    found = KIND_ALIASES.get(lowered)
+    if found is None and system:
+        found = SYSTEM_KIND_ALIASES.get(lowered)
+    return found
 
 
 def parse_yaml(text: str, source: str) -> list[tuple[Any, str]]:
@@ -106,7 +117,12 @@ def to_resource(doc: Any, source: str = "") -> Resource:
             )
         )
     kind = envelope.kind if envelope.kind in KINDS else None
-    if kind is None:
+    if envelope.kind in SYSTEM_KINDS:
+        problems.append(FieldViolation(
+            "kind", f"{envelope.kind} objects are managed by Flotilla: nodes join with "
+            "`flotilla agent`, instances follow their Service's replicas (`flotilla scale`)",
+            label))
+    elif kind is None:
         close = resolve_kind(envelope.kind) or _closest(envelope.kind, KINDS)
         hint = f"; did you mean {close!r}?" if close else f"; use one of {', '.join(KINDS)}"
         problems.append(FieldViolation("kind", f"unknown kind {envelope.kind!r}{hint}", label))

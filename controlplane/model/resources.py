@@ -15,8 +15,13 @@ from typing import Any
 API_VERSION = "flotilla.dev/v1"
 DEFAULT_NAMESPACE = "default"
 
-#: Every kind the API stores, in the order `flotilla get` lists them.
+#: Every kind users apply, in the order `flotilla get` lists them.
 KINDS = ("Service", "TrafficPolicy", "Intention", "Gateway", "ConfigMap", "Secret")
+#: Kinds Flotilla itself writes: readable and deletable, never applied.
+SYSTEM_KINDS = ("Node", "Instance")
+
+#: The label every Instance carries with its Service's name.
+SERVICE_LABEL = "flotilla.dev/service"
 
 
 @dataclass(frozen=True, order=True)

@@ -11,6 +11,7 @@ import threading
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from types import FrameType
 from typing import IO
 
@@ -19,6 +20,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from controlplane.api.flotilla.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
     instances_pb2,
     instances_pb2_grpc,
     nodes_pb2,
@@ -29,7 +32,11 @@ from controlplane.api.flotilla.v1 import (
     resources_pb2_grpc,
 )
 from controlplane.errors import UserError
-from controlplane.server.pending import InstanceServicer, NodeServicer, ProxyServicer
+from controlplane.controllers.nodes import NodeRegistry
+from controlplane.controllers.reconciler import Reconciler
+from controlplane.server.agents import AgentServicer
+from controlplane.server.cluster import InstanceServicer, NodeServicer
+from controlplane.server.pending import ProxyServicer
 from controlplane.server.resources import ResourceServicer
 from controlplane.store import SqliteStore
 from controlplane.store.sealing import Sealer, load_or_create_key
@@ -46,6 +53,7 @@ SERVICE_NAMES = tuple(
         (nodes_pb2, "NodeService"),
         (instances_pb2, "InstanceService"),
         (proxies_pb2, "ProxyService"),
+        (agent_pb2, "AgentService"),
     )
 )
 
@@ -59,6 +67,9 @@ class ServerConfig:
     max_workers: int = 64
     #: Seconds in-flight RPCs get to finish on shutdown.
     grace: float = 5.0
+    #: Seconds without a report before a node is marked down and its
+    #: instances are rescheduled.
+    node_grace: float = 10.0
 
 
 class ControlPlane:
@@ -76,8 +87,14 @@ class ControlPlane:
         self._health = health.HealthServicer()
         self._resources = ResourceServicer(self.store)
         resources_pb2_grpc.add_ResourceServiceServicer_to_server(self._resources, self._server)
-        nodes_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(), self._server)
-        instances_pb2_grpc.add_InstanceServiceServicer_to_server(InstanceServicer(), self._server)
+        self.nodes = NodeRegistry(self.store, grace=config.node_grace)
+        self.reconciler = Reconciler(self.store, self.nodes)
+        self._agents = AgentServicer(self.store, self.nodes)
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(self._agents, self._server)
+        nodes_pb2_grpc.add_NodeServiceServicer_to_server(
+            NodeServicer(self.store, self.nodes), self._server)
+        instances_pb2_grpc.add_InstanceServiceServicer_to_server(
+            InstanceServicer(self.store), self._server)
         proxies_pb2_grpc.add_ProxyServiceServicer_to_server(ProxyServicer(), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
@@ -95,6 +112,7 @@ class ControlPlane:
             raise UserError(f"cannot listen on {self.config.listen}: the address is in use "
                             "or not local; pick another with --listen")
         self._server.start()
+        self.reconciler.start()
         for name in ("", *SERVICE_NAMES):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return f"{host}:{self.port}"
@@ -114,6 +132,8 @@ class ControlPlane:
         self._health.enter_graceful_shutdown()
         done = self._server.stop(self.config.grace)
         self._resources.shutdown()
+        self._agents.shutdown()
+        self.reconciler.stop()
         done.wait()
         self.store.close()
         self._lock_file.close()
@@ -139,8 +159,11 @@ def _lock_data_dir(data_dir: Path) -> IO[str]:
     return handle
 
 
-def run(config: ServerConfig, announce: bool = True) -> None:
-    """Serve until SIGTERM or SIGINT, then stop gracefully."""
+def run(config: ServerConfig, announce: bool = True,
+        alongside: Callable[[str], Callable[[], None]] | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then stop gracefully. ``alongside`` is
+    started with the listening address once the server is up and returns the
+    function that stops it (``flotilla dev`` runs its agent this way)."""
     plane = ControlPlane(config)
     address = plane.start()
 
@@ -152,5 +175,8 @@ def run(config: ServerConfig, announce: bool = True) -> None:
     signal.signal(signal.SIGINT, on_signal)
     if announce:
         print(f"flotilla server listening on {address} (data dir {config.data_dir})", flush=True)
+    stop_alongside = alongside(address) if alongside is not None else None
     plane.wait()
+    if stop_alongside is not None:
+        stop_alongside()
     plane.stop()

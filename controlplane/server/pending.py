@@ -10,10 +10,10 @@ from typing import Any, NoReturn
 
 import grpc
 
-from controlplane.api.flotilla.v1 import instances_pb2_grpc, nodes_pb2_grpc, proxies_pb2_grpc
+from controlplane.api.flotilla.v1 import proxies_pb2_grpc
 
 
-def _unimplemented(what: str) -> Any:
+def unimplemented(what: str) -> Any:
     def method(self: object, request: object, context: grpc.ServicerContext) -> NoReturn:
         context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not available yet in this "
                       "version of Flotilla")
@@ -22,17 +22,5 @@ def _unimplemented(what: str) -> Any:
     return method
 
 
-class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
-    ListNodes = _unimplemented("listing nodes (node agents)")
-    DrainNode = _unimplemented("draining nodes (node agents)")
-
-
-class InstanceServicer(instances_pb2_grpc.InstanceServiceServicer):
-    RegisterInstance = _unimplemented("instance registration")
-    Heartbeat = _unimplemented("instance registration")
-    Deregister = _unimplemented("instance registration")
-    ListInstances = _unimplemented("listing instances (scheduling)")
-
-
 class ProxyServicer(proxies_pb2_grpc.ProxyServiceServicer):
-    ListProxies = _unimplemented("proxy status (the xDS server)")
+    ListProxies = unimplemented("proxy status (the xDS server)")

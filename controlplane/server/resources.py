@@ -26,7 +26,7 @@ WATCH_BATCH = 500
 def kind_of(name: str, *, allow_empty: bool = False) -> str:
     if allow_empty and not name:
         return ""
-    kind = resolve_kind(name)
+    kind = resolve_kind(name, system=True)
     if kind is None:
         raise InvalidManifest(
             [FieldViolation("kind", f"unknown kind {name!r}; use one of {', '.join(KINDS)}")]

@@ -188,6 +188,24 @@ class SqliteStore:
         with self._transaction(dry_run):
             return self._delete(keys, ignore_not_found)
 
+    def write_status(self, key: ObjectKey, status: Mapping[str, Any]) -> Resource | None:
+        """Replace an object's status (system writers only); None when the object
+        is gone. A status equal to the stored one writes nothing."""
+        with self._transaction(dry_run=False):
+            current = self._get(key)
+            if current is None or dict(current.status) == dict(status):
+                return current
+            self._rv += 1
+            stored = replace(current, status=dict(status), resource_version=self._rv,
+                             update_time=self._clock())
+            body = self._encode(stored)
+            self._db.execute(
+                "UPDATE objects SET body=? WHERE kind=? AND namespace=? AND name=?",
+                (body, *_key_tuple(key)),
+            )
+            self._record(EventType.MODIFIED, stored, body)
+            return stored
+
     def close(self) -> None:
         with self._changed:
             if not self._closed:

@@ -89,7 +89,7 @@ def configmap(name: str, value: str = "v") -> dict[str, Any]:
             "spec": {"data": {"value": value}}}
 
 
-def service(name: str, replicas: int = 1) -> dict[str, Any]:
+def service(name: str, replicas: int = 0) -> dict[str, Any]:
     return {"apiVersion": "flotilla.dev/v1", "kind": "Service", "metadata": {"name": name},
             "spec": {"image": "example:dev", "port": 8080, "replicas": replicas}}
 

@@ -23,6 +23,8 @@ class Instance(_message.Message):
         UNHEALTHY: _ClassVar[Instance.State]
         EXITED: _ClassVar[Instance.State]
         FAILED: _ClassVar[Instance.State]
+        ASSIGNED: _ClassVar[Instance.State]
+        CRASH_LOOP: _ClassVar[Instance.State]
     STATE_UNSPECIFIED: Instance.State
     PENDING: Instance.State
     STARTING: Instance.State
@@ -31,6 +33,8 @@ class Instance(_message.Message):
     UNHEALTHY: Instance.State
     EXITED: Instance.State
     FAILED: Instance.State
+    ASSIGNED: Instance.State
+    CRASH_LOOP: Instance.State
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]

@@ -1,0 +1,74 @@
+"""Commands about running things: the agent, scaling, draining."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from controlplane.cli.main import cli, client_of, default_data_dir, out, parse_selector
+
+
+@cli.command()
+@click.argument("service")
+@click.argument("replicas", type=click.IntRange(min=0))
+@click.option("-n", "--namespace", default="default", show_default=True)
+@click.pass_context
+def scale(ctx: click.Context, service: str, replicas: int, namespace: str) -> None:
+    """Set SERVICE's replicas."""
+    applied = client_of(ctx).scale(service, replicas, namespace)
+    out.print(f"Service {namespace}/{service} scaled to {replicas} ({applied.action})")
+
+
+@cli.command()
+@click.argument("node")
+@click.pass_context
+def drain(ctx: click.Context, node: str) -> None:
+    """Move every instance off NODE and place nothing new on it."""
+    client_of(ctx).drain(node)
+    out.print(f"Node {node} draining: its instances move to other nodes")
+
+
+@cli.command()
+@click.option("--name", required=True, help="This node's name (a DNS label).")
+@click.option("--address", default="127.0.0.1", show_default=True,
+              help="The address instances are published on and reachable at.")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
+              help="Node label for placement constraints (repeatable).")
+@click.option("--cpu", type=click.IntRange(min=1), default=None,
+              help="CPU capacity in millicores [default: detected].")
+@click.option("--memory", type=click.IntRange(min=1), default=None,
+              help="Memory capacity in MiB [default: detected].")
+@click.option("--driver", "drivers", multiple=True, type=click.Choice(["docker", "process"]),
+              help="Drivers to offer [default: process, and docker when an engine answers].")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="[default: ~/.local/share/flotilla/agent-NAME]")
+@click.pass_context
+def agent(ctx: click.Context, name: str, address: str, labels: tuple[str, ...],
+          cpu: int | None, memory: int | None, drivers: tuple[str, ...],
+          data_dir: Path | None) -> None:
+    """Run the node agent: join the control plane and run what it assigns."""
+    from sidecar.main import build_agent
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    node = build_agent(
+        server=ctx.find_root().obj["server"], name=name, address=address,
+        labels=parse_selector(",".join(labels)), cpu=cpu, memory=memory, drivers=drivers,
+        data_dir=data_dir or default_data_dir(f"agent-{name}"),
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    node.start()
+    out.print(f"flotilla agent {name} ({address}, drivers {', '.join(sorted(node.drivers))}) "
+              f"joining {node.config.server}")
+    stop.wait()
+    node.stop()

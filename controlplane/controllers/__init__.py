@@ -1,0 +1,9 @@
+"""Controllers: level-triggered loops that converge stored intent with what
+runs. Watches only enqueue keys; ``reconcile(key)`` re-reads the store and
+acts idempotently. Only the leader runs them.
+
+- :mod:`nodes`: node membership and liveness (the only writer of Node objects)
+- :mod:`replicas`: pure decisions: how many instances to create or remove
+- :mod:`reconciler`: the Service reconciler, the scheduler call and the plan
+  applier (the only writer of placements)
+"""

@@ -1,0 +1,119 @@
+"""Node membership and liveness.
+
+Node objects (kind ``Node``) hold the durable facts: spec = what the agent
+declared (address, labels, capacity, drivers) plus ``drain`` (operator
+intent); status = ``state`` (ready, down, draining). Heartbeats are kept in
+memory only, so reports do not churn the store; a node whose agent has not
+reported for ``grace`` seconds is marked down.
+
+Thread-safety: every method may be called from any thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from controlplane.errors import FieldViolation, InvalidManifest, NotFound
+from controlplane.manifests.types import check_dns_label, check_labels
+from controlplane.model import ObjectKey, Resource
+from controlplane.store import SqliteStore
+
+NODE_NAMESPACE = "cluster"
+
+
+def node_key(name: str) -> ObjectKey:
+    return ObjectKey("Node", NODE_NAMESPACE, name)
+
+
+def node_state(node: Resource) -> str:
+    state = str(node.status.get("state", "ready"))
+    if state == "ready" and node.spec.get("drain"):
+        return "draining"
+    return state
+
+
+class NodeRegistry:
+    def __init__(self, store: SqliteStore, grace: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._store = store
+        self.grace = grace
+        self._clock = clock
+        self._seen: dict[str, float] = {}
+        self._lock = threading.Lock()
+        # After a restart nobody has reported yet: every node gets a full grace.
+        now = clock()
+        for node in store.list("Node"):
+            self._seen[node.name] = now
+
+    def join(self, name: str, address: str, labels: Mapping[str, str], cpu_millis: int,
+             memory_mib: int, drivers: Sequence[str]) -> Resource:
+        problems = []
+        checks: list[tuple[str, Callable[[], object]]] = [
+            ("name", lambda: check_dns_label(name)),
+            ("labels", lambda: check_labels(dict(labels))),
+        ]
+        for path, check in checks:
+            try:
+                check()
+            except ValueError as error:
+                problems.append(FieldViolation(path, str(error)))
+        if not address:
+            problems.append(FieldViolation("address", "required: the address instances "
+                                                      "are reachable on"))
+        if cpu_millis <= 0 or memory_mib <= 0:
+            problems.append(FieldViolation("capacity", "cpu and memory must be > 0"))
+        if problems:
+            raise InvalidManifest(problems)
+        current = self._store.get(node_key(name))
+        spec: dict[str, Any] = {
+            "address": address, "labels": dict(labels),
+            "capacity": {"cpu": cpu_millis, "memory": memory_mib},
+            "drivers": sorted(drivers),
+            "drain": bool(current and current.spec.get("drain")),
+        }
+        base = current or Resource(kind="Node", namespace=NODE_NAMESPACE, name=name)
+        self._store.apply([replace(base, spec=spec, resource_version=0)])
+        self.heartbeat(name)
+        stored = self._store.write_status(node_key(name), {"state": "ready"})
+        assert stored is not None
+        return stored
+
+    def heartbeat(self, name: str) -> Resource:
+        node = self._store.get(node_key(name))
+        if node is None:
+            raise NotFound(f"node {name} has not joined; the agent joins first")
+        with self._lock:
+            self._seen[name] = self._clock()
+        if node.status.get("state") != "ready":
+            node = self._store.write_status(node.key, {"state": "ready"}) or node
+        return node
+
+    def sweep(self) -> list[str]:
+        """Mark nodes that stopped reporting as down; returns their names."""
+        now = self._clock()
+        downed = []
+        for node in self._store.list("Node"):
+            with self._lock:
+                seen = self._seen.setdefault(node.name, now)
+            if node.status.get("state") != "down" and now - seen > self.grace:
+                self._store.write_status(node.key, {
+                    "state": "down",
+                    "reason": f"no report for {now - seen:.0f}s (grace {self.grace:g}s)",
+                })
+                downed.append(node.name)
+        return downed
+
+    def drain(self, name: str) -> Resource:
+        node = self._store.get(node_key(name))
+        if node is None:
+            raise NotFound(f"node {name} not found")
+        if not node.spec.get("drain"):
+            self._store.apply([replace(node, spec={**node.spec, "drain": True},
+                                       resource_version=0)])
+        found = self._store.get(node_key(name))
+        assert found is not None
+        return found

@@ -1,0 +1,154 @@
+"""The Service reconciler and the plan applier.
+
+One thread on the leader. Store events only collect the Service keys they
+touch; each pass then reconciles those keys (create or remove Instance
+objects, :mod:`replicas`) and places every pending instance in one scheduler
+call (:mod:`placement`). The plan applier below is the only writer of
+placements: it re-checks the plan against fresh state and commits each
+placement with the instance's resourceVersion as a precondition.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import string
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import replace
+
+from controlplane.controllers import placement
+from controlplane.controllers.nodes import NodeRegistry, node_state
+from controlplane.controllers.replicas import decide, template_hash, template_of
+from controlplane.errors import Conflict, OutOfRange
+from controlplane.model import SERVICE_LABEL, ObjectKey, Resource, WatchEvent
+from controlplane.store import SqliteStore
+
+log = logging.getLogger("flotilla.reconciler")
+
+_SUFFIX = "bcdfghjklmnpqrstvwxz2456789"
+
+
+class Reconciler:
+    def __init__(self, store: SqliteStore, nodes: NodeRegistry, *,
+                 rng: random.Random | None = None, resync: float = 5.0) -> None:
+        self._store = store
+        self._nodes = nodes
+        self._rng = rng or random.Random()
+        self._resync = resync
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._store.wake()
+        self._thread.join(timeout=10)
+
+    # --- the loop -----------------------------------------------------------------
+
+    def _loop(self) -> None:
+        seen = 0
+        next_resync = 0.0
+        while not self._stop.is_set():
+            try:
+                head = self._store.wait(seen, 0.5)
+                keys: set[ObjectKey] = set()
+                full = time.monotonic() >= next_resync
+                if head > seen:
+                    try:
+                        for event in self._store.events(seen, until=head, limit=100_000):
+                            keys |= _service_keys(event)
+                            full = full or event.resource.kind == "Node"
+                    except OutOfRange:
+                        full = True
+                    seen = head
+                if self._nodes.sweep():
+                    full = True
+                if full:
+                    keys |= self._all_service_keys()
+                    next_resync = time.monotonic() + self._resync
+                if keys:
+                    self.reconcile_all(keys)
+            except Exception:  # keep reconciling; the next pass retries
+                log.exception("reconcile pass failed")
+                self._stop.wait(1.0)
+
+    def reconcile_all(self, keys: Iterable[ObjectKey]) -> None:
+        for key in sorted(keys):
+            self.reconcile(key)
+        self.place_pending()
+
+    def _all_service_keys(self) -> set[ObjectKey]:
+        keys = {s.key for s in self._store.list("Service")}
+        for instance in self._store.list("Instance"):
+            keys.add(ObjectKey("Service", instance.namespace, instance.spec["service"]))
+        return keys
+
+    # --- replicas -------------------------------------------------------------------
+
+    def reconcile(self, key: ObjectKey) -> None:
+        """Converge one Service's instances on its spec (idempotent)."""
+        service = self._store.get(key)
+        instances = self._store.list("Instance", key.namespace, {SERVICE_LABEL: key.name})
+        usable = {n.name for n in self._store.list("Node") if node_state(n) == "ready"}
+        decision = decide(service, instances, usable)
+        if decision.remove:
+            self._store.delete([ObjectKey("Instance", key.namespace, name)
+                                for name in decision.remove], ignore_not_found=True)
+            log.info("%s: removed %s", key, ", ".join(decision.remove))
+        if decision.create and service is not None:
+            created = [self._new_instance(service) for _ in range(decision.create)]
+            self._store.apply(created)
+            log.info("%s: created %s", key, ", ".join(i.name for i in created))
+
+    def _new_instance(self, service: Resource) -> Resource:
+        suffix = "".join(self._rng.choice(_SUFFIX) for _ in range(5))
+        spec = service.spec
+        return Resource(
+            kind="Instance", namespace=service.namespace, name=f"{service.name}-{suffix}",
+            labels={SERVICE_LABEL: service.name},
+            spec={
+                "service": service.name, "revision": service.generation,
+                "template": template_hash(spec), "workload": template_of(spec),
+                "placement": spec.get("placement") or {}, "node": "", "driver": "",
+            },
+        )
+
+    # --- placement (the plan applier) -------------------------------------------------
+
+    def place_pending(self) -> None:
+        instances = self._store.list("Instance")
+        pending = [i for i in instances if not i.spec.get("node")]
+        if not pending:
+            return
+        nodes = self._store.list("Node")
+        plan = placement.plan(nodes, instances, pending, self._rng)
+        problems = placement.recheck(self._store.list("Node"), self._store.list("Instance"), plan)
+        if problems:
+            log.info("plan rejected, retrying next pass: %s", "; ".join(problems))
+            return
+        by_name = {(i.namespace, i.name): i for i in pending}
+        for placed in plan.placements:
+            instance = by_name[(placed.namespace, placed.instance)]
+            spec = {**instance.spec, "node": placed.node, "driver": placed.driver}
+            try:
+                self._store.apply([replace(instance, spec=spec)])
+            except Conflict:
+                continue  # changed meanwhile; the next pass sees it again
+            self._store.write_status(instance.key, {"state": "assigned", "node": placed.node})
+        for failed in plan.failures:
+            key = ObjectKey("Instance", failed.namespace, failed.instance)
+            self._store.write_status(key, {"state": "pending", "reason": failed.explanation})
+
+
+def _service_keys(event: WatchEvent) -> set[ObjectKey]:
+    resource = event.resource
+    if resource.kind == "Service":
+        return {resource.key}
+    if resource.kind == "Instance":
+        return {ObjectKey("Service", resource.namespace, resource.spec["service"])}
+    return set()

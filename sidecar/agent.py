@@ -1,0 +1,186 @@
+"""The node agent: joins the control plane, follows its node's assignments,
+runs each instance through a driver (one runner thread per instance) and
+reports what runs, which doubles as its heartbeat.
+
+It keeps every workload running while the control plane is away (assignments
+are only acted on when they arrive), and after a restart it adopts the
+workloads its drivers list for this node instead of starting duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from controlplane.api.flotilla.v1 import agent_pb2, agent_pb2_grpc, nodes_pb2
+from controlplane.convert import dict_of
+from sidecar.drivers.base import Driver
+from sidecar.runner import Assignment, Backoff, InstanceRunner
+
+log = logging.getLogger("flotilla.agent")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    server: str
+    name: str
+    address: str
+    data_dir: Path
+    labels: Mapping[str, str] = field(default_factory=dict)
+    cpu_millis: int = 0
+    memory_mib: int = 0
+    backoff: Backoff = Backoff()
+    #: Seconds an instance gets to stop (TERM, then KILL).
+    stop_timeout: float = 10.0
+
+
+def detect_capacity() -> tuple[int, int]:
+    """(cpu millicores, memory MiB) of this machine."""
+    cpu = (os.cpu_count() or 1) * 1000
+    memory = 1024
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return cpu, memory
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, drivers: Mapping[str, Driver]) -> None:
+        self.config = config
+        self.drivers = dict(drivers)
+        self._channel = grpc.insecure_channel(config.server)
+        self._stub = agent_pb2_grpc.AgentServiceStub(self._channel)
+        self._runners: dict[str, InstanceRunner] = {}
+        #: Runners told to stop whose workload may still be winding down.
+        self._retiring: dict[str, InstanceRunner] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._report_now = threading.Event()
+        self._interval = 1.0
+        self._stream: grpc.Future | None = None
+        self._threads = [
+            threading.Thread(target=self._follow_assignments, name="assignments", daemon=True),
+            threading.Thread(target=self._report_loop, name="reports", daemon=True),
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        """Leave every workload running (the agent may come back and adopt
+        them); just stop talking to the control plane."""
+        self._stopping.set()
+        self._report_now.set()
+        stream = self._stream
+        if stream is not None:
+            stream.cancel()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._channel.close()
+
+    def runners(self) -> dict[str, InstanceRunner]:
+        with self._lock:
+            return dict(self._runners)
+
+    # --- assignments ---------------------------------------------------------------
+
+    def _join(self) -> None:
+        cpu, memory = detect_capacity()
+        reply = self._stub.Join(agent_pb2.JoinRequest(
+            name=self.config.name, address=self.config.address, labels=dict(self.config.labels),
+            capacity=nodes_pb2.Capacity(cpu_millis=self.config.cpu_millis or cpu,
+                                        memory_mib=self.config.memory_mib or memory),
+            drivers=sorted(self.drivers),
+        ), timeout=10)
+        self._interval = reply.report_interval_seconds or 1.0
+
+    def _follow_assignments(self) -> None:
+        delay = 0.2
+        while not self._stopping.is_set():
+            try:
+                self._join()
+                log.info("joined %s as node %s (%s)", self.config.server, self.config.name,
+                         self.config.address)
+                self._stream = self._stub.WatchAssignments(
+                    agent_pb2.WatchAssignmentsRequest(node=self.config.name))
+                for message in self._stream:
+                    delay = 0.2
+                    self._converge([_assignment(a) for a in message.assignments])
+            except grpc.RpcError as error:
+                if self._stopping.is_set():
+                    return
+                log.warning("control plane %s: %s; retrying in %.1fs (workloads keep running)",
+                            self.config.server, error.code().name, delay)
+            if self._stopping.wait(delay):
+                return
+            delay = min(delay * 2, 5.0)
+
+    def _converge(self, assignments: list[Assignment]) -> None:
+        """Make the runners match the assignment set: start runners for new
+        instances (adopting what a driver already runs), stop the rest,
+        including workloads no runner knows (left by an earlier agent)."""
+        wanted = {a.instance_id: a for a in assignments}
+        with self._lock:
+            for instance_id in list(self._runners):
+                if instance_id not in wanted:
+                    runner = self._runners.pop(instance_id)
+                    runner.stop(self.config.stop_timeout)
+                    self._retiring[instance_id] = runner
+            for instance_id, runner in list(self._retiring.items()):
+                if runner.stopped.is_set():
+                    del self._retiring[instance_id]
+            for instance_id, assignment in wanted.items():
+                driver = self.drivers.get(assignment.driver)
+                if instance_id in self._runners or driver is None:
+                    continue
+                runner = InstanceRunner(assignment, driver, self._report_now.set,
+                                        self.config.backoff)
+                self._runners[instance_id] = runner
+                runner.start()
+            known = set(self._runners) | set(self._retiring)
+        for driver in self.drivers.values():
+            for running in driver.list():
+                if running.instance_id not in known:
+                    log.info("%s: not assigned to this node; stopping it", running.instance_id)
+                    driver.stop(running.instance_id, self.config.stop_timeout)
+        self._report_now.set()
+
+    # --- reports (the heartbeat) -----------------------------------------------------
+
+    def _report_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._report_now.wait(self._interval)
+            self._report_now.clear()
+            if self._stopping.is_set():
+                return
+            reports = []
+            for instance_id, runner in self.runners().items():
+                status = runner.status()
+                reports.append(agent_pb2.InstanceReport(
+                    instance_id=instance_id, namespace=runner.assignment.namespace,
+                    state=status.state, reason=status.reason,
+                    address=status.address, port=status.port, restarts=status.restarts,
+                    exit_code=status.exit_code,
+                ))
+            try:
+                self._stub.Report(agent_pb2.ReportRequest(node=self.config.name,
+                                                          instances=reports), timeout=5)
+            except grpc.RpcError:
+                pass  # the assignments thread reports and retries the connection
+
+
+def _assignment(message: agent_pb2.Assignment) -> Assignment:
+    return Assignment(
+        instance_id=message.instance_id, namespace=message.namespace, service=message.service,
+        revision=message.revision, spec=dict_of(message.spec), driver=message.driver,
+    )

@@ -1,0 +1,84 @@
+"""The driver interface: one small Protocol the agent drives every runtime through.
+
+Contract:
+- A driver owns only what it labels with its node's name; ``list()`` returns
+  exactly that, so an agent restarted on the same node adopts its workloads
+  instead of duplicating them.
+- ``start`` is not idempotent: the agent calls it only for an instance that
+  ``inspect`` does not know. ``stop`` and ``remove`` are idempotent.
+- Thread-safety: methods may be called from several agent threads at once.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class DriverError(Exception):
+    """The runtime refused or failed; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What to run for one instance (from its Service's spec at ``revision``)."""
+
+    instance_id: str
+    namespace: str
+    service: str
+    #: The Service's generation this instance was made from.
+    revision: int
+    image: str | None = None
+    command: Sequence[str] | None = None
+    args: Sequence[str] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    #: The app's port inside the instance, or None for no listener.
+    port: int | None = None
+    protocol: str = "http"
+    cpu_millis: int = 100
+    memory_mib: int = 128
+
+
+class WorkloadState(enum.Enum):
+    RUNNING = "running"
+    EXITED = "exited"
+
+
+@dataclass(frozen=True)
+class Running:
+    """What the runtime says about one instance's workload."""
+
+    instance_id: str
+    namespace: str
+    service: str
+    revision: int
+    state: WorkloadState
+    #: Where the app's port is reachable from the node: the node's advertised
+    #: address and the host port mapped to the app port (None without a port).
+    address: str
+    port: int | None
+    exit_code: int | None = None
+    #: Unix seconds.
+    started_at: float = 0.0
+    #: Driver-specific handle (container id, pid), for logs and operators.
+    handle: str = ""
+
+
+class Driver(Protocol):
+    name: str
+
+    def start(self, workload: Workload) -> Running: ...
+
+    def inspect(self, instance_id: str) -> Running | None: ...
+
+    def list(self) -> Sequence[Running]: ...
+
+    def stop(self, instance_id: str, timeout: float = 10.0) -> None:
+        """Stop the workload (TERM, then KILL after ``timeout``) and remove
+        everything it used (containers, files); unknown ids are ignored."""
+        ...
+
+    def logs(self, instance_id: str, tail: int | None = None,
+             follow: bool = False) -> Iterator[bytes]: ...

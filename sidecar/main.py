@@ -1,0 +1,47 @@
+"""Builds an agent with the drivers this machine offers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from sidecar.agent import Agent, AgentConfig
+from sidecar.drivers.base import Driver
+from sidecar.drivers.process import ProcessDriver
+
+log = logging.getLogger("flotilla.agent")
+
+
+def docker_driver(name: str, address: str) -> Driver | None:
+    """The docker driver when a Docker engine answers, else None."""
+    try:
+        import docker
+
+        from sidecar.drivers.docker import DockerDriver
+
+        client = docker.from_env(timeout=30)
+        client.ping()
+    except Exception as error:  # noqa: BLE001 - any failure means "no engine here"
+        log.info("no Docker engine (%s); the process driver only", error)
+        return None
+    driver: Driver = DockerDriver(client, name, address)
+    return driver
+
+
+def build_agent(*, server: str, name: str, address: str, labels: Mapping[str, str],
+                cpu: int | None, memory: int | None, drivers: Sequence[str],
+                data_dir: Path) -> Agent:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    offered: dict[str, Driver] = {}
+    if not drivers or "process" in drivers:
+        offered["process"] = ProcessDriver(name, address, data_dir)
+    if not drivers or "docker" in drivers:
+        found = docker_driver(name, address)
+        if found is not None:
+            offered["docker"] = found
+        elif drivers:
+            raise SystemExit("--driver docker: no Docker engine answers on this machine")
+    config = AgentConfig(server=server, name=name, address=address, data_dir=data_dir,
+                         labels=dict(labels), cpu_millis=cpu or 0, memory_mib=memory or 0)
+    return Agent(config, offered)

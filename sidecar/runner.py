@@ -1,0 +1,214 @@
+"""One thread per instance: start it, watch it, health-check it, restart it
+by its restart policy with exponential backoff, stop it when told.
+
+Contract: only the runner's own thread calls the driver for its instance;
+``status()`` may be read from any thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from controlplane.manifests.types import parse_duration
+from sidecar.drivers.base import Driver, DriverError, Running, Workload, WorkloadState
+from sidecar.health import probe
+
+log = logging.getLogger("flotilla.agent")
+
+
+@dataclass(frozen=True)
+class Assignment:
+    instance_id: str
+    namespace: str
+    service: str
+    revision: int
+    spec: Mapping[str, Any]
+    driver: str
+
+    def workload(self) -> Workload:
+        spec = self.spec
+        resources = spec.get("resources") or {}
+        return Workload(
+            instance_id=self.instance_id, namespace=self.namespace, service=self.service,
+            revision=self.revision, image=spec.get("image"), command=spec.get("command"),
+            args=tuple(spec.get("args") or ()), env=dict(spec.get("env") or {}),
+            port=spec.get("port"), protocol=spec.get("protocol", "http"),
+            cpu_millis=int(resources.get("cpu", 100)), memory_mib=int(resources.get("memory", 128)),
+        )
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Delays between restarts: ``base * 2**(n-1)`` capped at ``cap`` seconds;
+    the count resets once an instance has run ``reset_after`` seconds."""
+
+    base: float = 1.0
+    cap: float = 60.0
+    reset_after: float = 30.0
+
+    def delay(self, failures: int) -> float:
+        return float(min(self.cap, self.base * 2 ** max(0, failures - 1)))
+
+
+@dataclass
+class InstanceStatus:
+    state: str = "pending"
+    reason: str = ""
+    address: str = ""
+    port: int = 0
+    restarts: int = 0
+    exit_code: int = 0
+    #: Seconds until the next start attempt, while crash-looping.
+    backoff: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class InstanceRunner:
+    TICK = 0.2
+
+    def __init__(self, assignment: Assignment, driver: Driver,
+                 on_change: Callable[[], None], backoff: Backoff = Backoff()) -> None:
+        self.assignment = assignment
+        self._driver = driver
+        self._on_change = on_change
+        self._backoff = backoff
+        self._status = InstanceStatus()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._stop_timeout = 10.0
+        self._thread = threading.Thread(
+            target=self._run, name=f"instance-{assignment.instance_id}", daemon=True
+        )
+        self.stopped = threading.Event()
+
+    @property
+    def instance_id(self) -> str:
+        return self.assignment.instance_id
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask the runner to stop its instance (asynchronously)."""
+        self._stop_timeout = timeout
+        self._stop.set()
+
+    def status(self) -> InstanceStatus:
+        with self._lock:
+            return InstanceStatus(**self._status.__dict__)
+
+    # --- the runner's thread ------------------------------------------------------
+
+    def _set(self, **changes: Any) -> None:
+        with self._lock:
+            before = dict(self._status.__dict__)
+            for key, value in changes.items():
+                setattr(self._status, key, value)
+            changed = before != self._status.__dict__
+        if changed:
+            if "state" in changes and changes["state"] != before["state"]:
+                log.info("%s: %s %s", self.instance_id, changes["state"],
+                         changes.get("reason", ""))
+            self._on_change()
+
+    def _run(self) -> None:
+        failures = 0
+        try:
+            while not self._stop.is_set():
+                running = self._driver.inspect(self.instance_id)
+                if running is None or running.state is WorkloadState.EXITED:
+                    if running is not None:
+                        failures, again = self._exited(running, failures)
+                        if not again:
+                            self._stop.wait()
+                            break
+                    running = self._start_after_backoff(failures)
+                    if running is None:
+                        continue
+                failures = self._supervise(running, failures)
+        except Exception:  # never let a runner die silently
+            log.exception("%s: runner failed", self.instance_id)
+            self._set(state="failed", reason="agent error; see the agent log")
+            self._stop.wait()
+        finally:
+            try:
+                self._driver.stop(self.instance_id, self._stop_timeout)
+            except DriverError as error:
+                log.warning("%s: stop failed: %s", self.instance_id, error)
+            self.stopped.set()
+
+    def _exited(self, running: Running, failures: int) -> tuple[int, bool]:
+        """Record an exit; returns (consecutive failures, restart?)."""
+        code = running.exit_code if running.exit_code is not None else -1
+        policy = self.assignment.spec.get("restartPolicy", "always")
+        self._driver.stop(self.instance_id, 1.0)  # clean up what is left of it
+        if policy == "never" or (policy == "on-failure" and code == 0):
+            state = "exited" if code == 0 else "failed"
+            self._set(state=state, reason=f"exited with code {code}", exit_code=code,
+                      backoff=0.0)
+            return failures, False
+        ran = time.time() - running.started_at if running.started_at else 0.0
+        failures = 1 if ran >= self._backoff.reset_after else failures + 1
+        delay = self._backoff.delay(failures)
+        self._set(
+            state="crashloop", exit_code=code, backoff=delay,
+            reason=f"exited with code {code}; restarting in {delay:g}s "
+                   f"(restart {self._status.restarts + 1}, back-off doubles up to "
+                   f"{self._backoff.cap:g}s)",
+        )
+        return failures, True
+
+    def _start_after_backoff(self, failures: int) -> Running | None:
+        if failures and self._stop.wait(self._backoff.delay(failures)):
+            return None
+        restarts = self._status.restarts + (1 if failures else 0)
+        self._set(state="starting", reason="", backoff=0.0, restarts=restarts)
+        try:
+            running = self._driver.start(self.assignment.workload())
+        except DriverError as error:
+            self._set(state="failed", reason=str(error))
+            self._stop.wait(5.0)
+            return None
+        self._set(address=running.address, port=running.port or 0)
+        return running
+
+    def _supervise(self, running: Running, failures: int) -> int:
+        """Watch a running instance until it exits, fails its health check or
+        the runner stops; returns the consecutive failure count."""
+        check = self.assignment.spec.get("healthCheck")
+        self._set(address=running.address, port=running.port or 0,
+                  state="starting" if check else "running",
+                  reason="waiting for the first health check" if check else "")
+        if check:
+            interval = parse_duration(str(check.get("interval", "5s")))
+            threshold = int(check.get("failureThreshold", 3))
+            next_check = time.monotonic() + parse_duration(str(check.get("initialDelay", "0s")))
+        fails = 0
+        while not self._stop.wait(self.TICK):
+            now = self._driver.inspect(self.instance_id)
+            if now is None or now.state is WorkloadState.EXITED:
+                return failures
+            if not check or time.monotonic() < next_check:
+                continue
+            next_check = time.monotonic() + interval
+            ok, detail = probe(check, running.address, running.port or 0)
+            if ok:
+                fails = 0
+                self._set(state="healthy", reason=detail)
+                if time.time() - running.started_at >= self._backoff.reset_after:
+                    failures = 0
+                continue
+            fails += 1
+            if fails < threshold:
+                self._set(reason=f"health check failing ({fails}/{threshold}): {detail}")
+                continue
+            self._set(state="unhealthy", reason=f"health check failed {fails} times: {detail}; "
+                      "restarting")
+            self._driver.stop(self.instance_id, self._stop_timeout)
+            return failures + 1
+        return failures

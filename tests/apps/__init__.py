@@ -1,0 +1,1 @@
+"""Tiny workloads the tests run through the drivers."""

@@ -1,0 +1,184 @@
+"""Scheduling and running workloads with the process driver: three real agents
+on 127.0.0.2-4, a real server, real processes, real health checks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controlplane.client import Client
+from tests.harness import AgentProcess, ServerProcess, eventually, run_cli
+
+APPS = Path(__file__).resolve().parents[1] / "apps"
+GRACE = 3.0
+NODES = [("n2", "127.0.0.2", "zone=a"), ("n3", "127.0.0.3", "zone=b"),
+         ("n4", "127.0.0.4", "zone=c")]
+
+
+def web(name: str, replicas: int, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "flotilla.dev/v1", "kind": "Service", "metadata": {"name": name},
+        "spec": {
+            "command": [sys.executable, str(APPS / "web.py")], "port": 8080,
+            "replicas": replicas, "resources": {"cpu": 100, "memory": 64},
+            "healthCheck": {"http": {"path": "/healthz"}, "interval": "250ms",
+                            "failureThreshold": 2},
+            **spec,
+        },
+    }
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[tuple[ServerProcess, list[AgentProcess]]]:
+    server = ServerProcess(tmp_path / "server", extra_args=("--node-grace", str(GRACE))).start()
+    agents = [AgentProcess(server, name, address, tmp_path / name, labels=(label,)).start()
+              for name, address, label in NODES]
+    try:
+        with server.client() as client:
+            eventually(lambda: len(ready_nodes(client)) == 3, 30, "three ready nodes")
+        yield server, agents
+    finally:
+        for agent in agents:
+            agent.cleanup()
+        server.stop()
+
+
+def ready_nodes(client: Client) -> list[str]:
+    nodes, _ = client.list("Node", "")
+    return [n["metadata"]["name"] for n in nodes if n.get("status", {}).get("state") == "ready"]
+
+
+def instances(client: Client, service: str) -> list[dict[str, Any]]:
+    return client.list("Instance", "default", {"flotilla.dev/service": service})[0]
+
+
+def healthy(client: Client, service: str, count: int) -> list[dict[str, Any]] | None:
+    found = instances(client, service)
+    good = [i for i in found if i.get("status", {}).get("state") == "healthy"]
+    return good if len(good) == count and len(found) == count else None
+
+
+def test_six_replicas_land_two_per_node(cluster: tuple[ServerProcess, list[AgentProcess]]
+                                        ) -> None:
+    server, _ = cluster
+    with server.client() as client:
+        client.apply([(web("web", 6), "web")])
+        placed = eventually(lambda: healthy(client, "web", 6), 30, "6 healthy instances")
+        assert Counter(i["spec"]["node"] for i in placed) == {"n2": 2, "n3": 2, "n4": 2}
+        listed = run_cli("get", "instances", "web", server=server)
+        assert listed.returncode == 0 and listed.stdout.count("healthy") == 6
+        nodes = run_cli("get", "nodes", server=server)
+        assert nodes.stdout.count("ready") == 3 and "127.0.0.3" in nodes.stdout
+
+
+def test_constraint_puts_everything_on_the_matching_node(
+    cluster: tuple[ServerProcess, list[AgentProcess]]
+) -> None:
+    server, _ = cluster
+    with server.client() as client:
+        spec = web("zoned", 3, placement={"constraints": [{"key": "zone", "value": "b"}]})
+        client.apply([(spec, "zoned")])
+        placed = eventually(lambda: healthy(client, "zoned", 3), 30, "3 healthy instances")
+        assert {i["spec"]["node"] for i in placed} == {"n3"}
+
+
+def test_too_large_is_unschedulable_with_an_explanation(
+    cluster: tuple[ServerProcess, list[AgentProcess]]
+) -> None:
+    server, _ = cluster
+    with server.client() as client:
+        client.apply([(web("huge", 1, resources={"cpu": 100, "memory": 100_000}), "huge")])
+
+        def explained() -> str | None:
+            found = instances(client, "huge")
+            reason = found[0].get("status", {}).get("reason", "") if found else ""
+            return reason if "nodes fit" in reason else None
+
+        reason = eventually(explained, 15, "an unschedulable explanation")
+        assert reason.startswith("0/3 nodes fit: 3 insufficient memory (need 100000 MiB")
+        name = instances(client, "huge")[0]["metadata"]["name"]
+        described = run_cli("describe", "instance", name, server=server)
+        assert "0/3 nodes fit" in described.stdout
+
+
+def test_killed_instance_is_replaced_and_never_exceeds_replicas(
+    cluster: tuple[ServerProcess, list[AgentProcess]]
+) -> None:
+    server, agents = cluster
+    with server.client() as client:
+        client.apply([(web("web", 3), "web")])
+        placed = eventually(lambda: healthy(client, "web", 3), 30, "3 healthy instances")
+        victim = placed[0]
+        agent = next(a for a in agents if a.name == victim["spec"]["node"])
+        pid = agent.workload_pids()[victim["metadata"]["name"]]
+        os.killpg(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+
+        def recovered() -> bool:
+            found = instances(client, "web")
+            assert len(found) <= 3, f"{len(found)} instances for 3 replicas"
+            states = [i.get("status", {}) for i in found]
+            return len(found) == 3 and all(s.get("state") == "healthy" for s in states) and (
+                any(s.get("restarts", 0) >= 1 for s in states))
+
+        eventually(recovered, 15, "the killed instance to be healthy again")
+        assert time.monotonic() - killed_at < 5.0 + 1.0  # within 5 s, with polling slack
+
+
+def test_failing_health_check_restarts_the_instance(
+    cluster: tuple[ServerProcess, list[AgentProcess]], tmp_path: Path
+) -> None:
+    server, _ = cluster
+    flag = tmp_path / "unhealthy"
+    with server.client() as client:
+        client.apply([(web("flaky", 1, env={"HEALTH_FAIL_FILE": str(flag)}), "flaky")])
+        eventually(lambda: healthy(client, "flaky", 1), 30, "a healthy instance")
+        flag.write_text("fail")
+
+        def restarted() -> dict[str, Any] | None:
+            found = instances(client, "flaky")
+            status = found[0].get("status", {}) if found else {}
+            return status if status.get("restarts", 0) >= 1 else None
+
+        status = eventually(restarted, 15, "a restart after failing health checks")
+        assert status["restarts"] >= 1
+        flag.unlink()
+        eventually(lambda: healthy(client, "flaky", 1), 30, "healthy again")
+
+
+def test_crashing_command_shows_crashloop_with_growing_backoff(
+    cluster: tuple[ServerProcess, list[AgentProcess]]
+) -> None:
+    server, _ = cluster
+    crash = {"command": ["/bin/sh", "-c", "echo boom; exit 3"], "healthCheck": None}
+    spec = web("crash", 1)
+    spec["spec"].update(crash)
+    del spec["spec"]["healthCheck"]
+    with server.client() as client:
+        client.apply([(spec, "crash")])
+        delays: list[float] = []
+
+        def backoffs() -> bool:
+            found = instances(client, "crash")
+            status = found[0].get("status", {}) if found else {}
+            reason = status.get("reason", "")
+            if status.get("state") == "crashloop" and "restarting in" in reason:
+                delay = float(reason.split("restarting in ")[1].split("s")[0])
+                if not delays or delay != delays[-1]:
+                    delays.append(delay)
+            return len(delays) >= 3
+
+        eventually(backoffs, 30, "three crash-loop back-offs", interval=0.05)
+        assert delays == sorted(delays) and delays[-1] > delays[0], delays
+        status = instances(client, "crash")[0]["status"]
+        assert status["exitCode"] == 3
+        # Not a tight loop: a handful of restarts in several seconds.
+        assert status["restarts"] <= 6
