@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system proto demo test test-fast bench consul lint services-start services-stop clean
+.PHONY: setup system proto demo test test-fast bench images consul lint services-start services-stop clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ proto: $(STAMP)
 consul:
 	bash deploy/scripts/build-consul.sh
 
+## images: the pause, example-http and example-grpc images, built locally (no registry)
+images:
+	bash deploy/images/build.sh
+
 services-start:
 	bash deploy/scripts/services.sh start
 
@@ -37,7 +41,8 @@ demo: $(STAMP)
 
 test: $(STAMP) system lint
 	bash deploy/scripts/services.sh start
-	status=0; $(PY) -m pytest -q $(PYTEST_ARGS) || status=$$?; \
+	status=0; { ! docker info >/dev/null 2>&1 || bash deploy/images/build.sh; } && \
+	  $(PY) -m pytest -q $(PYTEST_ARGS) || status=$$?; \
 	  bash deploy/scripts/services.sh stop; exit $$status
 
 test-fast: $(STAMP)

@@ -128,6 +128,11 @@ def plan(nodes: Sequence[Resource], instances: Sequence[Resource],
 
 
 def recheck(nodes: Sequence[Resource], instances: Sequence[Resource],
-            decided: InstancePlan) -> list[str]:
-    """The plan applier's re-check against fresh state: conflicts, if any."""
-    return [str(c) for c in check_plan(snapshot(nodes, instances), decided.scheduled)]
+            decided: InstancePlan) -> dict[tuple[str, str], str]:
+    """The plan applier's re-check against fresh state: (namespace, instance)
+    -> why its placement no longer holds."""
+    found: dict[tuple[str, str], str] = {}
+    for conflict in check_plan(snapshot(nodes, instances), decided.scheduled):
+        namespace, _, name = conflict.instance_id.partition("/")
+        found[(namespace, name)] = str(conflict)
+    return found

@@ -127,12 +127,13 @@ class Reconciler:
             return
         nodes = self._store.list("Node")
         plan = placement.plan(nodes, instances, pending, self._rng)
-        problems = placement.recheck(self._store.list("Node"), self._store.list("Instance"), plan)
-        if problems:
-            log.info("plan rejected, retrying next pass: %s", "; ".join(problems))
-            return
+        conflicts = placement.recheck(self._store.list("Node"), self._store.list("Instance"), plan)
+        if conflicts:
+            log.info("placements left for the next pass: %s", "; ".join(conflicts.values()))
         by_name = {(i.namespace, i.name): i for i in pending}
         for placed in plan.placements:
+            if (placed.namespace, placed.instance) in conflicts:
+                continue
             instance = by_name[(placed.namespace, placed.instance)]
             spec = {**instance.spec, "node": placed.node, "driver": placed.driver}
             try:

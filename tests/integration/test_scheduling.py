@@ -182,3 +182,71 @@ def test_crashing_command_shows_crashloop_with_growing_backoff(
         assert status["exitCode"] == 3
         # Not a tight loop: a handful of restarts in several seconds.
         assert status["restarts"] <= 6
+
+
+def pids(agents: list[AgentProcess]) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for agent in agents:
+        found |= agent.workload_pids()
+    return found
+
+
+def test_dead_node_instances_move_to_the_others(
+    cluster: tuple[ServerProcess, list[AgentProcess]]
+) -> None:
+    server, agents = cluster
+    with server.client() as client:
+        client.apply([(web("web", 3), "web")])
+        eventually(lambda: healthy(client, "web", 3), 30, "3 healthy instances")
+        dead = agents[0]
+        dead.cleanup()  # SIGTERM the agent, SIGKILL its workloads
+        dead.kill()
+        died_at = time.monotonic()
+        moved = eventually(
+            lambda: (found := healthy(client, "web", 3)) and all(
+                i["spec"]["node"] != dead.name for i in found) and found,
+            GRACE + 15, "3 healthy instances on the surviving nodes")
+        assert time.monotonic() - died_at < GRACE + 5 + 1
+        assert {i["spec"]["node"] for i in moved} <= {"n3", "n4"}
+        nodes = {n["metadata"]["name"]: n["status"]["state"] for n in client.list("Node")[0]}
+        assert nodes[dead.name] == "down"
+
+
+def test_a_restarted_agent_adopts_its_workloads(
+    cluster: tuple[ServerProcess, list[AgentProcess]]
+) -> None:
+    server, agents = cluster
+    with server.client() as client:
+        client.apply([(web("web", 3), "web")])
+        before = {i["metadata"]["name"] for i in
+                  eventually(lambda: healthy(client, "web", 3), 30, "3 healthy instances")}
+        running = pids(agents)
+        agents[0].kill()  # SIGKILL: the workloads keep running without it
+        agents[0] = AgentProcess(server, agents[0].name, agents[0].address, agents[0].data_dir,
+                                 labels=agents[0].labels).start()
+        time.sleep(3 * 1.0)  # a few report intervals for the new agent to settle
+        after = eventually(lambda: healthy(client, "web", 3), 15, "3 healthy instances")
+        assert {i["metadata"]["name"] for i in after} == before
+        assert pids(agents) == running, "a workload was restarted or duplicated"
+        assert all(i["status"]["restarts"] == 0 for i in after)
+
+
+def test_server_restart_leaves_workloads_running(
+    cluster: tuple[ServerProcess, list[AgentProcess]]
+) -> None:
+    server, agents = cluster
+    with server.client() as client:
+        client.apply([(web("web", 3), "web")])
+        before = {i["metadata"]["name"] for i in
+                  eventually(lambda: healthy(client, "web", 3), 30, "3 healthy instances")}
+    running = pids(agents)
+    server.kill()
+    time.sleep(2.0)  # the agents notice and keep their workloads running
+    assert pids(agents) == running
+    server.start()  # same data dir, same port
+    with server.client() as client:
+        eventually(lambda: len(ready_nodes(client)) == 3, 30, "the agents to rejoin")
+        time.sleep(2.0)
+        after = eventually(lambda: healthy(client, "web", 3), 15, "3 healthy instances")
+        assert {i["metadata"]["name"] for i in after} == before
+    assert pids(agents) == running, "a workload was restarted or duplicated"

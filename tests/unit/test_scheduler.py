@@ -459,7 +459,7 @@ requests = st.builds(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(clusters(), st.lists(requests, max_size=40), st.integers(0, 2**32))
 def test_plans_are_sound(snapshot: ClusterSnapshot, pending: list[PlacementRequest],
                          seed: int) -> None:
@@ -515,7 +515,7 @@ def test_replicas_spread_evenly_when_everything_fits(nodes: int, services: int, 
     assert max(per_node.values()) <= -(-replicas // nodes) + 1
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(clusters(), requests, st.integers(0, 2**32))
 def test_node_index_finds_exactly_the_statically_feasible_nodes(
         snapshot: ClusterSnapshot, pending: PlacementRequest, seed: int) -> None:
@@ -527,7 +527,7 @@ def test_node_index_finds_exactly_the_statically_feasible_nodes(
     assert index.feasible((pending.driver, pending.constraints)) == expected
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(clusters(), requests.filter(lambda r: r.instance_id not in ("p0", "p1")),
        st.integers(0, 2**32))
 def test_a_request_fails_only_when_no_node_fits(snapshot: ClusterSnapshot,

@@ -7,7 +7,10 @@ library and grpcio, so Debian's ``python3-grpcio`` is enough.
 
 Environment, shared by both:
 
-- ``PORT``: the port to listen on, on every address;
+- ``PORT``: the port to listen on;
+- ``HOST``: the address to listen on (the process driver sets the node's
+  address, so instances on different nodes of one machine do not collide);
+  every address when unset, as in a container;
 - ``FLOTILLA_INSTANCE_ID``, ``FLOTILLA_SERVICE``, ``FLOTILLA_NAMESPACE``: who
   this instance is (set by the agent's drivers), echoed back to callers;
 - ``HEALTH_FAIL_FILE``: while the file it names exists, health checks fail,
@@ -43,6 +46,10 @@ class Identity:
 
 def listen_port(default: int) -> int:
     return int(os.environ.get("PORT", str(default)))
+
+
+def listen_host() -> str:
+    return os.environ.get("HOST", "0.0.0.0")
 
 
 def healthy() -> bool:

@@ -13,7 +13,7 @@ service is served through generic handlers, with its two one-field messages
 encoded here by hand; any standard health client (grpc_health_probe, Envoy,
 Kubernetes) reads them.
 
-Listens on ``0.0.0.0:$PORT`` (default 9090); on SIGTERM stops taking new
+Listens on ``$HOST:$PORT`` (every address without HOST) (default 9090); on SIGTERM stops taking new
 calls, lets running ones finish for up to ``GRACE_SECONDS`` and exits 0.
 """
 
@@ -27,7 +27,7 @@ from typing import Any
 
 import grpc
 
-from flotilla_examples import Identity, healthy, listen_port, say, stop_requested
+from flotilla_examples import Identity, healthy, listen_host, listen_port, say, stop_requested
 
 DEFAULT_PORT = 9090
 GRACE_SECONDS = 5.0
@@ -133,11 +133,11 @@ def main() -> int:
     port = listen_port(DEFAULT_PORT)
     echo = EchoServer(Identity.from_env())
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), handlers=echo.handlers())
-    if server.add_insecure_port(f"0.0.0.0:{port}") == 0:
-        print(f"grpc_echo: cannot listen on 0.0.0.0:{port}", file=sys.stderr, flush=True)
+    if server.add_insecure_port(f"{listen_host()}:{port}") == 0:
+        print(f"grpc_echo: cannot listen on {listen_host()}:{port}", file=sys.stderr, flush=True)
         return 1
     server.start()
-    say(f"grpc_echo: instance {echo.identity.instance or '-'} listening on 0.0.0.0:{port}")
+    say(f"grpc_echo: instance {echo.identity.instance or '-'} listening on {listen_host()}:{port}")
     stop.wait()
     echo.draining.set()
     server.stop(GRACE_SECONDS).wait()

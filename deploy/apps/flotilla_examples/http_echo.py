@@ -6,7 +6,7 @@
   service, namespace, method, path and request headers, so callers can see
   which instance answered and what the mesh added on the way.
 
-Listens on ``0.0.0.0:$PORT`` (default 8080); exits 0 on SIGTERM.
+Listens on ``$HOST:$PORT`` (every address without HOST) (default 8080); exits 0 on SIGTERM.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from flotilla_examples import Identity, healthy, listen_port, say, stop_requested
+from flotilla_examples import Identity, healthy, listen_host, listen_port, say, stop_requested
 
 DEFAULT_PORT = 8080
 
@@ -61,7 +61,7 @@ def main() -> int:
     stop = stop_requested()
     port = listen_port(DEFAULT_PORT)
     EchoHandler.identity = Identity.from_env()
-    server = ThreadingHTTPServer(("0.0.0.0", port), EchoHandler)
+    server = ThreadingHTTPServer((listen_host(), port), EchoHandler)
     serving = threading.Thread(target=server.serve_forever, name="http-echo", daemon=True)
     serving.start()
     say(f"http_echo: instance {EchoHandler.identity.instance or '-'} listening on 0.0.0.0:{port}")
