@@ -19,7 +19,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from controlplane import convert, errors
-from controlplane.api.flotilla.v1 import nodes_pb2, nodes_pb2_grpc
+from controlplane.api.flotilla.v1 import agent_pb2, agent_pb2_grpc, nodes_pb2, nodes_pb2_grpc
 from controlplane.api.flotilla.v1 import resources_pb2 as pb
 from controlplane.api.flotilla.v1 import resources_pb2_grpc as pb_grpc
 
@@ -131,6 +131,30 @@ class Client:
 
     def drain(self, node: str) -> None:
         self._call(self._nodes.DrainNode, nodes_pb2.DrainNodeRequest(name=node))
+
+    def logs(self, instance: dict[str, Any], tail: int = 0, follow: bool = False
+             ) -> Iterator[bytes]:
+        """An instance's output, from the agent of the node it runs on."""
+        name = instance["metadata"]["name"]
+        node = instance["spec"].get("node")
+        if not node:
+            raise errors.FailedPrecondition(f"instance {name} is not placed on a node yet")
+        endpoint = self.get("Node", node, "cluster")["spec"].get("logsEndpoint")
+        if not endpoint:
+            raise errors.FailedPrecondition(f"node {node}'s agent serves no logs")
+        with grpc.insecure_channel(endpoint) as channel:
+            stream = agent_pb2_grpc.LogServiceStub(channel).Logs(
+                agent_pb2.LogsRequest(instance_id=name, tail=tail, follow=follow))
+            try:
+                for chunk in stream:
+                    yield chunk.data
+            except grpc.RpcError as error:
+                if error.code() == grpc.StatusCode.NOT_FOUND:
+                    raise errors.NotFound(error.details() or "") from None
+                if error.code() != grpc.StatusCode.CANCELLED:
+                    raise ServerUnavailable(endpoint, error.details() or "") from None
+            finally:
+                stream.cancel()
 
     def watch(self, kind: str = "", namespace: str = "", resource_version: int = 0
               ) -> Iterator[Event]:

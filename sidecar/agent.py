@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +40,8 @@ class AgentConfig:
     backoff: Backoff = Backoff()
     #: Seconds an instance gets to stop (TERM, then KILL).
     stop_timeout: float = 10.0
+    #: Port of the agent's LogService on its address; 0 picks a free one.
+    logs_port: int = 0
 
 
 def detect_capacity() -> tuple[int, int]:
@@ -67,18 +71,24 @@ class Agent:
         self._report_now = threading.Event()
         self._interval = 1.0
         self._stream: grpc.Future | None = None
+        self._logs = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        agent_pb2_grpc.add_LogServiceServicer_to_server(_LogServicer(self), self._logs)
+        port = self._logs.add_insecure_port(f"{config.address}:{config.logs_port}")
+        self.logs_endpoint = f"{config.address}:{port}" if port else ""
         self._threads = [
             threading.Thread(target=self._follow_assignments, name="assignments", daemon=True),
             threading.Thread(target=self._report_loop, name="reports", daemon=True),
         ]
 
     def start(self) -> None:
+        self._logs.start()
         for thread in self._threads:
             thread.start()
 
-    def stop(self) -> None:
-        """Leave every workload running (the agent may come back and adopt
-        them); just stop talking to the control plane."""
+    def stop(self, *, stop_workloads: bool = False) -> None:
+        """Stop talking to the control plane. Workloads keep running (a
+        restarted agent adopts them) unless ``stop_workloads``, as when
+        `flotilla dev` ends."""
         self._stopping.set()
         self._report_now.set()
         stream = self._stream
@@ -86,7 +96,18 @@ class Agent:
             stream.cancel()
         for thread in self._threads:
             thread.join(timeout=5)
+        self._logs.stop(1.0).wait()
         self._channel.close()
+        if stop_workloads:
+            runners = list(self.runners().values()) + list(self._retiring.values())
+            for runner in runners:
+                runner.stop(self.config.stop_timeout)
+            for runner in runners:
+                runner.stopped.wait(self.config.stop_timeout + 5)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
 
     def runners(self) -> dict[str, InstanceRunner]:
         with self._lock:
@@ -100,7 +121,7 @@ class Agent:
             name=self.config.name, address=self.config.address, labels=dict(self.config.labels),
             capacity=nodes_pb2.Capacity(cpu_millis=self.config.cpu_millis or cpu,
                                         memory_mib=self.config.memory_mib or memory),
-            drivers=sorted(self.drivers),
+            drivers=sorted(self.drivers), logs_endpoint=self.logs_endpoint,
         ), timeout=10)
         self._interval = reply.report_interval_seconds or 1.0
 
@@ -177,6 +198,41 @@ class Agent:
                                                           instances=reports), timeout=5)
             except grpc.RpcError:
                 pass  # the assignments thread reports and retries the connection
+
+
+class _LogServicer(agent_pb2_grpc.LogServiceServicer):
+    def __init__(self, agent: Agent) -> None:
+        self._agent = agent
+
+    def Logs(self, request: agent_pb2.LogsRequest,
+             context: grpc.ServicerContext) -> Iterator[agent_pb2.LogChunk]:
+        runner = self._agent.runners().get(request.instance_id)
+        driver = self._agent.drivers.get(runner.assignment.driver) if runner else None
+        if driver is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"instance {request.instance_id} does not "
+                          f"run on node {self._agent.config.name}")
+            return
+        # A driver's follow may block on a quiet instance: read it on a daemon
+        # thread, so this handler can notice the caller leaving (or shutdown).
+        chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=1000)
+
+        def pump() -> None:
+            try:
+                for data in driver.logs(request.instance_id, request.tail or None,
+                                        request.follow):
+                    chunks.put(data)
+            finally:
+                chunks.put(None)
+
+        threading.Thread(target=pump, name=f"logs-{request.instance_id}", daemon=True).start()
+        while context.is_active() and not self._agent.stopping:
+            try:
+                data = chunks.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if data is None:
+                return
+            yield agent_pb2.LogChunk(data=data)
 
 
 def _assignment(message: agent_pb2.Assignment) -> Assignment:

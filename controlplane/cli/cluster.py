@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+import queue
 import signal
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import click
 
+from controlplane import errors
 from controlplane.cli.main import cli, client_of, default_data_dir, out, parse_selector
+from controlplane.model import SERVICE_LABEL
 
 
 @cli.command()
@@ -22,6 +26,48 @@ def scale(ctx: click.Context, service: str, replicas: int, namespace: str) -> No
     """Set SERVICE's replicas."""
     applied = client_of(ctx).scale(service, replicas, namespace)
     out.print(f"Service {namespace}/{service} scaled to {replicas} ({applied.action})")
+
+
+@cli.command()
+@click.argument("service")
+@click.argument("instance", required=False)
+@click.option("-n", "--namespace", default="default", show_default=True)
+@click.option("-f", "--follow", is_flag=True, help="Keep streaming new output.")
+@click.option("--tail", type=click.IntRange(min=0), default=0, help="Only the last N lines.")
+@click.pass_context
+def logs(ctx: click.Context, service: str, instance: str | None, namespace: str, follow: bool,
+         tail: int) -> None:
+    """Print the output of SERVICE's instances (or of one INSTANCE)."""
+    client = client_of(ctx)
+    found = client.list("Instance", namespace, {SERVICE_LABEL: service})[0]
+    if instance:
+        found = [i for i in found if i["metadata"]["name"] == instance]
+    if not found:
+        what = f"instance {instance} of " if instance else "instances of "
+        raise errors.NotFound(f"no {what}Service {namespace}/{service}")
+    prefix = len(found) > 1
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump(doc: dict[str, Any]) -> None:
+        name = doc["metadata"]["name"]
+        try:
+            for data in client.logs(doc, tail, follow):
+                for line in data.decode(errors="replace").splitlines():
+                    lines.put(f"[{name}] {line}" if prefix else line)
+        except errors.FlotillaError as error:
+            lines.put(f"[{name}] ({error})")
+        finally:
+            lines.put(None)
+
+    for doc in found:
+        threading.Thread(target=pump, args=(doc,), daemon=True).start()
+    remaining = len(found)
+    while remaining:
+        line = lines.get()
+        if line is None:
+            remaining -= 1
+        else:
+            out.print(line, markup=False)
 
 
 @cli.command()

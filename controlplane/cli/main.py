@@ -288,7 +288,10 @@ def server(listen: str, data_dir: Path | None, durable: bool, node_grace: float)
               help="[default: ~/.local/share/flotilla/dev]")
 @click.option("--address", default="127.0.0.1", show_default=True,
               help="Where the local agent publishes instances.")
-def dev(listen: str, data_dir: Path | None, address: str) -> None:
+@click.option("--driver", "drivers", multiple=True, type=click.Choice(["docker", "process"]),
+              help="Drivers the local agent offers [default: process, and docker when an "
+              "engine answers].")
+def dev(listen: str, data_dir: Path | None, address: str, drivers: tuple[str, ...]) -> None:
     """Everything on one machine with the embedded defaults (SQLite store,
     built-in catalog, one agent): the way to try Flotilla."""
     from controlplane.server.app import ServerConfig, run
@@ -299,13 +302,13 @@ def dev(listen: str, data_dir: Path | None, address: str) -> None:
 
     def start_agent(server: str) -> Callable[[], None]:
         agent = build_agent(server=server, name="dev", address=address, labels={}, cpu=None,
-                            memory=None, drivers=(), data_dir=data / "agent")
+                            memory=None, drivers=drivers, data_dir=data / "agent")
         agent.start()
         out.print(f"flotilla dev: control plane on {server}, store {data / 'flotilla.db'} "
                   f"(SQLite), catalog: embedded, agent 'dev' on {address} with drivers "
                   f"{', '.join(sorted(agent.drivers))}")
-        out.print("  try: flotilla apply -f deploy/examples/   then   flotilla get all")
-        return agent.stop
+        out.print("  try: flotilla apply -f deploy/examples/   then   flotilla get instances")
+        return lambda: agent.stop(stop_workloads=True)
 
     run(ServerConfig(data_dir=data, listen=listen), announce=False, alongside=start_agent)
 

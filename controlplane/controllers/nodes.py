@@ -1,7 +1,7 @@
 """Node membership and liveness.
 
 Node objects (kind ``Node``) hold the durable facts: spec = what the agent
-declared (address, labels, capacity, drivers) plus ``drain`` (operator
+declared (address, labels, capacity, drivers, logsEndpoint) plus ``drain`` (operator
 intent); status = ``state`` (ready, down, draining). Heartbeats are kept in
 memory only, so reports do not churn the store; a node whose agent has not
 reported for ``grace`` seconds is marked down.
@@ -50,7 +50,7 @@ class NodeRegistry:
             self._seen[node.name] = now
 
     def join(self, name: str, address: str, labels: Mapping[str, str], cpu_millis: int,
-             memory_mib: int, drivers: Sequence[str]) -> Resource:
+             memory_mib: int, drivers: Sequence[str], logs_endpoint: str = "") -> Resource:
         problems = []
         checks: list[tuple[str, Callable[[], object]]] = [
             ("name", lambda: check_dns_label(name)),
@@ -73,6 +73,7 @@ class NodeRegistry:
             "address": address, "labels": dict(labels),
             "capacity": {"cpu": cpu_millis, "memory": memory_mib},
             "drivers": sorted(drivers),
+            "logsEndpoint": logs_endpoint,
             "drain": bool(current and current.spec.get("drain")),
         }
         base = current or Resource(kind="Node", namespace=NODE_NAMESPACE, name=name)

@@ -68,6 +68,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             node = self._nodes.join(
                 request.name, request.address, dict(request.labels),
                 request.capacity.cpu_millis, request.capacity.memory_mib, list(request.drivers),
+                request.logs_endpoint,
             )
         except UserError as error:
             abort(context, error)

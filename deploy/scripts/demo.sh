@@ -5,6 +5,8 @@ set -euo pipefail
 VENV=${1:-.venv}
 cd "$(dirname "$0")/../.."
 FLOTILLA="$VENV/bin/flotilla"
+# The process driver runs the example apps with this Python and these modules.
+export PATH="$PWD/$VENV/bin:$PATH" PYTHONPATH="$PWD/deploy/apps${PYTHONPATH:+:$PYTHONPATH}"
 PORT=${FLOTILLA_DEMO_PORT:-7300}
 export FLOTILLA_SERVER="127.0.0.1:$PORT"
 DATA=.run/demo
@@ -18,8 +20,16 @@ if "$FLOTILLA" get all >/dev/null 2>&1; then
   exit 1
 fi
 
-step "start flotilla dev (control plane, SQLite store, embedded catalog)"
-"$FLOTILLA" dev --listen "$FLOTILLA_SERVER" --data-dir "$DATA" > .run/demo.log 2>&1 &
+DRIVER=(--driver process)
+if [[ "${FLOTILLA_DEMO_DRIVER:-}" != process ]] && docker info >/dev/null 2>&1 &&
+  bash deploy/images/build.sh; then
+  DRIVER=()  # docker for images, process for commands
+else
+  echo "(no usable Docker engine or images: the example apps run as local processes)"
+fi
+
+step "start flotilla dev (control plane, SQLite store, embedded catalog, one agent)"
+"$FLOTILLA" dev --listen "$FLOTILLA_SERVER" --data-dir "$DATA" "${DRIVER[@]}" > .run/demo.log 2>&1 &
 DEV_PID=$!
 trap 'kill "$DEV_PID" 2>/dev/null; wait "$DEV_PID" 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do
@@ -36,6 +46,23 @@ show "$FLOTILLA" apply -f deploy/examples/
 
 step "what is stored"
 show "$FLOTILLA" get all
+
+step "the scheduler placed every replica and the agent runs them (waiting for health checks)"
+healthy() { "$FLOTILLA" get instances -o json | python3 -c 'import json,sys; print(sum(i.get("status",{}).get("state")=="healthy" for i in json.load(sys.stdin)["items"]))'; }
+for _ in $(seq 1 240); do [[ "$(healthy)" -ge 5 ]] && break; sleep 0.5; done
+show "$FLOTILLA" get nodes
+show "$FLOTILLA" get instances
+
+step "ask a frontend instance who it is"
+FRONTEND=$("$FLOTILLA" get instances frontend -o json | python3 -c 'import json,sys; s=json.load(sys.stdin)["items"][0]["status"]; print(s["address"] + ":" + str(s["port"]))')
+show curl -s "http://$FRONTEND/hello"; echo
+
+step "scale the backend to 5"
+show "$FLOTILLA" scale backend 5
+for _ in $(seq 1 120); do [[ "$(healthy)" -ge 7 ]] && break; sleep 0.5; done
+show "$FLOTILLA" get instances backend
+step "its output, from the agent"
+show "$FLOTILLA" logs backend --tail 1
 step "one object in detail (secret values are never shown)"
 show "$FLOTILLA" describe secret frontend-session
 

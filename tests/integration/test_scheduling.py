@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -250,3 +251,28 @@ def test_server_restart_leaves_workloads_running(
         after = eventually(lambda: healthy(client, "web", 3), 15, "3 healthy instances")
         assert {i["metadata"]["name"] for i in after} == before
     assert pids(agents) == running, "a workload was restarted or duplicated"
+
+
+def test_logs_come_from_the_agents(cluster: tuple[ServerProcess, list[AgentProcess]]) -> None:
+    server, _ = cluster
+    with server.client() as client:
+        client.apply([(web("web", 2), "web")])
+        placed = eventually(lambda: healthy(client, "web", 2), 30, "2 healthy instances")
+    both = run_cli("logs", "web", server=server)
+    assert both.returncode == 0, both.stderr
+    for instance in placed:
+        assert f"[{instance['metadata']['name']}] serving on" in both.stdout
+    one = run_cli("logs", "web", placed[0]["metadata"]["name"], "--tail", "1", server=server)
+    assert one.returncode == 0 and one.stdout.startswith("serving on ('127.0.0.")
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "controlplane", "--server", server.address, "logs", "web",
+         placed[0]["metadata"]["name"], "-f"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert follow.stdout is not None and "serving on" in follow.stdout.readline()
+        assert follow.poll() is None  # still following
+    finally:
+        follow.terminate()
+        follow.wait(timeout=10)
+    missing = run_cli("logs", "nothing-here", server=server)
+    assert missing.returncode == 1 and "no instances of Service default/nothing-here" in (
+        missing.stderr)

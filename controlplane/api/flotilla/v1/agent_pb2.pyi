@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class JoinRequest(_message.Message):
-    __slots__ = ("name", "address", "labels", "capacity", "drivers")
+    __slots__ = ("name", "address", "labels", "capacity", "drivers", "logs_endpoint")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -22,12 +22,14 @@ class JoinRequest(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     DRIVERS_FIELD_NUMBER: _ClassVar[int]
+    LOGS_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     name: str
     address: str
     labels: _containers.ScalarMap[str, str]
     capacity: _nodes_pb2.Capacity
     drivers: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capacity: _Optional[_Union[_nodes_pb2.Capacity, _Mapping]] = ..., drivers: _Optional[_Iterable[str]] = ...) -> None: ...
+    logs_endpoint: str
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capacity: _Optional[_Union[_nodes_pb2.Capacity, _Mapping]] = ..., drivers: _Optional[_Iterable[str]] = ..., logs_endpoint: _Optional[str] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
     __slots__ = ("node", "report_interval_seconds")
@@ -96,3 +98,19 @@ class ReportRequest(_message.Message):
 class ReportResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class LogsRequest(_message.Message):
+    __slots__ = ("instance_id", "tail", "follow")
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    TAIL_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    instance_id: str
+    tail: int
+    follow: bool
+    def __init__(self, instance_id: _Optional[str] = ..., tail: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
+
+class LogChunk(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...

@@ -182,3 +182,78 @@ class AgentService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class LogServiceStub:
+    """Served by each agent on its node's address: an instance's output.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Logs = channel.unary_stream(
+                '/flotilla.v1.LogService/Logs',
+                request_serializer=flotilla_dot_v1_dot_agent__pb2.LogsRequest.SerializeToString,
+                response_deserializer=flotilla_dot_v1_dot_agent__pb2.LogChunk.FromString,
+                _registered_method=True)
+
+
+class LogServiceServicer:
+    """Served by each agent on its node's address: an instance's output.
+    """
+
+    def Logs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_LogServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Logs': grpc.unary_stream_rpc_method_handler(
+                    servicer.Logs,
+                    request_deserializer=flotilla_dot_v1_dot_agent__pb2.LogsRequest.FromString,
+                    response_serializer=flotilla_dot_v1_dot_agent__pb2.LogChunk.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'flotilla.v1.LogService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('flotilla.v1.LogService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class LogService:
+    """Served by each agent on its node's address: an instance's output.
+    """
+
+    @staticmethod
+    def Logs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/flotilla.v1.LogService/Logs',
+            flotilla_dot_v1_dot_agent__pb2.LogsRequest.SerializeToString,
+            flotilla_dot_v1_dot_agent__pb2.LogChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
