@@ -85,7 +85,7 @@ COLUMNS: dict[str, list[Column]] = {
         ("NODE", lambda d: d["spec"].get("node") or "-"),
         ("ADDRESS", lambda d: _endpoint(d.get("status", {}))),
         ("RESTARTS", lambda d: str(d.get("status", {}).get("restarts", 0))),
-        ("REASON", lambda d: str(d.get("status", {}).get("reason", ""))[:60] or "-"),
+        ("REASON", lambda d: str(d.get("status", {}).get("reason", "")) or "-"),
     ],
 }
 

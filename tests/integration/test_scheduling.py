@@ -276,3 +276,27 @@ def test_logs_come_from_the_agents(cluster: tuple[ServerProcess, list[AgentProce
     missing = run_cli("logs", "nothing-here", server=server)
     assert missing.returncode == 1 and "no instances of Service default/nothing-here" in (
         missing.stderr)
+
+
+def test_changing_the_template_rolls_instances_without_losing_capacity(
+    cluster: tuple[ServerProcess, list[AgentProcess]]
+) -> None:
+    server, _ = cluster
+    with server.client() as client:
+        client.apply([(web("web", 3), "web")])
+        before = {i["metadata"]["name"] for i in
+                  eventually(lambda: healthy(client, "web", 3), 30, "3 healthy instances")}
+        client.apply([(web("web", 3, env={"VERSION": "2"}), "web v2")])
+        fewest = 3
+
+        def rolled() -> bool:
+            nonlocal fewest
+            found = instances(client, "web")
+            fewest = min(fewest, sum(i.get("status", {}).get("state") == "healthy"
+                                     for i in found))
+            names = {i["metadata"]["name"] for i in found}
+            return len(found) == 3 and not names & before and all(
+                i.get("status", {}).get("state") == "healthy" for i in found)
+
+        eventually(rolled, 60, "every instance replaced by a healthy new one", interval=0.05)
+        assert fewest >= 3, f"only {fewest} healthy instances during the rollout"
