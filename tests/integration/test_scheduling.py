@@ -185,6 +185,14 @@ def test_crashing_command_shows_crashloop_with_growing_backoff(
         assert status["restarts"] <= 6
 
 
+def deploy(client: Client, name: str, replicas: int, **spec: Any) -> set[str]:
+    """Apply a web Service and wait until every replica is healthy; their names."""
+    client.apply([(web(name, replicas, **spec), name)])
+    ready = eventually(lambda: healthy(client, name, replicas), 30,
+                       f"{replicas} healthy {name} instances")
+    return {i["metadata"]["name"] for i in ready}
+
+
 def pids(agents: list[AgentProcess]) -> dict[str, int]:
     found: dict[str, int] = {}
     for agent in agents:
@@ -218,9 +226,7 @@ def test_a_restarted_agent_adopts_its_workloads(
 ) -> None:
     server, agents = cluster
     with server.client() as client:
-        client.apply([(web("web", 3), "web")])
-        before = {i["metadata"]["name"] for i in
-                  eventually(lambda: healthy(client, "web", 3), 30, "3 healthy instances")}
+        before = deploy(client, "web", 3)
         running = pids(agents)
         agents[0].kill()  # SIGKILL: the workloads keep running without it
         agents[0] = AgentProcess(server, agents[0].name, agents[0].address, agents[0].data_dir,
@@ -237,9 +243,7 @@ def test_server_restart_leaves_workloads_running(
 ) -> None:
     server, agents = cluster
     with server.client() as client:
-        client.apply([(web("web", 3), "web")])
-        before = {i["metadata"]["name"] for i in
-                  eventually(lambda: healthy(client, "web", 3), 30, "3 healthy instances")}
+        before = deploy(client, "web", 3)
     running = pids(agents)
     server.kill()
     time.sleep(2.0)  # the agents notice and keep their workloads running
@@ -283,9 +287,7 @@ def test_changing_the_template_rolls_instances_without_losing_capacity(
 ) -> None:
     server, _ = cluster
     with server.client() as client:
-        client.apply([(web("web", 3), "web")])
-        before = {i["metadata"]["name"] for i in
-                  eventually(lambda: healthy(client, "web", 3), 30, "3 healthy instances")}
+        before = deploy(client, "web", 3)
         client.apply([(web("web", 3, env={"VERSION": "2"}), "web v2")])
         fewest = 3
 
