@@ -48,7 +48,7 @@ class _State:
     started_at: float
 
 
-def _start_ticks(pid: int) -> int | None:
+def start_ticks_of(pid: int) -> int | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -112,7 +112,7 @@ class ProcessDriver:
                 raise DriverError(f"cannot start {workload.command[0]!r}: {error}") from error
         state = _State(
             workload.instance_id, workload.namespace, workload.service, workload.revision,
-            child.pid, _start_ticks(child.pid) or 0, self.address, port, time.time(),
+            child.pid, start_ticks_of(child.pid) or 0, self.address, port, time.time(),
         )
         (home / "state.json").write_text(json.dumps(asdict(state)))
         with self._lock:
@@ -186,7 +186,7 @@ class ProcessDriver:
             child = self._children.get(instance_id)
         if child is not None and child.pid == pid:
             return child.poll() is None  # also reaps our own children
-        ticks = _start_ticks(pid)
+        ticks = start_ticks_of(pid)
         return ticks is not None and (start_ticks is None or ticks == start_ticks)
 
     @staticmethod

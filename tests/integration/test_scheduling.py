@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from controlplane.client import Client
+from sidecar.drivers.process import start_ticks_of
 from tests.harness import AgentProcess, ServerProcess, eventually, run_cli
 
 APPS = Path(__file__).resolve().parents[1] / "apps"
@@ -302,3 +303,41 @@ def test_changing_the_template_rolls_instances_without_losing_capacity(
 
         eventually(rolled, 60, "every instance replaced by a healthy new one", interval=0.05)
         assert fewest >= 3, f"only {fewest} healthy instances during the rollout"
+
+
+def test_a_node_back_from_the_dead_stops_its_stale_instances(
+    cluster: tuple[ServerProcess, list[AgentProcess]]
+) -> None:
+    server, agents = cluster
+    with server.client() as client:
+        deploy(client, "web", 3)
+        lost = agents[0]
+        stale = lost.workload_pids()
+        assert stale, "the first node ran nothing"
+        lost.kill()  # the agent dies; its workloads keep running, unseen
+        eventually(lambda: (found := healthy(client, "web", 3)) and all(
+            i["spec"]["node"] != lost.name for i in found), GRACE + 15,
+            "the instances to move off the silent node")
+        agents[0] = AgentProcess(server, lost.name, lost.address, lost.data_dir,
+                                 labels=lost.labels).start()
+        eventually(lambda: not agents[0].workload_pids(), 20, "the stale instances to stop")
+        for pid in stale.values():
+            assert start_ticks_of(pid) is None, f"stale workload {pid} still runs"
+        assert len(instances(client, "web")) == 3
+
+
+def test_drain_moves_everything_off_and_places_nothing_new(
+    cluster: tuple[ServerProcess, list[AgentProcess]]
+) -> None:
+    server, agents = cluster
+    with server.client() as client:
+        deploy(client, "web", 3)
+        drained = run_cli("drain", "n2", server=server)
+        assert drained.returncode == 0, drained.stderr
+        eventually(lambda: (found := healthy(client, "web", 3)) and all(
+            i["spec"]["node"] != "n2" for i in found), 30, "the instances to leave n2")
+        client.scale("web", 6)
+        placed = eventually(lambda: healthy(client, "web", 6), 30, "6 healthy instances")
+        assert "n2" not in {i["spec"]["node"] for i in placed}
+        assert "draining" in run_cli("get", "nodes", server=server).stdout
+        eventually(lambda: not agents[0].workload_pids(), 20, "n2 to run nothing")
