@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import random
-import string
 import threading
 import time
 from collections.abc import Iterable
@@ -78,8 +77,15 @@ class Reconciler:
                 self._stop.wait(1.0)
 
     def reconcile_all(self, keys: Iterable[ObjectKey]) -> None:
+        """Reconcile each Service in ``keys`` against one read of the cluster,
+        then place what is pending."""
+        by_service: dict[ObjectKey, list[Resource]] = {}
+        for instance in self._store.list("Instance"):
+            key = ObjectKey("Service", instance.namespace, instance.spec["service"])
+            by_service.setdefault(key, []).append(instance)
+        usable = {n.name for n in self._store.list("Node") if node_state(n) == "ready"}
         for key in sorted(keys):
-            self.reconcile(key)
+            self.reconcile(key, by_service.get(key, []), usable)
         self.place_pending()
 
     def _all_service_keys(self) -> set[ObjectKey]:
@@ -90,11 +96,10 @@ class Reconciler:
 
     # --- replicas -------------------------------------------------------------------
 
-    def reconcile(self, key: ObjectKey) -> None:
-        """Converge one Service's instances on its spec (idempotent)."""
+    def reconcile(self, key: ObjectKey, instances: list[Resource], usable: set[str]) -> None:
+        """Converge one Service's ``instances`` on its spec (idempotent);
+        ``usable`` names the nodes instances may stay on."""
         service = self._store.get(key)
-        instances = self._store.list("Instance", key.namespace, {SERVICE_LABEL: key.name})
-        usable = {n.name for n in self._store.list("Node") if node_state(n) == "ready"}
         decision = decide(service, instances, usable)
         if decision.remove:
             self._store.delete([ObjectKey("Instance", key.namespace, name)

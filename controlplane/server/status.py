@@ -14,7 +14,6 @@ from controlplane.errors import InvalidManifest, UserError
 def abort(context: grpc.ServicerContext, error: UserError) -> NoReturn:
     """End the RPC with the status ``error`` names; field violations travel as
     a ``google.rpc.BadRequest`` detail."""
-    code = grpc.StatusCode[error.code]
     status = status_pb2.Status(code=getattr(code_pb2, error.code), message=str(error))
     if isinstance(error, InvalidManifest):
         detail = error_details_pb2.BadRequest(

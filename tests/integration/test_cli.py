@@ -55,7 +55,7 @@ def test_apply_get_describe_delete_round_trip(server: ServerProcess) -> None:
             assert as_yaml == one
             described = run_cli("describe", kind, name, server=server)
             assert described.returncode == 0, described.stderr
-            assert f"Name:" in described.stdout and name in described.stdout
+            assert "Name:" in described.stdout and name in described.stdout
             assert f"Kind:             {kind}" in described.stdout
 
     # Referenced objects cannot be deleted alone; everything at once works.
