@@ -19,7 +19,7 @@ from dataclasses import replace
 
 from controlplane.controllers import placement
 from controlplane.controllers.nodes import NodeRegistry, node_state
-from controlplane.controllers.replicas import decide, template_hash, template_of
+from controlplane.controllers.replicas import available, decide, template_hash, template_of
 from controlplane.errors import Conflict, OutOfRange
 from controlplane.model import SERVICE_LABEL, ObjectKey, Resource, WatchEvent
 from controlplane.store import SqliteStore
@@ -101,6 +101,8 @@ class Reconciler:
         ``usable`` names the nodes instances may stay on."""
         service = self._store.get(key)
         decision = decide(service, instances, usable)
+        if service is not None:
+            self._store.write_status(key, service_status(service, instances))
         if decision.remove:
             self._store.delete([ObjectKey("Instance", key.namespace, name)
                                 for name in decision.remove], ignore_not_found=True)
@@ -149,6 +151,20 @@ class Reconciler:
         for failed in plan.failures:
             key = ObjectKey("Instance", failed.namespace, failed.instance)
             self._store.write_status(key, {"state": "pending", "reason": failed.explanation})
+
+
+def service_status(service: Resource, instances: list[Resource]) -> dict[str, object]:
+    """What `flotilla describe service` shows: counts, and why anything waits."""
+    status: dict[str, object] = {
+        "replicas": int(service.spec.get("replicas", 0)),
+        "instances": len(instances),
+        "available": sum(1 for i in instances if available(i)),
+    }
+    waiting = sorted({str(i.status.get("reason")) for i in instances
+                      if not i.spec.get("node") and i.status.get("reason")})
+    if waiting:
+        status["unschedulable"] = waiting
+    return status
 
 
 def _service_keys(event: WatchEvent) -> set[ObjectKey]:

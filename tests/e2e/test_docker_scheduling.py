@@ -25,9 +25,9 @@ from typing import Any
 import docker
 import docker.errors
 import pytest
-from docker.models.containers import Container
 
 from controlplane.client import Client
+from sidecar.drivers.docker import LABEL_INSTANCE, LABEL_NODE, LABEL_ROLE, LABEL_SERVICE, Summaries
 from tests.e2e.test_docker_driver import (  # noqa: F401 - flotilla_images is a fixture
     HTTP_IMAGE,
     flotilla_images,
@@ -45,10 +45,6 @@ ADDRESSES = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 READY_SECONDS = 60.0
 #: How long a scenario watches that nothing changes once it should have settled.
 SETTLE_SECONDS = 4.0
-LABEL_NODE = "dev.flotilla.node"
-LABEL_INSTANCE = "dev.flotilla.instance"
-LABEL_SERVICE = "dev.flotilla.service"
-LABEL_ROLE = "dev.flotilla.role"
 #: Straight to the published port, whatever proxy the environment names.
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -86,18 +82,20 @@ class Cluster:
         self.agents[self.agents.index(old)] = new
         return new
 
-    def containers(self, **labels: str) -> list[Container]:
-        """Every container (any state) of this test's nodes with *labels*."""
+    def containers(self, **labels: str) -> Summaries:
+        """Summaries of every container (any state) of this test's nodes with
+        *labels*. Summaries, not inspected containers: the agents may remove
+        one between the listing and its inspection."""
         wanted = [f"{key}={value}" for key, value in labels.items()]
-        found: list[Container] = []
+        found: Summaries = []
         for node in self.nodes:
-            found += self.docker.containers.list(
+            found += self.docker.api.containers(
                 all=True, filters={"label": [f"{LABEL_NODE}={node}", *wanted]})
         return found
 
-    def running_apps(self) -> list[Container]:
+    def running_apps(self) -> Summaries:
         return [c for c in self.containers(**{LABEL_SERVICE: "web", LABEL_ROLE: "app"})
-                if c.status == "running"]
+                if c["State"] == "running"]
 
 
 @pytest.fixture
@@ -153,15 +151,18 @@ def pods(cluster: Cluster) -> dict[str, Pod]:
     """instance -> its running app container; fails on two for one instance."""
     found: dict[str, Pod] = {}
     for app in cluster.running_apps():
-        instance = app.labels[LABEL_INSTANCE]
+        labels, instance = app["Labels"], app["Labels"][LABEL_INSTANCE]
         assert instance not in found, f"two running app containers for {instance}"
-        found[instance] = Pod(instance, app.labels[LABEL_NODE], app.id,
-                              app.attrs["State"]["StartedAt"])
+        try:
+            started_at = cluster.docker.api.inspect_container(app["Id"])["State"]["StartedAt"]
+        except docker.errors.NotFound:
+            continue  # removed since the listing
+        found[instance] = Pod(instance, labels[LABEL_NODE], app["Id"], started_at)
     return found
 
 
-def never_exceeds_replicas(client: Client, cluster: Cluster) -> tuple[list[dict[str, Any]],
-                                                                          list[Container]]:
+def never_exceeds_replicas(client: Client,
+                           cluster: Cluster) -> tuple[list[dict[str, Any]], Summaries]:
     """Instances and running app containers now, asserting neither exceeds replicas."""
     found, running = instances(client, "web"), cluster.running_apps()
     assert len(found) <= REPLICAS, f"{len(found)} Instance objects for {REPLICAS} replicas"
@@ -169,20 +170,25 @@ def never_exceeds_replicas(client: Client, cluster: Cluster) -> tuple[list[dict[
     return found, running
 
 
+def restarts(found: list[dict[str, Any]]) -> dict[str, int]:
+    """instance -> its restart count."""
+    return {i["metadata"]["name"]: i.get("status", {}).get("restarts", 0) for i in found}
+
+
 def stays_untouched(client: Client, cluster: Cluster, before: dict[str, Pod],
-                    names: set[str], seconds: float = SETTLE_SECONDS) -> None:
+                    restarted: dict[str, int], seconds: float = SETTLE_SECONDS) -> None:
     """For *seconds*: the same app containers run, no container is added, and
-    the same instances exist; at the end all of them are healthy, unrestarted."""
+    the same instances exist; at the end all of them are healthy and none has
+    restarted (*restarted*: the instances and their restart counts before)."""
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         assert pods(cluster) == before, "an app container was restarted, replaced or added"
         assert len(cluster.containers()) == 2 * REPLICAS, "a container was added or removed"
-        assert {i["metadata"]["name"] for i in instances(client, "web")} == names
+        assert {i["metadata"]["name"] for i in instances(client, "web")} == set(restarted)
         time.sleep(0.2)
     after = eventually(lambda: healthy(client, "web", REPLICAS), 10,
                        f"{REPLICAS} healthy instances")
-    assert {i["metadata"]["name"] for i in after} == names, "instances were replaced"
-    assert [i["status"].get("restarts", 0) for i in after] == [0] * REPLICAS
+    assert restarts(after) == restarted, "instances were replaced or restarted"
     assert pods(cluster) == before
 
 
@@ -220,7 +226,7 @@ def test_killed_container_is_replaced_within_5s_never_exceeding_replicas(
 
         def replaced() -> float | None:
             found, running = never_exceeds_replicas(client, cluster)
-            ids = {c.id for c in running}
+            ids = {c["Id"] for c in running}
             good = [i for i in found if i.get("status", {}).get("state") == "healthy"]
             done = (len(good) == REPLICAS and len(ids) == REPLICAS
                     and victim.container_id not in ids)
@@ -266,7 +272,7 @@ def test_a_restarted_agent_adopts_its_containers(cluster: Cluster, sig: int) -> 
     node = cluster.nodes[0]
     with cluster.server.client() as client:
         client.apply([(web(), "web")])
-        names = {i["metadata"]["name"] for i in six_healthy(client)}
+        restarted = restarts(six_healthy(client))
         before = pods(cluster)
         assert sum(p.node == node for p in before.values()) == 2
 
@@ -275,7 +281,7 @@ def test_a_restarted_agent_adopts_its_containers(cluster: Cluster, sig: int) -> 
         agent = cluster.restart_agent(node)
         eventually(lambda: "joined" in agent.log()[logged:], 15,
                    f"the new agent of {node} to join")
-        stays_untouched(client, cluster, before, names)
+        stays_untouched(client, cluster, before, restarted)
         assert sorted(ready_nodes(client)) == sorted(cluster.nodes)
 
 
@@ -283,7 +289,7 @@ def test_server_restart_leaves_containers_untouched(cluster: Cluster) -> None:
     old = cluster.server
     with old.client() as client:
         client.apply([(web(), "web")])
-        names = {i["metadata"]["name"] for i in six_healthy(client)}
+        restarted = restarts(six_healthy(client))
     before = pods(cluster)
 
     old.kill(signal.SIGKILL)
@@ -297,4 +303,4 @@ def test_server_restart_leaves_containers_untouched(cluster: Cluster) -> None:
     with cluster.server.client() as client:
         eventually(lambda: sorted(ready_nodes(client)) == sorted(cluster.nodes), 30,
                    "the agents to rejoin")
-        stays_untouched(client, cluster, before, names)
+        stays_untouched(client, cluster, before, restarted)

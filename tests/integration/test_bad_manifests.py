@@ -99,9 +99,14 @@ INNOCENT = doc("ConfigMap", "innocent", {"data": {"a": "b"}})
 DB = doc("Service", "db", {"image": "example/db:dev", "port": 5432, "protocol": "tcp"})
 
 
-def snapshot(client: Client) -> list[dict[str, Any]]:
-    """Every object users apply (the reconciler keeps writing Instances)."""
-    return [d for d in client.list("", "")[0] if d["kind"] in KINDS]
+def snapshot(client: Client) -> list[tuple[Any, ...]]:
+    """What users applied: every object's identity, spec, labels and generation
+    (the reconciler keeps writing Instances and statuses meanwhile)."""
+    return [
+        (d["kind"], d["metadata"]["namespace"], d["metadata"]["name"], d["metadata"]["uid"],
+         d["metadata"]["generation"], d["metadata"].get("labels"), d["spec"])
+        for d in client.list("", "")[0] if d["kind"] in KINDS
+    ]
 
 
 @pytest.fixture(scope="module")

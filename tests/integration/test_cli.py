@@ -39,7 +39,7 @@ def test_apply_get_describe_delete_round_trip(server: ServerProcess) -> None:
     items = json.loads(listed.stdout)["items"]
     assert sorted({i["kind"] for i in items}) == sorted(ALL_KINDS)
     versions = [i["metadata"]["resourceVersion"] for i in items]
-    assert sorted(versions) == list(range(1, 9))
+    assert len(set(versions)) == 8 and min(versions) >= 1  # one write each (and statuses)
 
     for kind in ALL_KINDS:
         table = run_cli("get", kind, server=server)

@@ -109,6 +109,10 @@ def test_too_large_is_unschedulable_with_an_explanation(
         name = instances(client, "huge")[0]["metadata"]["name"]
         described = run_cli("describe", "instance", name, server=server)
         assert "0/3 nodes fit" in described.stdout
+        service = eventually(lambda: "0/3 nodes fit" in (
+            out := run_cli("describe", "service", "huge", server=server).stdout) and out, 10,
+            "the Service's status to explain")
+        assert "unschedulable:" in service and "available: 0" in service
 
 
 def test_killed_instance_is_replaced_and_never_exceeds_replicas(
