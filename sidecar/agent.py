@@ -61,7 +61,13 @@ class Agent:
     def __init__(self, config: AgentConfig, drivers: Mapping[str, Driver]) -> None:
         self.config = config
         self.drivers = dict(drivers)
-        self._channel = grpc.insecure_channel(config.server)
+        # Reconnect quickly after the control plane comes back: reports are
+        # the heartbeat, and a long channel back-off would outlast the grace.
+        self._channel = grpc.insecure_channel(config.server, options=[
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+        ])
         self._stub = agent_pb2_grpc.AgentServiceStub(self._channel)
         self._runners: dict[str, InstanceRunner] = {}
         #: Runners told to stop whose workload may still be winding down.
@@ -144,7 +150,7 @@ class Agent:
                             self.config.server, error.code().name, delay)
             if self._stopping.wait(delay):
                 return
-            delay = min(delay * 2, 5.0)
+            delay = min(delay * 2, 2.0)
 
     def _converge(self, assignments: list[Assignment]) -> None:
         """Make the runners match the assignment set: start runners for new

@@ -30,7 +30,7 @@ class Assignment:
     spec: Mapping[str, Any]
     driver: str
 
-    def workload(self) -> Workload:
+    def workload(self, restarts: int = 0) -> Workload:
         spec = self.spec
         resources = spec.get("resources") or {}
         return Workload(
@@ -39,6 +39,7 @@ class Assignment:
             args=tuple(spec.get("args") or ()), env=dict(spec.get("env") or {}),
             port=spec.get("port"), protocol=spec.get("protocol", "http"),
             cpu_millis=int(resources.get("cpu", 100)), memory_mib=int(resources.get("memory", 128)),
+            restarts=restarts,
         )
 
 
@@ -70,6 +71,10 @@ class InstanceStatus:
 
 class InstanceRunner:
     TICK = 0.2
+    #: Seconds after a start (beyond the check's initialDelay) during which a
+    #: health check that has never passed keeps the instance "starting"
+    #: instead of restarting it: slow starters are not killed in a loop.
+    STARTUP_GRACE = 30.0
 
     def __init__(self, assignment: Assignment, driver: Driver,
                  on_change: Callable[[], None], backoff: Backoff = Backoff()) -> None:
@@ -119,6 +124,9 @@ class InstanceRunner:
     def _run(self) -> None:
         failures = 0
         try:
+            adopted = self._driver.inspect(self.instance_id)
+            if adopted is not None:  # started by an earlier agent: keep its count
+                self._set(restarts=adopted.restarts)
             while not self._stop.is_set():
                 running = self._driver.inspect(self.instance_id)
                 if running is None or running.state is WorkloadState.EXITED:
@@ -169,7 +177,7 @@ class InstanceRunner:
         restarts = self._status.restarts + (1 if failures else 0)
         self._set(state="starting", reason="", backoff=0.0, restarts=restarts)
         try:
-            running = self._driver.start(self.assignment.workload())
+            running = self._driver.start(self.assignment.workload(restarts))
         except DriverError as error:
             self._set(state="failed", reason=str(error))
             self._stop.wait(5.0)
@@ -187,8 +195,11 @@ class InstanceRunner:
         if check:
             interval = parse_duration(str(check.get("interval", "5s")))
             threshold = int(check.get("failureThreshold", 3))
-            next_check = time.monotonic() + parse_duration(str(check.get("initialDelay", "0s")))
+            delay = parse_duration(str(check.get("initialDelay", "0s")))
+            next_check = time.monotonic() + delay
+            startup_ends = time.monotonic() + delay + self.STARTUP_GRACE
         fails = 0
+        passed = False  # until a check passes, failures are forgiven for the startup grace
         while not self._stop.wait(self.TICK):
             now = self._driver.inspect(self.instance_id)
             if now is None or now.state is WorkloadState.EXITED:
@@ -198,12 +209,15 @@ class InstanceRunner:
             next_check = time.monotonic() + interval
             ok, detail = probe(check, running.address, running.port or 0)
             if ok:
-                fails = 0
+                fails, passed = 0, True
                 self._set(state="healthy", reason=detail)
                 if time.time() - running.started_at >= self._backoff.reset_after:
                     failures = 0
                 continue
             fails += 1
+            if not passed and time.monotonic() < startup_ends:
+                self._set(state="starting", reason=f"not healthy yet: {detail}")
+                continue
             if fails < threshold:
                 self._set(reason=f"health check failing ({fails}/{threshold}): {detail}")
                 continue

@@ -39,6 +39,9 @@ class Workload:
     protocol: str = "http"
     cpu_millis: int = 100
     memory_mib: int = 128
+    #: Restarts so far; the runtime keeps it with the workload so that an
+    #: agent restarted on the node continues the count.
+    restarts: int = 0
 
 
 class WorkloadState(enum.Enum):
@@ -64,6 +67,8 @@ class Running:
     started_at: float = 0.0
     #: Driver-specific handle (container id, pid), for logs and operators.
     handle: str = ""
+    #: The ``restarts`` of the Workload it was started from.
+    restarts: int = 0
 
 
 class Driver(Protocol):

@@ -53,6 +53,7 @@ LABEL_SERVICE = "dev.flotilla.service"
 LABEL_NAMESPACE = "dev.flotilla.namespace"
 LABEL_REVISION = "dev.flotilla.revision"
 LABEL_ROLE = "dev.flotilla.role"
+LABEL_RESTARTS = "dev.flotilla.restarts"
 ROLE_PAUSE = "pause"
 ROLE_APP = "app"
 
@@ -186,6 +187,7 @@ class DockerDriver:
             LABEL_NAMESPACE: workload.namespace,
             LABEL_REVISION: str(workload.revision),
             LABEL_ROLE: role,
+            LABEL_RESTARTS: str(workload.restarts),
         }
 
     def _pause_config(self, workload: Workload) -> dict[str, Any]:
@@ -328,6 +330,7 @@ class DockerDriver:
             exit_code=int(app_state["ExitCode"]) if ended else None,
             started_at=parse_timestamp(str(app_state.get("StartedAt", ""))),
             handle=str(main["Id"]),
+            restarts=int(labels.get(LABEL_RESTARTS, "0")),
         )
 
     def _published(self, pause: Inspected | None) -> tuple[str, int | None]:

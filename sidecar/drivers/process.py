@@ -46,6 +46,7 @@ class _State:
     address: str
     port: int | None
     started_at: float
+    restarts: int = 0
 
 
 def start_ticks_of(pid: int) -> int | None:
@@ -113,6 +114,7 @@ class ProcessDriver:
         state = _State(
             workload.instance_id, workload.namespace, workload.service, workload.revision,
             child.pid, start_ticks_of(child.pid) or 0, self.address, port, time.time(),
+            workload.restarts,
         )
         (home / "state.json").write_text(json.dumps(asdict(state)))
         with self._lock:
@@ -178,7 +180,7 @@ class ProcessDriver:
             revision=state.revision,
             state=WorkloadState.RUNNING if alive else WorkloadState.EXITED,
             address=state.address, port=state.port, exit_code=exit_code,
-            started_at=state.started_at, handle=str(state.pid),
+            started_at=state.started_at, handle=str(state.pid), restarts=state.restarts,
         )
 
     def _alive(self, instance_id: str, pid: int, start_ticks: int | None = None) -> bool:
