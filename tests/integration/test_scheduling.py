@@ -345,3 +345,38 @@ def test_drain_moves_everything_off_and_places_nothing_new(
         assert "n2" not in {i["spec"]["node"] for i in placed}
         assert "draining" in run_cli("get", "nodes", server=server).stdout
         eventually(lambda: not agents[0].workload_pids(), 20, "n2 to run nothing")
+
+
+@pytest.mark.parametrize(
+    ("policy", "code", "state"),
+    [("never", 3, "failed"), ("on-failure", 0, "exited")],
+    ids=["never-failed", "on-failure-completed"],
+)
+def test_restart_policy_lets_finished_instances_rest(
+    cluster: tuple[ServerProcess, list[AgentProcess]], policy: str, code: int, state: str
+) -> None:
+    server, _ = cluster
+    spec = web("job", 1, command=["/bin/sh", "-c", f"sleep 0.3; exit {code}"],
+               restartPolicy=policy)
+    del spec["spec"]["healthCheck"]
+    with server.client() as client:
+        client.apply([(spec, "job")])
+
+        def finished() -> dict[str, Any] | None:
+            found = instances(client, "job")
+            status = found[0].get("status", {}) if found else {}
+            return status if status.get("state") == state else None
+
+        status = eventually(finished, 20, f"the instance to be {state}")
+        assert status["exitCode"] == code and status["restarts"] == 0
+        time.sleep(1.5)  # it stays put: no restart, no replacement
+        (again,) = instances(client, "job")
+        assert again["status"]["state"] == state and again["status"]["restarts"] == 0
+
+
+def test_tcp_health_check(cluster: tuple[ServerProcess, list[AgentProcess]]) -> None:
+    server, _ = cluster
+    with server.client() as client:
+        deploy(client, "plain", 2, healthCheck={"tcp": {}, "interval": "250ms"})
+        reasons = {i["status"]["reason"] for i in instances(client, "plain")}
+        assert all(r.startswith("tcp 127.0.0.") and "accepts connections" in r for r in reasons)
