@@ -134,6 +134,12 @@ class AgentProcess:
         log.close()
         return self
 
+    def again(self) -> AgentProcess:
+        """A new agent process for the same node: name, address, labels, data dir."""
+        return AgentProcess(self.server, self.name, self.address, self.data_dir,
+                            labels=self.labels, cpu=self.cpu, memory=self.memory,
+                            drivers=self.drivers).start()
+
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)

@@ -234,8 +234,7 @@ def test_a_restarted_agent_adopts_its_workloads(
         before = deploy(client, "web", 3)
         running = pids(agents)
         agents[0].kill()  # SIGKILL: the workloads keep running without it
-        agents[0] = AgentProcess(server, agents[0].name, agents[0].address, agents[0].data_dir,
-                                 labels=agents[0].labels).start()
+        agents[0] = agents[0].again()
         time.sleep(3 * 1.0)  # a few report intervals for the new agent to settle
         after = eventually(lambda: healthy(client, "web", 3), 15, "3 healthy instances")
         assert {i["metadata"]["name"] for i in after} == before
@@ -322,8 +321,7 @@ def test_a_node_back_from_the_dead_stops_its_stale_instances(
         eventually(lambda: (found := healthy(client, "web", 3)) and all(
             i["spec"]["node"] != lost.name for i in found), GRACE + 15,
             "the instances to move off the silent node")
-        agents[0] = AgentProcess(server, lost.name, lost.address, lost.data_dir,
-                                 labels=lost.labels).start()
+        agents[0] = lost.again()
         eventually(lambda: not agents[0].workload_pids(), 20, "the stale instances to stop")
         for pid in stale.values():
             assert start_ticks_of(pid) is None, f"stale workload {pid} still runs"
