@@ -206,7 +206,9 @@ class InstanceRunner:
                 return failures
             if not check or time.monotonic() < next_check:
                 continue
-            next_check = time.monotonic() + interval
+            # Until the first pass, probe every tick: a ready instance is
+            # noticed (and gets traffic) as soon as it answers.
+            next_check = time.monotonic() + (interval if passed else min(interval, self.TICK))
             ok, detail = probe(check, running.address, running.port or 0)
             if ok:
                 fails, passed = 0, True
