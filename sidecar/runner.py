@@ -86,6 +86,7 @@ class InstanceRunner:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._stop_timeout = 10.0
+        self._adopted = False
         self._thread = threading.Thread(
             target=self._run, name=f"instance-{assignment.instance_id}", daemon=True
         )
@@ -124,31 +125,43 @@ class InstanceRunner:
     def _run(self) -> None:
         failures = 0
         try:
-            adopted = self._driver.inspect(self.instance_id)
-            if adopted is not None:  # started by an earlier agent: keep its count
-                self._set(restarts=adopted.restarts)
             while not self._stop.is_set():
-                running = self._driver.inspect(self.instance_id)
-                if running is None or running.state is WorkloadState.EXITED:
-                    if running is not None:
-                        failures, again = self._exited(running, failures)
-                        if not again:
-                            self._stop.wait()
-                            break
-                    running = self._start_after_backoff(failures)
-                    if running is None:
-                        continue
-                failures = self._supervise(running, failures)
-        except Exception:  # never let a runner die silently
-            log.exception("%s: runner failed", self.instance_id)
-            self._set(state="failed", reason="agent error; see the agent log")
-            self._stop.wait()
+                try:
+                    failures = self._step(failures)
+                except DriverError as error:  # the runtime hiccuped: try again
+                    log.warning("%s: %s; retrying", self.instance_id, error)
+                    self._set(reason=f"runtime error, retrying: {error}")
+                    self._stop.wait(1.0)
+                except Exception:  # never let a runner die: record, back off, retry
+                    log.exception("%s: runner error", self.instance_id)
+                    self._set(state="failed", reason="agent error (see the agent log); retrying")
+                    self._stop.wait(5.0)
         finally:
             try:
                 self._driver.stop(self.instance_id, self._stop_timeout)
             except DriverError as error:
                 log.warning("%s: stop failed: %s", self.instance_id, error)
             self.stopped.set()
+
+    def _step(self, failures: int) -> int:
+        """Start the instance if it is not running, then supervise it until it
+        exits or fails; returns the consecutive failure count."""
+        if not self._adopted:
+            self._adopted = True
+            adopted = self._driver.inspect(self.instance_id)
+            if adopted is not None:  # started by an earlier agent: keep its count
+                self._set(restarts=adopted.restarts)
+        running = self._driver.inspect(self.instance_id)
+        if running is None or running.state is WorkloadState.EXITED:
+            if running is not None:
+                failures, again = self._exited(running, failures)
+                if not again:
+                    self._stop.wait()
+                    return failures
+            running = self._start_after_backoff(failures)
+            if running is None:
+                return failures
+        return self._supervise(running, failures)
 
     def _exited(self, running: Running, failures: int) -> tuple[int, bool]:
         """Record an exit; returns (consecutive failures, restart?)."""
@@ -180,7 +193,7 @@ class InstanceRunner:
             running = self._driver.start(self.assignment.workload(restarts))
         except DriverError as error:
             self._set(state="failed", reason=str(error))
-            self._stop.wait(5.0)
+            self._stop.wait(2.0)
             return None
         self._set(address=running.address, port=running.port or 0)
         return running

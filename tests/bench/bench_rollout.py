@@ -10,7 +10,9 @@ app, time until every replica reports healthy (GET /healthz every 250 ms), and
 delete the Service and wait until its Instance objects *and* its workloads
 (containers, processes) are gone, so runs never overlap. It prints each run's
 seconds, p50 and max, and how many restarts the rollout needed (a healthy
-rollout needs none).
+rollout needs none). For scale it also measures the runtime's floor: the same
+workloads started straight through the driver, all at once, without server,
+agent or scheduler, timed until each answers GET /healthz.
 
 - docker: image ``flotilla/example-http:dev`` (``bash deploy/images/build.sh``);
   skipped when no Docker Engine answers or the image is missing.
@@ -32,6 +34,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,11 @@ import docker
 import docker.errors
 
 from controlplane.client import Client
+from sidecar.drivers.base import Driver, Workload
+from sidecar.drivers.docker import DockerDriver
+from sidecar.drivers.process import ProcessDriver
+from sidecar.health import probe
+from sidecar.runner import Assignment
 from tests.harness import AgentProcess, ServerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,6 +92,8 @@ class Rollout:
 class Result:
     driver: str
     runs: Sequence[Rollout]
+    #: Seconds the runtime alone needed for the same workloads, per run.
+    floors: Sequence[float] = ()
     note: str = ""
 
     @property
@@ -154,6 +164,34 @@ class Workloads:
         self._docker.close()
 
 
+def floor(driver: str, replicas: int, timeout: float, workdir: Path) -> float:
+    """Seconds until *replicas* workloads, started at once straight through
+    the driver, all answer their health check; they are removed afterwards."""
+    node = f"bench-floor-{uuid.uuid4().hex[:8]}"
+    client = docker.from_env(timeout=60) if driver == "docker" else None
+    runtime: Driver = (DockerDriver(client, node, ADDRESS) if client is not None
+                       else ProcessDriver(node, ADDRESS, workdir / node))
+    spec = manifest(driver, replicas)["spec"]
+    workloads = [Assignment(f"{node}-{i}", "default", "rollout", 1, spec, driver).workload()
+                 for i in range(replicas)]
+    began = time.monotonic()
+
+    def healthy(workload: Workload) -> None:
+        running = runtime.start(workload)
+        wait_until(lambda: probe(spec["healthCheck"], running.address, running.port or 0)[0],
+                   timeout - (time.monotonic() - began), f"{workload.instance_id} healthy")
+
+    try:
+        with ThreadPoolExecutor(replicas) as pool:
+            list(pool.map(healthy, workloads))
+        return time.monotonic() - began
+    finally:
+        for workload in workloads:
+            runtime.stop(workload.instance_id, 2.0)
+        if client is not None:
+            client.close()
+
+
 def measure(driver: str, runs: int, replicas: int, timeout: float) -> Result:
     node = f"bench-{driver}-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="flotilla-rollout-") as tmp:
@@ -161,6 +199,7 @@ def measure(driver: str, runs: int, replicas: int, timeout: float) -> Result:
         agent = AgentProcess(server, node, ADDRESS, Path(tmp) / node, drivers=(driver,))
         workloads: Workloads | None = None
         done: list[Rollout] = []
+        floors: list[float] = []
         try:
             agent.start()
             workloads = Workloads(driver, node, agent)
@@ -173,14 +212,15 @@ def measure(driver: str, runs: int, replicas: int, timeout: float) -> Result:
                     left = workloads
                     wait_until(lambda: not instances(client) and left.count() == 0,
                                GONE_SECONDS, "the instances and their workloads to be gone")
+                    floors.append(floor(driver, replicas, timeout, Path(tmp)))
         except TimeoutError as error:
-            return Result(driver, done, f"stopped early: {error}")
+            return Result(driver, done, floors, f"stopped early: {error}")
         finally:
             agent.cleanup()
             if workloads is not None:
                 workloads.remove_all()
             server.stop()
-    return Result(driver, done)
+    return Result(driver, done, floors)
 
 
 def docker_missing() -> str | None:
@@ -209,9 +249,12 @@ def report(result: Result) -> str:
     summary = (f"p50 {statistics.median(times):.2f} s  max {max(times):.2f} s"
                if times else "no rollout finished")
     verdict = "met" if result.met() else "MISSED"
+    floors = (f"p50 {statistics.median(result.floors):.2f} s  max {max(result.floors):.2f} s"
+              if result.floors else "not measured")
     lines = [f"{result.driver:8} {summary}  target p50 < {target:g} s: {verdict}",
              f"         runs (s): {runs or '-'}; restarts during rollouts: {restarts}"
-             + (f"; timeouts: {result.timeouts}" if result.timeouts else "")]
+             + (f"; timeouts: {result.timeouts}" if result.timeouts else ""),
+             f"         runtime floor (driver alone, no control plane): {floors}"]
     if result.note:
         lines.append(f"         {result.note}")
     return "\n".join(lines)

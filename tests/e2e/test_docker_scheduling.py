@@ -202,8 +202,8 @@ def test_six_replicas_land_two_per_node_and_answer_on_their_ports(cluster: Clust
     assert Counter(i["spec"]["node"] for i in placed) == dict.fromkeys(cluster.nodes, 2)
     address_of = dict(zip(cluster.nodes, ADDRESSES, strict=True))
     for instance in placed:
-        name, node, status = instance["metadata"]["name"], instance["spec"]["node"], \
-            instance["status"]
+        name, node = instance["metadata"]["name"], instance["spec"]["node"]
+        status = instance["status"]
         common = {LABEL_NODE: node, LABEL_INSTANCE: name, LABEL_SERVICE: "web"}
         for role in ("app", "pause"):
             container = cluster.docker.containers.get(f"flotilla-{name}-{role}")
