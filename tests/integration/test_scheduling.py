@@ -198,6 +198,15 @@ def deploy(client: Client, name: str, replicas: int, **spec: Any) -> set[str]:
     return {i["metadata"]["name"] for i in ready}
 
 
+def unchanged(client: Client, agents: list[AgentProcess], names: set[str],
+              running: dict[str, int]) -> list[dict[str, Any]]:
+    """The same instances are healthy, run by the very same processes."""
+    after = eventually(lambda: healthy(client, "web", len(names)), 15, "healthy instances")
+    assert {i["metadata"]["name"] for i in after} == names
+    assert pids(agents) == running, "a workload was restarted or duplicated"
+    return after
+
+
 def pids(agents: list[AgentProcess]) -> dict[str, int]:
     found: dict[str, int] = {}
     for agent in agents:
@@ -236,9 +245,7 @@ def test_a_restarted_agent_adopts_its_workloads(
         agents[0].kill()  # SIGKILL: the workloads keep running without it
         agents[0] = agents[0].again()
         time.sleep(3 * 1.0)  # a few report intervals for the new agent to settle
-        after = eventually(lambda: healthy(client, "web", 3), 15, "3 healthy instances")
-        assert {i["metadata"]["name"] for i in after} == before
-        assert pids(agents) == running, "a workload was restarted or duplicated"
+        after = unchanged(client, agents, before, running)
         assert all(i["status"]["restarts"] == 0 for i in after)
 
 
@@ -256,9 +263,7 @@ def test_server_restart_leaves_workloads_running(
     with server.client() as client:
         eventually(lambda: len(ready_nodes(client)) == 3, 30, "the agents to rejoin")
         time.sleep(2.0)
-        after = eventually(lambda: healthy(client, "web", 3), 15, "3 healthy instances")
-        assert {i["metadata"]["name"] for i in after} == before
-    assert pids(agents) == running, "a workload was restarted or duplicated"
+        unchanged(client, agents, before, running)
 
 
 def test_logs_come_from_the_agents(cluster: tuple[ServerProcess, list[AgentProcess]]) -> None:
