@@ -22,6 +22,7 @@ from controlplane import convert, errors
 from controlplane.api.flotilla.v1 import agent_pb2, agent_pb2_grpc, nodes_pb2, nodes_pb2_grpc
 from controlplane.api.flotilla.v1 import resources_pb2 as pb
 from controlplane.api.flotilla.v1 import resources_pb2_grpc as pb_grpc
+from controlplane.model import NODE_NAMESPACE
 
 DEFAULT_SERVER = "127.0.0.1:7300"
 
@@ -139,7 +140,7 @@ class Client:
         node = instance["spec"].get("node")
         if not node:
             raise errors.FailedPrecondition(f"instance {name} is not placed on a node yet")
-        endpoint = self.get("Node", node, "cluster")["spec"].get("logsEndpoint")
+        endpoint = self.get("Node", node, NODE_NAMESPACE)["spec"].get("logsEndpoint")
         if not endpoint:
             raise errors.FailedPrecondition(f"node {node}'s agent serves no logs")
         with grpc.insecure_channel(endpoint) as channel:

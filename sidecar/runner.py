@@ -146,12 +146,11 @@ class InstanceRunner:
     def _step(self, failures: int) -> int:
         """Start the instance if it is not running, then supervise it until it
         exits or fails; returns the consecutive failure count."""
+        running = self._driver.inspect(self.instance_id)
         if not self._adopted:
             self._adopted = True
-            adopted = self._driver.inspect(self.instance_id)
-            if adopted is not None:  # started by an earlier agent: keep its count
-                self._set(restarts=adopted.restarts)
-        running = self._driver.inspect(self.instance_id)
+            if running is not None:  # started by an earlier agent: keep its count
+                self._set(restarts=running.restarts)
         if running is None or running.state is WorkloadState.EXITED:
             if running is not None:
                 failures, again = self._exited(running, failures)

@@ -16,9 +16,7 @@ from controlplane import __version__, errors
 from controlplane.cli import output
 from controlplane.client import DEFAULT_SERVER, Client, ServerUnavailable
 from controlplane.manifests import parse_yaml, resolve_kind, to_resources
-from controlplane.model import KINDS, SERVICE_LABEL, SYSTEM_KINDS
-
-NODE_NAMESPACE = "cluster"
+from controlplane.model import KINDS, NODE_NAMESPACE, SERVICE_LABEL, SYSTEM_KINDS
 
 EXIT_USER_ERROR = 1
 EXIT_USAGE = 2

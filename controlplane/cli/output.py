@@ -15,6 +15,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from controlplane.model import node_state
+
 Doc = dict[str, Any]
 
 
@@ -71,7 +73,7 @@ COLUMNS: dict[str, list[Column]] = {
         ("KEYS", lambda d: str(len(d["spec"].get("data", {})))),
     ],
     "Node": [
-        ("STATE", lambda d: _node_state(d)),
+        ("STATE", lambda d: node_state(d["spec"], d.get("status", {}))),
         ("ADDRESS", lambda d: d["spec"].get("address", "")),
         ("CPU", lambda d: f"{d['spec'].get('capacity', {}).get('cpu', 0)}m"),
         ("MEMORY", lambda d: f"{d['spec'].get('capacity', {}).get('memory', 0)}Mi"),
@@ -88,11 +90,6 @@ COLUMNS: dict[str, list[Column]] = {
         ("REASON", lambda d: str(d.get("status", {}).get("reason", "")) or "-"),
     ],
 }
-
-
-def _node_state(doc: Doc) -> str:
-    state = str(doc.get("status", {}).get("state", "ready"))
-    return "draining" if state == "ready" and doc["spec"].get("drain") else state
 
 
 def _endpoint(status: dict[str, Any]) -> str:

@@ -19,21 +19,12 @@ from typing import Any
 
 from controlplane.errors import FieldViolation, InvalidManifest, NotFound
 from controlplane.manifests.types import check_dns_label, check_labels
-from controlplane.model import ObjectKey, Resource
+from controlplane.model import NODE_NAMESPACE, ObjectKey, Resource
 from controlplane.store import SqliteStore
-
-NODE_NAMESPACE = "cluster"
 
 
 def node_key(name: str) -> ObjectKey:
     return ObjectKey("Node", NODE_NAMESPACE, name)
-
-
-def node_state(node: Resource) -> str:
-    state = str(node.status.get("state", "ready"))
-    if state == "ready" and node.spec.get("drain"):
-        return "draining"
-    return state
 
 
 class NodeRegistry:

@@ -9,8 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from controlplane.controllers.nodes import node_state
-from controlplane.model import Resource
+from controlplane.model import Resource, node_state
 from controlplane.model.cluster import (
     Capacity,
     ClusterSnapshot,
@@ -64,7 +63,7 @@ def _node(node: Resource) -> Node:
         name=node.name, address=str(spec.get("address", "")),
         capacity=_capacity(spec.get("capacity") or {}), labels=dict(spec.get("labels") or {}),
         drivers=frozenset(spec.get("drivers") or ()),
-        state=_STATES.get(node_state(node), NodeState.DOWN),
+        state=_STATES.get(node_state(node.spec, node.status), NodeState.DOWN),
     )
 
 

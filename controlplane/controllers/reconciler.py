@@ -18,10 +18,10 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from controlplane.controllers import placement
-from controlplane.controllers.nodes import NodeRegistry, node_state
+from controlplane.controllers.nodes import NodeRegistry
 from controlplane.controllers.replicas import available, decide, template_hash, template_of
 from controlplane.errors import Conflict, OutOfRange
-from controlplane.model import SERVICE_LABEL, ObjectKey, Resource, WatchEvent
+from controlplane.model import SERVICE_LABEL, ObjectKey, Resource, WatchEvent, node_state
 from controlplane.store import SqliteStore
 
 log = logging.getLogger("flotilla.reconciler")
@@ -68,31 +68,28 @@ class Reconciler:
                 if self._nodes.sweep():
                     full = True
                 if full:
-                    keys |= self._all_service_keys()
                     next_resync = time.monotonic() + self._resync
-                if keys:
-                    self.reconcile_all(keys)
+                if keys or full:
+                    self.reconcile_all(keys, everything=full)
             except Exception:  # keep reconciling; the next pass retries
                 log.exception("reconcile pass failed")
                 self._stop.wait(1.0)
 
-    def reconcile_all(self, keys: Iterable[ObjectKey]) -> None:
-        """Reconcile each Service in ``keys`` against one read of the cluster,
-        then place what is pending."""
+    def reconcile_all(self, keys: Iterable[ObjectKey], *, everything: bool = False) -> None:
+        """Reconcile each Service in ``keys`` (with ``everything``, every Service
+        and every one that still has instances) against one read of the
+        cluster, then place what is pending."""
         by_service: dict[ObjectKey, list[Resource]] = {}
         for instance in self._store.list("Instance"):
-            key = ObjectKey("Service", instance.namespace, instance.spec["service"])
-            by_service.setdefault(key, []).append(instance)
-        usable = {n.name for n in self._store.list("Node") if node_state(n) == "ready"}
-        for key in sorted(keys):
+            by_service.setdefault(service_key_of(instance), []).append(instance)
+        wanted = set(keys)
+        if everything:
+            wanted |= set(by_service) | {s.key for s in self._store.list("Service")}
+        usable = {n.name for n in self._store.list("Node")
+                  if node_state(n.spec, n.status) == "ready"}
+        for key in sorted(wanted):
             self.reconcile(key, by_service.get(key, []), usable)
         self.place_pending()
-
-    def _all_service_keys(self) -> set[ObjectKey]:
-        keys = {s.key for s in self._store.list("Service")}
-        for instance in self._store.list("Instance"):
-            keys.add(ObjectKey("Service", instance.namespace, instance.spec["service"]))
-        return keys
 
     # --- replicas -------------------------------------------------------------------
 
@@ -167,10 +164,14 @@ def service_status(service: Resource, instances: list[Resource]) -> dict[str, ob
     return status
 
 
+def service_key_of(instance: Resource) -> ObjectKey:
+    return ObjectKey("Service", instance.namespace, instance.spec["service"])
+
+
 def _service_keys(event: WatchEvent) -> set[ObjectKey]:
     resource = event.resource
     if resource.kind == "Service":
         return {resource.key}
     if resource.kind == "Instance":
-        return {ObjectKey("Service", resource.namespace, resource.spec["service"])}
+        return {service_key_of(resource)}
     return set()

@@ -8,6 +8,7 @@ from controlplane.model.resources import (
     API_VERSION,
     DEFAULT_NAMESPACE,
     KINDS,
+    NODE_NAMESPACE,
     SERVICE_LABEL,
     SYSTEM_KINDS,
     ApplyAction,
@@ -17,12 +18,14 @@ from controlplane.model.resources import (
     Reference,
     Resource,
     WatchEvent,
+    node_state,
 )
 
 __all__ = [
     "API_VERSION",
     "DEFAULT_NAMESPACE",
     "KINDS",
+    "NODE_NAMESPACE",
     "SERVICE_LABEL",
     "SYSTEM_KINDS",
     "ApplyAction",
@@ -32,4 +35,5 @@ __all__ = [
     "Reference",
     "Resource",
     "WatchEvent",
+    "node_state",
 ]

@@ -22,6 +22,15 @@ SYSTEM_KINDS = ("Node", "Instance")
 
 #: The label every Instance carries with its Service's name.
 SERVICE_LABEL = "flotilla.dev/service"
+#: The namespace every Node object lives in: nodes belong to the cluster.
+NODE_NAMESPACE = "cluster"
+
+
+def node_state(spec: Mapping[str, Any], status: Mapping[str, Any]) -> str:
+    """A Node's state from its spec and status: ``ready``, ``down``, or
+    ``draining`` for a ready node an operator drains."""
+    state = str(status.get("state", "ready"))
+    return "draining" if state == "ready" and spec.get("drain") else state
 
 
 @dataclass(frozen=True, order=True)

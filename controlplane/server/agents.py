@@ -13,9 +13,9 @@ import grpc
 
 from controlplane import convert
 from controlplane.api.flotilla.v1 import agent_pb2, agent_pb2_grpc, nodes_pb2
-from controlplane.controllers.nodes import NodeRegistry, node_state
+from controlplane.controllers.nodes import NodeRegistry
 from controlplane.errors import UserError
-from controlplane.model import ObjectKey, Resource
+from controlplane.model import ObjectKey, Resource, node_state
 from controlplane.server.status import abort
 from controlplane.store import SqliteStore
 
@@ -35,7 +35,7 @@ def node_to_pb(node: Resource) -> nodes_pb2.Node:
         capacity=nodes_pb2.Capacity(cpu_millis=capacity.get("cpu", 0),
                                     memory_mib=capacity.get("memory", 0)),
         drivers=list(node.spec.get("drivers") or []),
-        state=states.get(node_state(node), nodes_pb2.Node.STATE_UNSPECIFIED),
+        state=states.get(node_state(node.spec, node.status), nodes_pb2.Node.STATE_UNSPECIFIED),
     )
 
 

@@ -198,12 +198,7 @@ class SqliteStore:
             self._rv += 1
             stored = replace(current, status=dict(status), resource_version=self._rv,
                              update_time=self._clock())
-            body = self._encode(stored)
-            self._db.execute(
-                "UPDATE objects SET body=? WHERE kind=? AND namespace=? AND name=?",
-                (body, *_key_tuple(key)),
-            )
-            self._record(EventType.MODIFIED, stored, body)
+            self._put(stored, EventType.MODIFIED)
             return stored
 
     def close(self) -> None:
@@ -268,12 +263,7 @@ class SqliteStore:
                 create_time=current.create_time, update_time=now, status=current.status,
             )
             event, action = EventType.MODIFIED, ApplyAction.CONFIGURED
-        body = self._encode(stored)
-        self._db.execute(
-            "INSERT OR REPLACE INTO objects (kind, namespace, name, body) VALUES (?, ?, ?, ?)",
-            (stored.kind, stored.namespace, stored.name, body),
-        )
-        self._record(event, stored, body)
+        self._put(stored, event)
         self._db.execute(
             "DELETE FROM refs WHERE src_kind=? AND src_namespace=? AND src_name=?",
             (stored.kind, stored.namespace, stored.name),
@@ -323,6 +313,15 @@ class SqliteStore:
             self._rv += 1
             self._record(EventType.DELETED, resource, self._encode(resource))
         return found
+
+    def _put(self, stored: Resource, event: EventType) -> None:
+        """Write ``stored`` (its resourceVersion already taken) and its event."""
+        body = self._encode(stored)
+        self._db.execute(
+            "INSERT OR REPLACE INTO objects (kind, namespace, name, body) VALUES (?, ?, ?, ?)",
+            (*_key_tuple(stored.key), body),
+        )
+        self._record(event, stored, body)
 
     def _record(self, event: EventType, resource: Resource, body: str) -> None:
         self._db.execute(
