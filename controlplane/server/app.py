@@ -16,6 +16,7 @@ from types import FrameType
 from typing import IO
 
 import grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -36,10 +37,12 @@ from controlplane.controllers.nodes import NodeRegistry
 from controlplane.controllers.reconciler import Reconciler
 from controlplane.server.agents import AgentServicer
 from controlplane.server.cluster import InstanceServicer, NodeServicer
-from controlplane.server.pending import ProxyServicer
 from controlplane.server.resources import ResourceServicer
+from controlplane.server.xds import AggregatedDiscoveryServicer, ProxyServicer
 from controlplane.store import SqliteStore
 from controlplane.store.sealing import Sealer, load_or_create_key
+from controlplane.xds.cache import XdsCache
+from controlplane.xds.feed import ViewFeeder
 
 log = logging.getLogger("flotilla.server")
 
@@ -64,7 +67,8 @@ class ServerConfig:
     listen: str = DEFAULT_LISTEN
     #: fsync every commit (survives power loss, not just process death).
     durable: bool = False
-    max_workers: int = 64
+    #: Every xDS stream holds a worker for its life: room for a few hundred.
+    max_workers: int = 1024
     #: Seconds in-flight RPCs get to finish on shutdown.
     grace: float = 5.0
     #: Seconds without a report before a node is marked down and its
@@ -95,7 +99,11 @@ class ControlPlane:
             NodeServicer(self.store, self.nodes), self._server)
         instances_pb2_grpc.add_InstanceServiceServicer_to_server(
             InstanceServicer(self.store), self._server)
-        proxies_pb2_grpc.add_ProxyServiceServicer_to_server(ProxyServicer(), self._server)
+        self.xds = XdsCache()
+        self._feeder = ViewFeeder(self.store, self.xds)
+        self._ads = AggregatedDiscoveryServicer(self.xds)
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self._ads, self._server)
+        proxies_pb2_grpc.add_ProxyServiceServicer_to_server(ProxyServicer(self.xds), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
@@ -111,6 +119,7 @@ class ControlPlane:
         if self.port == 0:
             raise UserError(f"cannot listen on {self.config.listen}: the address is in use "
                             "or not local; pick another with --listen")
+        self._feeder.start()
         self._server.start()
         self.reconciler.start()
         for name in ("", *SERVICE_NAMES):
@@ -133,7 +142,9 @@ class ControlPlane:
         done = self._server.stop(self.config.grace)
         self._resources.shutdown()
         self._agents.shutdown()
+        self._ads.shutdown()
         self.reconciler.stop()
+        self._feeder.stop()
         done.wait()
         self.store.close()
         self._lock_file.close()

@@ -10,7 +10,6 @@ from typing import Any, NoReturn
 
 import grpc
 
-from controlplane.api.flotilla.v1 import proxies_pb2_grpc
 
 
 def unimplemented(what: str) -> Any:
@@ -20,7 +19,3 @@ def unimplemented(what: str) -> Any:
         raise AssertionError("unreachable")
 
     return method
-
-
-class ProxyServicer(proxies_pb2_grpc.ProxyServiceServicer):
-    ListProxies = unimplemented("proxy status (the xDS server)")

@@ -1,0 +1,374 @@
+"""The xDS builder: ``Builder(view).build(proxy) -> Snapshot``, pure.
+
+Names, the same for every proxy:
+
+- cluster, endpoints and outbound route configuration of a service:
+  ``<name>.<namespace>`` (EDS over ADS; its TrafficPolicy shapes the cluster
+  and the route);
+- a sidecar's listeners: ``inbound`` (on its published address and port,
+  forwarding to the app on 127.0.0.1 through the static cluster
+  ``local_app``) and ``outbound:<name>.<namespace>`` per declared upstream
+  (bound where the proxy's bootstrap asked: a per-service loopback VIP on
+  the service's port in a docker pod, a loopback port of its own for a
+  process);
+- a gateway's listeners ``gateway:<listener>`` with route configurations
+  ``gateway:<gateway>:<listener>``;
+- a proxyless gRPC client's API listeners: ``<name>`` for services of its
+  own namespace and ``<name>.<namespace>`` for any.
+
+Resources shared by many proxies (clusters, endpoints, outbound routes) are
+built once per view and reused, so building for every proxy costs little
+more than building for one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
+from envoy.config.core.v3 import address_pb2, config_source_pb2, protocol_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.listener.v3 import api_listener_pb2, listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from envoy.type.v3 import hash_policy_pb2
+from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+from google.protobuf.message import Message
+
+from controlplane.manifests.types import parse_duration
+from controlplane.xds.mesh import GATEWAY, PROXYLESS, SIDECAR, MeshView, Proxy, ServiceView
+from controlplane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, Item, Snapshot, snapshot
+
+LOCAL_APP = "local_app"
+INBOUND = "inbound"
+_LB = {
+    "round-robin": cluster_pb2.Cluster.ROUND_ROBIN,
+    "least-request": cluster_pb2.Cluster.LEAST_REQUEST,
+    "ring-hash": cluster_pb2.Cluster.RING_HASH,
+    "random": cluster_pb2.Cluster.RANDOM,
+}
+_HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def cluster_name(namespace: str, name: str) -> str:
+    return f"{name}.{namespace}"
+
+
+def _any(message: Message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def _duration(text: str) -> duration_pb2.Duration:
+    seconds = parse_duration(text)
+    return duration_pb2.Duration(seconds=int(seconds), nanos=int(round(seconds % 1 * 1e9)))
+
+
+def _socket(address: str, port: int) -> address_pb2.Address:
+    return address_pb2.Address(socket_address=address_pb2.SocketAddress(
+        address=address, port_value=port))
+
+
+_ADS = config_source_pb2.ConfigSource(
+    ads=config_source_pb2.AggregatedConfigSource(),
+    resource_api_version=config_source_pb2.V3,
+)
+_ROUTER = hcm_pb2.HttpFilter(name="envoy.filters.http.router",
+                             typed_config=_any(router_pb2.Router()))
+
+
+def _http2_options() -> dict[str, any_pb2.Any]:
+    options = http_protocol_options_pb2.HttpProtocolOptions(
+        explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+            http2_protocol_options=protocol_pb2.Http2ProtocolOptions()))
+    return {_HTTP_OPTIONS: _any(options)}
+
+
+def _hcm(prefix: str, *, rds: str | None = None,
+         routes: route_pb2.RouteConfiguration | None = None) -> hcm_pb2.HttpConnectionManager:
+    manager = hcm_pb2.HttpConnectionManager(
+        stat_prefix=prefix, codec_type=hcm_pb2.HttpConnectionManager.AUTO,
+        http_filters=[_ROUTER],
+    )
+    if rds is not None:
+        manager.rds.CopyFrom(hcm_pb2.Rds(config_source=_ADS, route_config_name=rds))
+    elif routes is not None:
+        manager.route_config.CopyFrom(routes)
+    return manager
+
+
+def _listener(name: str, address: str, port: int, network_filter: Message) -> listener_pb2.Listener:
+    if isinstance(network_filter, hcm_pb2.HttpConnectionManager):
+        filter_name = "envoy.filters.network.http_connection_manager"
+    else:
+        filter_name = "envoy.filters.network.tcp_proxy"
+    return listener_pb2.Listener(
+        name=name, address=_socket(address, port),
+        filter_chains=[listener_components_pb2.FilterChain(filters=[
+            listener_components_pb2.Filter(name=filter_name,
+                                           typed_config=_any(network_filter))])],
+    )
+
+
+class Builder:
+    """Builds snapshots from one view; memoizes what proxies share."""
+
+    def __init__(self, view: MeshView) -> None:
+        self.view = view
+        self._shared: dict[tuple[str, str, str], Item] = {}
+
+    # --- entry point ----------------------------------------------------------
+
+    def build(self, proxy: Proxy) -> Snapshot:
+        if proxy.kind == SIDECAR:
+            return self._sidecar(proxy)
+        if proxy.kind == GATEWAY:
+            return self._gateway(proxy)
+        if proxy.kind == PROXYLESS:
+            return self._proxyless(proxy)
+        raise ValueError(f"unknown proxy kind {proxy.kind!r}")
+
+    # --- per proxy kind ---------------------------------------------------------
+
+    def _sidecar(self, proxy: Proxy) -> Snapshot:
+        items: dict[str, list[Item]] = {CLUSTER: [], ENDPOINT: [], LISTENER: [], ROUTE: []}
+        me = self.view.services.get((proxy.namespace, proxy.name))
+        if proxy.inbound is not None and proxy.app_port:
+            protocol = me.protocol if me else "tcp"
+            items[CLUSTER].append(Item(LOCAL_APP, self._local_app(proxy.app_port, protocol)))
+            items[LISTENER].append(Item(INBOUND, self._inbound(proxy.inbound, protocol)))
+        wanted = [(ns, name, port) for ns, name, port in (me.upstreams if me else ())]
+        for key, (address, port) in proxy.upstreams.items():  # what the bootstrap bound
+            ns, _, name = key.rpartition("/")
+            if not any((ns, name) == (u[0], u[1]) for u in wanted):
+                wanted.append((ns or proxy.namespace, name, port))
+        seen: set[tuple[str, str]] = set()
+        for ns, name, override in wanted:
+            upstream = self.view.services.get((ns, name))
+            if upstream is None or (ns, name) in seen:
+                continue
+            seen.add((ns, name))
+            where = proxy.upstreams.get(f"{ns}/{name}")
+            address = where[0] if where else "127.0.0.1"
+            port = (where[1] if where and where[1] else None) or override or upstream.port
+            if not port:
+                continue
+            self._add_service(items, upstream)
+            items[LISTENER].append(Item(f"outbound:{cluster_name(ns, name)}",
+                                        self._outbound(upstream, address, port)))
+        return snapshot(items)
+
+    def _gateway(self, proxy: Proxy) -> Snapshot:
+        items: dict[str, list[Item]] = {CLUSTER: [], ENDPOINT: [], LISTENER: [], ROUTE: []}
+        gateway = self.view.gateways.get((proxy.namespace, proxy.name))
+        address = proxy.inbound[0] if proxy.inbound else "0.0.0.0"
+        for listener in gateway.listeners if gateway else ():
+            targets = []
+            for route in listener.get("routes") or ():
+                service = self.view.services.get(
+                    (str(route.get("namespace") or proxy.namespace), str(route["service"])))
+                if service is not None:
+                    self._add_service(items, service)
+                    targets.append((route, service))
+            if not targets:
+                continue
+            name, port = str(listener["name"]), int(listener["port"])
+            if listener.get("protocol") == "tcp":
+                service = targets[0][1]
+                items[LISTENER].append(Item(f"gateway:{name}", _listener(
+                    f"gateway:{name}", address, port, self._tcp_proxy(service, f"gw_{name}"))))
+                continue
+            route_name = f"gateway:{proxy.name}:{name}"
+            items[ROUTE].append(Item(route_name, self._gateway_routes(route_name, targets)))
+            items[LISTENER].append(Item(f"gateway:{name}", _listener(
+                f"gateway:{name}", address, port, _hcm(f"gw_{name}", rds=route_name))))
+        return snapshot(items)
+
+    def _proxyless(self, proxy: Proxy) -> Snapshot:
+        items: dict[str, list[Item]] = {CLUSTER: [], ENDPOINT: [], LISTENER: [], ROUTE: []}
+        for (ns, name), service in sorted(self.view.services.items()):
+            self._add_service(items, service)
+            items[LISTENER].append(self._shared_item(ns, name, "api", self._api_listener))
+            if ns == proxy.namespace:
+                items[LISTENER].append(self._shared_item(ns, name, "api-short",
+                                                         self._api_listener))
+        return snapshot(items)
+
+    # --- shared per service ----------------------------------------------------
+
+    def _add_service(self, items: dict[str, list[Item]], service: ServiceView) -> None:
+        ns, name = service.key
+        items[CLUSTER].append(self._shared_item(ns, name, "cluster", self._cluster))
+        items[ENDPOINT].append(self._shared_item(ns, name, "endpoints", self._endpoints))
+        if service.protocol != "tcp":
+            items[ROUTE].append(self._shared_item(ns, name, "route", self._route_config))
+
+    def _shared_item(self, ns: str, name: str, what: str, make: Any) -> Item:
+        key = (ns, name, what)
+        item = self._shared.get(key)
+        if item is None:
+            service = self.view.services[(ns, name)]
+            item_name = name if what == "api-short" else cluster_name(ns, name)
+            item = Item(item_name, make(service, item_name))
+            self._shared[key] = item
+        return item
+
+    def _cluster(self, service: ServiceView, name: str) -> cluster_pb2.Cluster:
+        policy = service.policy or {}
+        balancer = policy.get("loadBalancer") or {}
+        cluster = cluster_pb2.Cluster(
+            name=name, type=cluster_pb2.Cluster.EDS,
+            eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=_ADS,
+                                                                    service_name=name),
+            connect_timeout=_duration(str(policy.get("connectTimeout", "5s"))),
+            lb_policy=_LB[str(balancer.get("algorithm", "round-robin"))],
+        )
+        if service.protocol == "grpc":
+            for key, value in _http2_options().items():
+                cluster.typed_extension_protocol_options[key].CopyFrom(value)
+        breaker = policy.get("circuitBreaker")
+        if breaker:
+            thresholds = circuit_breaker_pb2.CircuitBreakers.Thresholds()
+            for field, key in (("max_connections", "maxConnections"),
+                               ("max_pending_requests", "maxPendingRequests"),
+                               ("max_requests", "maxRequests"), ("max_retries", "maxRetries")):
+                if breaker.get(key) is not None:
+                    getattr(thresholds, field).value = int(breaker[key])
+            cluster.circuit_breakers.thresholds.append(thresholds)
+        outlier = policy.get("outlierDetection")
+        if outlier:
+            cluster.outlier_detection.CopyFrom(outlier_detection_pb2.OutlierDetection(
+                consecutive_5xx=wrappers_pb2.UInt32Value(value=int(outlier.get("consecutive5xx",
+                                                                                5))),
+                interval=_duration(str(outlier.get("interval", "10s"))),
+                base_ejection_time=_duration(str(outlier.get("baseEjectionTime", "30s"))),
+                max_ejection_percent=wrappers_pb2.UInt32Value(
+                    value=int(outlier.get("maxEjectionPercent", 10))),
+            ))
+        return cluster
+
+    def _endpoints(self, service: ServiceView, name: str) -> endpoint_pb2.ClusterLoadAssignment:
+        return endpoint_pb2.ClusterLoadAssignment(cluster_name=name, endpoints=[
+            endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[
+                endpoint_components_pb2.LbEndpoint(endpoint=endpoint_components_pb2.Endpoint(
+                    address=_socket(e.address, e.port), hostname=e.instance))
+                for e in service.endpoints
+            ])
+        ] if service.endpoints else [])
+
+    def _route_config(self, service: ServiceView, name: str) -> route_pb2.RouteConfiguration:
+        return route_pb2.RouteConfiguration(name=name, virtual_hosts=[rc_pb2.VirtualHost(
+            name=name, domains=["*"],
+            routes=[rc_pb2.Route(match=rc_pb2.RouteMatch(prefix="/"),
+                                 route=self._route_action(service, name))],
+        )])
+
+    def _route_action(self, service: ServiceView, cluster: str) -> rc_pb2.RouteAction:
+        policy = service.policy or {}
+        action = rc_pb2.RouteAction(
+            cluster=cluster,
+            # Like a mesh should: no deadline unless the policy sets one (gRPC
+            # streams and long polls would break at Envoy's 15 s default).
+            timeout=_duration(str(policy.get("requestTimeout", "0s"))),
+        )
+        if policy.get("idleTimeout"):
+            action.idle_timeout.CopyFrom(_duration(str(policy["idleTimeout"])))
+        retries = policy.get("retries")
+        if retries:
+            retry = rc_pb2.RetryPolicy(
+                retry_on=",".join(retries.get("retryOn") or
+                                  ["connect-failure", "refused-stream", "unavailable"]),
+                num_retries=wrappers_pb2.UInt32Value(value=int(retries.get("attempts", 1))),
+            )
+            if retries.get("perTryTimeout"):
+                retry.per_try_timeout.CopyFrom(_duration(str(retries["perTryTimeout"])))
+            action.retry_policy.CopyFrom(retry)
+        hash_on = (policy.get("loadBalancer") or {}).get("hashOn") or {}
+        if hash_on.get("header"):
+            action.hash_policy.append(rc_pb2.RouteAction.HashPolicy(
+                header=rc_pb2.RouteAction.HashPolicy.Header(header_name=str(hash_on["header"]))))
+        elif hash_on.get("sourceIP"):
+            action.hash_policy.append(rc_pb2.RouteAction.HashPolicy(
+                connection_properties=rc_pb2.RouteAction.HashPolicy.ConnectionProperties(
+                    source_ip=True)))
+        return action
+
+    def _api_listener(self, service: ServiceView, name: str) -> listener_pb2.Listener:
+        manager = _hcm(name, rds=cluster_name(service.namespace, service.name))
+        return listener_pb2.Listener(name=name, api_listener=api_listener_pb2.ApiListener(
+            api_listener=_any(manager)))
+
+    # --- per proxy resources -----------------------------------------------------
+
+    @staticmethod
+    def _local_app(port: int, protocol: str) -> cluster_pb2.Cluster:
+        cluster = cluster_pb2.Cluster(
+            name=LOCAL_APP, type=cluster_pb2.Cluster.STATIC,
+            connect_timeout=duration_pb2.Duration(seconds=1),
+            load_assignment=endpoint_pb2.ClusterLoadAssignment(cluster_name=LOCAL_APP, endpoints=[
+                endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[
+                    endpoint_components_pb2.LbEndpoint(endpoint=endpoint_components_pb2.Endpoint(
+                        address=_socket("127.0.0.1", port)))])]),
+        )
+        if protocol == "grpc":
+            for key, value in _http2_options().items():
+                cluster.typed_extension_protocol_options[key].CopyFrom(value)
+        return cluster
+
+    @staticmethod
+    def _inbound(where: tuple[str, int], protocol: str) -> listener_pb2.Listener:
+        if protocol == "tcp":
+            network: Message = tcp_proxy_pb2.TcpProxy(stat_prefix=INBOUND, cluster=LOCAL_APP)
+        else:
+            network = _hcm(INBOUND, routes=route_pb2.RouteConfiguration(
+                name=INBOUND, virtual_hosts=[rc_pb2.VirtualHost(
+                    name=INBOUND, domains=["*"], routes=[rc_pb2.Route(
+                        match=rc_pb2.RouteMatch(prefix="/"),
+                        route=rc_pb2.RouteAction(cluster=LOCAL_APP,
+                                                 timeout=duration_pb2.Duration()))])]))
+        return _listener(INBOUND, where[0], where[1], network)
+
+    def _outbound(self, upstream: ServiceView, address: str, port: int) -> listener_pb2.Listener:
+        name = cluster_name(upstream.namespace, upstream.name)
+        if upstream.protocol == "tcp":
+            network: Message = self._tcp_proxy(upstream, f"out_{name}")
+        else:
+            network = _hcm(f"out_{name}", rds=name)
+        return _listener(f"outbound:{name}", address, port, network)
+
+    @staticmethod
+    def _tcp_proxy(service: ServiceView, prefix: str) -> tcp_proxy_pb2.TcpProxy:
+        proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=prefix,
+                                       cluster=cluster_name(service.namespace, service.name))
+        hash_on = ((service.policy or {}).get("loadBalancer") or {}).get("hashOn") or {}
+        if hash_on:  # a tcp connection has no headers: its source address is the key
+            proxy.hash_policy.append(hash_policy_pb2.HashPolicy(
+                source_ip=hash_policy_pb2.HashPolicy.SourceIp()))
+        return proxy
+
+    def _gateway_routes(self, name: str, targets: Iterable[tuple[Mapping[str, Any], ServiceView]]
+                        ) -> route_pb2.RouteConfiguration:
+        by_host: dict[str, list[tuple[str, ServiceView]]] = {}
+        for route, service in targets:
+            by_host.setdefault(str(route.get("host") or "*"), []).append(
+                (str(route.get("pathPrefix") or "/"), service))
+        hosts = []
+        # Exact hosts before the catch-all; longest prefixes first within a host.
+        for host in sorted(by_host, key=lambda h: (h == "*", h)):
+            routes = sorted(by_host[host], key=lambda r: (-len(r[0]), r[0]))
+            hosts.append(rc_pb2.VirtualHost(
+                name=host, domains=[host] if host == "*" else [host, f"{host}:*"],
+                routes=[rc_pb2.Route(
+                    match=rc_pb2.RouteMatch(prefix=prefix),
+                    route=self._route_action(service, cluster_name(*service.key)),
+                ) for prefix, service in routes],
+            ))
+        return route_pb2.RouteConfiguration(name=name, virtual_hosts=hosts)

@@ -1,0 +1,144 @@
+"""The snapshot cache: every connected proxy's current snapshot.
+
+``set_view(view)`` rebuilds each connected proxy's snapshot from one
+``Builder`` (shared resources built once) and wakes only the streams whose
+snapshot changed. A snapshot that fails the consistency check is not served:
+the proxy keeps its last good one and the problem is recorded on its status.
+
+Each stream owns its protocol state (nonces, subscriptions, what the client
+has); it tells the cache whether its proxy has everything its snapshot holds
+(``mark_synced``), which is what ``synced_version`` — and so
+`flotilla apply --wait` — is made of.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+from controlplane.xds.builder import Builder
+from controlplane.xds.mesh import MeshView, Proxy
+from controlplane.xds.snapshot import Snapshot, check
+
+log = logging.getLogger("flotilla.xds")
+
+#: Put on a stream's queue when its snapshot changed.
+WAKE = object()
+
+
+@dataclass
+class ProxyState:
+    """One connected stream of one proxy, as `flotilla proxy-status` shows it."""
+
+    proxy: Proxy
+    protocol: str
+    connected_since: float = field(default_factory=time.time)
+    snapshot: Snapshot = field(default_factory=Snapshot)
+    #: The store version of the view the current snapshot was built at.
+    view_version: int = 0
+    #: The newest view version whose snapshot the proxy has fully ACKed.
+    synced_version: int = 0
+    acked_versions: dict[str, str] = field(default_factory=dict)
+    pending: set[str] = field(default_factory=set)
+    last_nack: str = ""
+    #: A snapshot the builder produced but the check refused.
+    build_error: str = ""
+    inbox: queue.Queue[object] = field(default_factory=queue.Queue)
+    #: True while the stream has nothing unsent or unacknowledged.
+    in_sync: bool = False
+
+    def wake(self) -> None:
+        self.inbox.put(WAKE)
+
+
+class XdsCache:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._builder = Builder(MeshView())
+        self._states: list[ProxyState] = []
+        self._changed = threading.Condition(self._lock)
+
+    @property
+    def view(self) -> MeshView:
+        return self._builder.view
+
+    def connect(self, proxy: Proxy, protocol: str) -> ProxyState:
+        with self._lock:
+            state = ProxyState(proxy, protocol)
+            self._install(state, self._builder)
+            self._states.append(state)
+            self._changed.notify_all()
+            return state
+
+    def disconnect(self, state: ProxyState) -> None:
+        with self._lock:
+            if state in self._states:
+                self._states.remove(state)
+            self._changed.notify_all()
+
+    def set_view(self, view: MeshView) -> int:
+        """Rebuild every proxy's snapshot; returns how many changed."""
+        builder = Builder(view)
+        changed = 0
+        with self._lock:
+            self._builder = builder
+            for state in self._states:
+                changed += self._install(state, builder)
+            self._changed.notify_all()
+        return changed
+
+    def set_version(self, version: int) -> None:
+        """The store moved on without touching the mesh: same snapshots, newer
+        version (so `apply --wait` of an unrelated change returns)."""
+        with self._lock:
+            view = self._builder.view
+            self._builder = Builder(MeshView(view.services, view.gateways, version))
+            for state in self._states:
+                state.view_version = version
+                if state.in_sync:
+                    state.synced_version = version
+            self._changed.notify_all()
+
+    def states(self) -> list[ProxyState]:
+        with self._lock:
+            return list(self._states)
+
+    def mark_synced(self, state: ProxyState, in_sync: bool) -> None:
+        """Called by a stream after each exchange: does its proxy have all of
+        its current snapshot, ACKed?"""
+        with self._lock:
+            state.in_sync = in_sync
+            if in_sync:
+                state.synced_version = max(state.synced_version, state.view_version)
+            self._changed.notify_all()
+
+    def wait_changed(self, timeout: float) -> None:
+        with self._lock:
+            self._changed.wait(timeout)
+
+    def _install(self, state: ProxyState, builder: Builder) -> int:
+        """Put a fresh snapshot on ``state`` (lock held); 1 when it changed."""
+        try:
+            snap = builder.build(state.proxy)
+            problems = check(snap)
+        except Exception as error:  # noqa: BLE001 - one bad proxy must not stop the rest
+            log.exception("building the snapshot of proxy %s", state.proxy.id)
+            problems = [f"builder error: {error}"]
+        if problems:
+            state.build_error = "; ".join(problems)
+            log.error("proxy %s: snapshot refused, keeping the last good one: %s",
+                      state.proxy.id, state.build_error)
+            return 0
+        state.build_error = ""
+        state.view_version = builder.view.version
+        if snap.same_as(state.snapshot):
+            if state.in_sync:
+                state.synced_version = state.view_version
+            return 0
+        state.snapshot = snap
+        state.in_sync = False
+        state.wake()
+        return 1

@@ -1,0 +1,186 @@
+"""What the mesh looks like to the xDS builder, as plain immutable values.
+
+``mesh_view(resources, version)`` reads Services, Instances, TrafficPolicies,
+Gateways and Nodes as stored; ``proxy_of(node_id, metadata)`` reads the
+identity a proxy announces in its bootstrap. Both are pure.
+
+An instance is an endpoint when it is placed on a ready node, reports
+``healthy`` (or ``running`` without a health check), has a published
+address and port, and is not draining.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from controlplane.model import Resource, node_state
+
+#: Instance states that make an instance an endpoint.
+SERVING = ("healthy", "running")
+
+SIDECAR = "sidecar"
+GATEWAY = "gateway"
+PROXYLESS = "proxyless"
+PROXY_KINDS = (SIDECAR, GATEWAY, PROXYLESS)
+
+
+@dataclass(frozen=True, order=True)
+class Endpoint:
+    address: str
+    port: int
+    instance: str
+    node: str
+
+
+@dataclass(frozen=True)
+class ServiceView:
+    namespace: str
+    name: str
+    port: int | None
+    protocol: str
+    #: (namespace, name, local port override or None) of each declared upstream.
+    upstreams: tuple[tuple[str, str, int | None], ...] = ()
+    endpoints: tuple[Endpoint, ...] = ()
+    #: The TrafficPolicy spec whose destination is this service, if any.
+    policy: Mapping[str, Any] | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+
+@dataclass(frozen=True)
+class GatewayView:
+    namespace: str
+    name: str
+    listeners: tuple[Mapping[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class MeshView:
+    services: Mapping[tuple[str, str], ServiceView] = field(default_factory=dict)
+    gateways: Mapping[tuple[str, str], GatewayView] = field(default_factory=dict)
+    #: The store's resourceVersion this view was read at.
+    version: int = 0
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """A connected proxy, as its bootstrap's node metadata describes it.
+
+    Sidecars listen for inbound traffic on ``inbound`` (address, port) and
+    forward it to the app on 127.0.0.1:``app_port``; each upstream
+    ``namespace/name`` maps to the (address, port or None) its outbound
+    listener binds, where None means "the upstream service's own port".
+    """
+
+    id: str
+    kind: str
+    namespace: str
+    #: The service (sidecar), gateway name (gateway) or client name (proxyless).
+    name: str
+    node: str = ""
+    instance: str = ""
+    inbound: tuple[str, int] | None = None
+    app_port: int | None = None
+    upstreams: Mapping[str, tuple[str, int | None]] = field(default_factory=dict)
+
+
+class ProxyError(ValueError):
+    """A proxy's bootstrap metadata is unusable; the message says why."""
+
+
+def proxy_of(node_id: str, metadata: Mapping[str, Any]) -> Proxy:
+    """The proxy a node id and its ``flotilla`` metadata describe. A proxy
+    without metadata is a proxyless client in the default namespace."""
+    meta = metadata.get("flotilla") or {}
+    if not isinstance(meta, Mapping):
+        raise ProxyError("node metadata 'flotilla' must be an object")
+    kind = str(meta.get("kind", PROXYLESS))
+    if kind not in PROXY_KINDS:
+        raise ProxyError(f"node metadata flotilla.kind {kind!r} is not one of "
+                         f"{', '.join(PROXY_KINDS)}")
+    inbound = meta.get("inbound")
+    upstreams: dict[str, tuple[str, int | None]] = {}
+    for key, where in (meta.get("upstreams") or {}).items():
+        port = where.get("port")
+        upstreams[str(key)] = (str(where.get("address", "127.0.0.1")),
+                               int(port) if port else None)
+    try:
+        return Proxy(
+            id=node_id, kind=kind, namespace=str(meta.get("namespace") or "default"),
+            name=str(meta.get("name") or node_id), node=str(meta.get("node", "")),
+            instance=str(meta.get("instance", "")),
+            inbound=(str(inbound["address"]), int(inbound["port"])) if inbound else None,
+            app_port=int(meta["appPort"]) if meta.get("appPort") else None,
+            upstreams=upstreams,
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise ProxyError(f"node metadata 'flotilla' is malformed: {error}") from None
+
+
+def proxy_metadata(proxy: Proxy) -> dict[str, Any]:
+    """The node metadata a proxy's bootstrap carries: what ``proxy_of`` reads."""
+    meta: dict[str, Any] = {
+        "kind": proxy.kind, "namespace": proxy.namespace, "name": proxy.name,
+        "node": proxy.node, "instance": proxy.instance,
+        "upstreams": {key: {"address": address, **({"port": port} if port else {})}
+                      for key, (address, port) in proxy.upstreams.items()},
+    }
+    if proxy.inbound is not None:
+        meta["inbound"] = {"address": proxy.inbound[0], "port": proxy.inbound[1]}
+    if proxy.app_port:
+        meta["appPort"] = proxy.app_port
+    return {"flotilla": meta}
+
+
+def instance_endpoint(instance: Resource, ready_nodes: set[str]) -> Endpoint | None:
+    spec, status = instance.spec, instance.status
+    node = str(spec.get("node") or "")
+    if (node not in ready_nodes or spec.get("draining") or status.get("state") not in SERVING
+            or not status.get("address") or not status.get("port")):
+        return None
+    return Endpoint(str(status["address"]), int(status["port"]), instance.name, node)
+
+
+def mesh_view(resources: Iterable[Resource], version: int = 0) -> MeshView:
+    by_kind: dict[str, list[Resource]] = {}
+    for resource in resources:
+        by_kind.setdefault(resource.kind, []).append(resource)
+    ready = {n.name for n in by_kind.get("Node", ()) if node_state(n.spec, n.status) == "ready"}
+    endpoints: dict[tuple[str, str], list[Endpoint]] = {}
+    for instance in by_kind.get("Instance", ()):
+        endpoint = instance_endpoint(instance, ready)
+        if endpoint is not None:
+            key = (instance.namespace, str(instance.spec.get("service")))
+            endpoints.setdefault(key, []).append(endpoint)
+    policies = {(p.namespace, str(p.spec.get("destination"))): p.spec
+                for p in by_kind.get("TrafficPolicy", ())}
+    services = {}
+    for service in by_kind.get("Service", ()):
+        spec = service.spec
+        key = (service.namespace, service.name)
+        services[key] = ServiceView(
+            namespace=service.namespace, name=service.name,
+            port=int(spec["port"]) if spec.get("port") else None,
+            protocol=str(spec.get("protocol", "http")),
+            upstreams=tuple(
+                (str(u.get("namespace") or service.namespace), str(u["name"]),
+                 int(u["port"]) if u.get("port") else None)
+                for u in spec.get("upstreams") or ()
+            ),
+            endpoints=tuple(sorted(endpoints.get(key, ()))),
+            policy=policies.get(key),
+        )
+    gateways = {
+        (g.namespace, g.name): GatewayView(g.namespace, g.name,
+                                           tuple(g.spec.get("listeners") or ()))
+        for g in by_kind.get("Gateway", ())
+    }
+    return MeshView(services=services, gateways=gateways, version=version)
+
+
+def upstream_key(namespace: str, name: str) -> str:
+    return f"{namespace}/{name}"
