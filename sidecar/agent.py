@@ -22,7 +22,7 @@ import grpc
 
 from controlplane.api.flotilla.v1 import agent_pb2, agent_pb2_grpc, nodes_pb2
 from controlplane.convert import dict_of
-from sidecar.drivers.base import Driver
+from sidecar.drivers.base import Driver, Sidecar
 from sidecar.runner import Assignment, Backoff, InstanceRunner
 
 log = logging.getLogger("flotilla.agent")
@@ -42,6 +42,9 @@ class AgentConfig:
     stop_timeout: float = 10.0
     #: Port of the agent's LogService on its address; 0 picks a free one.
     logs_port: int = 0
+    #: The Envoy binary for sidecars (checked to be the pinned version); None
+    #: runs instances without sidecars.
+    envoy: str | None = None
 
 
 def detect_capacity() -> tuple[int, int]:
@@ -171,7 +174,7 @@ class Agent:
                 if instance_id in self._runners or driver is None:
                     continue
                 runner = InstanceRunner(assignment, driver, self._report_now.set,
-                                        self.config.backoff)
+                                        self.config.backoff, self._sidecar(assignment))
                 self._runners[instance_id] = runner
                 runner.start()
             known = set(self._runners) | set(self._retiring)
@@ -181,6 +184,11 @@ class Agent:
                     log.info("%s: not assigned to this node; stopping it", running.instance_id)
                     driver.stop(running.instance_id, self.config.stop_timeout)
         self._report_now.set()
+
+    def _sidecar(self, assignment: Assignment) -> Sidecar | None:
+        if self.config.envoy is None:
+            return None
+        return Sidecar(envoy=self.config.envoy, xds=self.config.server, node=self.config.name)
 
     # --- reports (the heartbeat) -----------------------------------------------------
 

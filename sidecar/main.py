@@ -6,6 +6,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from sidecar import envoy
 from sidecar.agent import Agent, AgentConfig
 from sidecar.drivers.base import Driver
 from sidecar.drivers.process import ProcessDriver
@@ -31,7 +32,7 @@ def docker_driver(name: str, address: str) -> Driver | None:
 
 def build_agent(*, server: str, name: str, address: str, labels: Mapping[str, str],
                 cpu: int | None, memory: int | None, drivers: Sequence[str],
-                data_dir: Path) -> Agent:
+                data_dir: Path, sidecars: bool = True) -> Agent:
     data_dir.mkdir(parents=True, exist_ok=True)
     offered: dict[str, Driver] = {}
     if not drivers or "process" in drivers:
@@ -42,6 +43,15 @@ def build_agent(*, server: str, name: str, address: str, labels: Mapping[str, st
             offered["docker"] = found
         elif drivers:
             raise SystemExit("--driver docker: no Docker engine answers on this machine")
+    binary: str | None = None
+    if sidecars:
+        try:
+            path = envoy.find_envoy()
+            log.info("sidecars: Envoy %s at %s", envoy.check_version(path), path)
+        except envoy.EnvoyError as error:
+            raise SystemExit(f"{error} (or run the agent with --no-sidecars)") from None
+        binary = str(path)
     config = AgentConfig(server=server, name=name, address=address, data_dir=data_dir,
-                         labels=dict(labels), cpu_millis=cpu or 0, memory_mib=memory or 0)
+                         labels=dict(labels), cpu_millis=cpu or 0, memory_mib=memory or 0,
+                         envoy=binary)
     return Agent(config, offered)

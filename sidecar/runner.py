@@ -11,11 +11,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from controlplane.manifests.types import parse_duration
-from sidecar.drivers.base import Driver, DriverError, Running, Workload, WorkloadState
+from sidecar.drivers.base import Driver, DriverError, Running, Sidecar, Workload, WorkloadState
 from sidecar.health import probe
 
 log = logging.getLogger("flotilla.agent")
@@ -30,16 +30,22 @@ class Assignment:
     spec: Mapping[str, Any]
     driver: str
 
-    def workload(self, restarts: int = 0) -> Workload:
+    def workload(self, restarts: int = 0, sidecar: Sidecar | None = None) -> Workload:
         spec = self.spec
         resources = spec.get("resources") or {}
+        if sidecar is not None:
+            sidecar = replace(sidecar, kind="gateway" if spec.get("gateway") else "sidecar",
+                              upstreams=tuple(
+                (str(u.get("namespace") or self.namespace), str(u["name"]),
+                 int(u["port"]) if u.get("port") else None)
+                for u in spec.get("upstreams") or ()))
         return Workload(
             instance_id=self.instance_id, namespace=self.namespace, service=self.service,
             revision=self.revision, image=spec.get("image"), command=spec.get("command"),
             args=tuple(spec.get("args") or ()), env=dict(spec.get("env") or {}),
             port=spec.get("port"), protocol=spec.get("protocol", "http"),
             cpu_millis=int(resources.get("cpu", 100)), memory_mib=int(resources.get("memory", 128)),
-            restarts=restarts,
+            restarts=restarts, sidecar=sidecar,
         )
 
 
@@ -77,8 +83,10 @@ class InstanceRunner:
     STARTUP_GRACE = 30.0
 
     def __init__(self, assignment: Assignment, driver: Driver,
-                 on_change: Callable[[], None], backoff: Backoff = Backoff()) -> None:
+                 on_change: Callable[[], None], backoff: Backoff = Backoff(),
+                 sidecar: Sidecar | None = None) -> None:
         self.assignment = assignment
+        self._sidecar = sidecar
         self._driver = driver
         self._on_change = on_change
         self._backoff = backoff
@@ -189,7 +197,7 @@ class InstanceRunner:
         restarts = self._status.restarts + (1 if failures else 0)
         self._set(state="starting", reason="", backoff=0.0, restarts=restarts)
         try:
-            running = self._driver.start(self.assignment.workload(restarts))
+            running = self._driver.start(self.assignment.workload(restarts, self._sidecar))
         except DriverError as error:
             self._set(state="failed", reason=str(error))
             self._stop.wait(2.0)
@@ -216,12 +224,19 @@ class InstanceRunner:
             now = self._driver.inspect(self.instance_id)
             if now is None or now.state is WorkloadState.EXITED:
                 return failures
+            if now.proxy is WorkloadState.EXITED:
+                log.warning("%s: its Envoy exited; starting it again", self.instance_id)
+                self._set(reason="sidecar exited; restarting it")
+                self._driver.restart_proxy(self.instance_id)
+                continue
             if not check or time.monotonic() < next_check:
                 continue
             # Until the first pass, probe every tick: a ready instance is
             # noticed (and gets traffic) as soon as it answers.
             next_check = time.monotonic() + (interval if passed else min(interval, self.TICK))
-            ok, detail = probe(check, running.address, running.port or 0)
+            # The app itself, not through its sidecar, when it has one.
+            ok, detail = probe(check, running.app_address or running.address,
+                               (running.app_port if running.app_address else running.port) or 0)
             if ok:
                 fails, passed = 0, True
                 self._set(state="healthy", reason=detail)

@@ -93,10 +93,12 @@ def drain(ctx: click.Context, node: str) -> None:
               help="Drivers to offer [default: process, and docker when an engine answers].")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="[default: ~/.local/share/flotilla/agent-NAME]")
+@click.option("--sidecars/--no-sidecars", default=True, show_default=True,
+              help="Run every instance with its Envoy sidecar (the mesh).")
 @click.pass_context
 def agent(ctx: click.Context, name: str, address: str, labels: tuple[str, ...],
           cpu: int | None, memory: int | None, drivers: tuple[str, ...],
-          data_dir: Path | None) -> None:
+          data_dir: Path | None, sidecars: bool) -> None:
     """Run the node agent: join the control plane and run what it assigns."""
     from sidecar.main import build_agent
 
@@ -104,7 +106,7 @@ def agent(ctx: click.Context, name: str, address: str, labels: tuple[str, ...],
     node = build_agent(
         server=ctx.find_root().obj["server"], name=name, address=address,
         labels=parse_selector(",".join(labels)), cpu=cpu, memory=memory, drivers=drivers,
-        data_dir=data_dir or default_data_dir(f"agent-{name}"),
+        data_dir=data_dir or default_data_dir(f"agent-{name}"), sidecars=sidecars,
     )
     stop = threading.Event()
 

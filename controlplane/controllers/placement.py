@@ -87,6 +87,7 @@ def _request(instance: Resource) -> PlacementRequest:
     return PlacementRequest(
         instance_id=_id(instance), namespace=instance.namespace,
         service=instance.spec["service"], resources=_capacity(workload.get("resources") or {}),
+        host_ports=frozenset(int(p) for p in workload.get("hostPorts") or ()),
         driver=required_driver(workload),
         constraints=tuple(Constraint.of(c["key"], c.get("operator", "="), c.get("value"),
                                         c.get("values"))
@@ -102,6 +103,8 @@ def snapshot(nodes: Sequence[Resource], instances: Sequence[Resource]) -> Cluste
         PlacedInstance(
             id=_id(i), namespace=i.namespace, service=i.spec["service"], node=i.spec["node"],
             resources=_capacity((i.spec.get("workload") or {}).get("resources") or {}),
+            host_ports=frozenset(int(p) for p in
+                                 (i.spec.get("workload") or {}).get("hostPorts") or ()),
         )
         for i in instances if i.spec.get("node")
     )

@@ -85,6 +85,7 @@ class Reconciler:
         wanted = set(keys)
         if everything:
             wanted |= set(by_service) | {s.key for s in self._store.list("Service")}
+            wanted |= {g.key for g in self._store.list("Gateway")}
         usable = {n.name for n in self._store.list("Node")
                   if node_state(n.spec, n.status) == "ready"}
         for key in sorted(wanted):
@@ -97,6 +98,8 @@ class Reconciler:
         """Converge one Service's ``instances`` on its spec (idempotent);
         ``usable`` names the nodes instances may stay on."""
         service = self._store.get(key)
+        if service is not None and key.kind == "Gateway":
+            service = gateway_as_service(service)
         decision = decide(service, instances, usable)
         if service is not None:
             self._store.write_status(key, service_status(service, instances))
@@ -119,6 +122,7 @@ class Reconciler:
                 "service": service.name, "revision": service.generation,
                 "template": template_hash(spec), "workload": template_of(spec),
                 "placement": spec.get("placement") or {}, "node": "", "driver": "",
+                **({"gateway": True} if service.kind == "Gateway" else {}),
             },
         )
 
@@ -164,13 +168,26 @@ def service_status(service: Resource, instances: list[Resource]) -> dict[str, ob
     return status
 
 
+def gateway_as_service(gateway: Resource) -> Resource:
+    """A Gateway runs as one instance of a service whose whole workload is an
+    Envoy (run by the agent like a sidecar) holding the listener ports on its
+    node. Its routes reach Envoy over xDS, so changing them replaces nothing;
+    changing its ports does."""
+    ports = sorted({int(listener["port"]) for listener in gateway.spec.get("listeners") or ()})
+    return replace(gateway, spec={
+        "replicas": 1, "gateway": True, "hostPorts": ports, "driver": "process",
+        "resources": {"cpu": 100, "memory": 64},
+    })
+
+
 def service_key_of(instance: Resource) -> ObjectKey:
-    return ObjectKey("Service", instance.namespace, instance.spec["service"])
+    kind = "Gateway" if instance.spec.get("gateway") else "Service"
+    return ObjectKey(kind, instance.namespace, instance.spec["service"])
 
 
 def _service_keys(event: WatchEvent) -> set[ObjectKey]:
     resource = event.resource
-    if resource.kind == "Service":
+    if resource.kind in ("Service", "Gateway"):
         return {resource.key}
     if resource.kind == "Instance":
         return {service_key_of(resource)}

@@ -22,6 +22,38 @@ class DriverError(Exception):
 
 
 @dataclass(frozen=True)
+class Sidecar:
+    """The instance's Envoy: configured only by the control plane's xDS.
+
+    The driver starts it first and the app only once Envoy is LIVE (its first
+    clusters and listeners arrived and were ACKed). Inbound traffic reaches the
+    app through it; each upstream is reachable by name (docker: the pod's
+    hosts file maps it to a loopback VIP; process: ``FLOTILLA_UPSTREAM_<NAME>``
+    gives ``host:port``).
+    """
+
+    #: The Envoy binary (checked against the pinned version by the agent).
+    envoy: str
+    #: The control plane's address for the ADS stream (``host:port``).
+    xds: str
+    node: str
+    #: (namespace, name, local port override or None) of each upstream.
+    upstreams: tuple[tuple[str, str, int | None], ...] = ()
+    #: Seconds Envoy gets to become LIVE before the start fails.
+    ready_timeout: float = 30.0
+    #: "sidecar", or "gateway" for an instance that is only an Envoy holding
+    #: its Gateway's listener ports on the node.
+    kind: str = "sidecar"
+
+
+def upstream_env(namespace: str, name: str, own_namespace: str) -> str:
+    """The variable naming an upstream's local address: ``FLOTILLA_UPSTREAM_BACKEND``
+    (``..._BACKEND_OTHER_NS`` for another namespace's service)."""
+    parts = [name] if namespace == own_namespace else [name, namespace]
+    return "FLOTILLA_UPSTREAM_" + "_".join(p.upper().replace("-", "_") for p in parts)
+
+
+@dataclass(frozen=True)
 class Workload:
     """What to run for one instance (from its Service's spec at ``revision``)."""
 
@@ -42,6 +74,7 @@ class Workload:
     #: Restarts so far; the runtime keeps it with the workload so that an
     #: agent restarted on the node continues the count.
     restarts: int = 0
+    sidecar: Sidecar | None = None
 
 
 class WorkloadState(enum.Enum):
@@ -58,8 +91,9 @@ class Running:
     service: str
     revision: int
     state: WorkloadState
-    #: Where the app's port is reachable from the node: the node's advertised
-    #: address and the host port mapped to the app port (None without a port).
+    #: Where the instance is reachable from other nodes: the node's advertised
+    #: address and the host port of its sidecar's inbound listener (or of the
+    #: app port, without a sidecar); None without a port.
     address: str
     port: int | None
     exit_code: int | None = None
@@ -69,6 +103,14 @@ class Running:
     handle: str = ""
     #: The ``restarts`` of the Workload it was started from.
     restarts: int = 0
+    #: The sidecar's state (None: the instance has none).
+    proxy: WorkloadState | None = None
+    #: ``host:port`` of the sidecar's admin API, reachable from the node.
+    admin: str = ""
+    #: Where the app itself listens, reachable from the node (health checks
+    #: go there, not through the sidecar); empty without a sidecar.
+    app_address: str = ""
+    app_port: int | None = None
 
 
 class Driver(Protocol):
@@ -87,3 +129,7 @@ class Driver(Protocol):
 
     def logs(self, instance_id: str, tail: int | None = None,
              follow: bool = False) -> Iterator[bytes]: ...
+
+    def restart_proxy(self, instance_id: str) -> None:
+        """Start the instance's sidecar again (it exited); the app keeps running."""
+        ...

@@ -177,6 +177,9 @@ class DockerDriver:
             )  # fmt: skip
         return self._guarded(doing, chunks)
 
+    def restart_proxy(self, instance_id: str) -> None:
+        return None  # pods get their Envoy with the docker sidecar work
+
     # --- containers ---------------------------------------------------------
 
     def _labels(self, workload: Workload, role: str) -> dict[str, str]:

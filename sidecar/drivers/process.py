@@ -1,12 +1,18 @@
 """The process driver: each instance is a local process group.
 
 The default when no Docker engine is reachable, so `flotilla dev` works
-everywhere. Each instance gets a port on the node's address (``PORT`` in its
-environment; the app must listen there), its own directory under the agent's
-data dir with ``state.json`` and ``output.log``, and its own session, so it
-keeps running when the agent restarts; a restarted agent adopts it from
+everywhere. Each instance gets its own directory under the agent's data dir
+with ``state.json`` and ``output.log``, and its own session, so it keeps
+running when the agent restarts; a restarted agent adopts it from
 ``state.json``. A small ``sh`` wrapper records the exit code in
 ``exit_code`` because an adopted process is no longer the agent's child.
+
+Without a sidecar the app listens on a port of the node's address (``HOST``
+and ``PORT`` in its environment). With one, Envoy runs first as a process of
+its own (``envoy.json``, ``envoy.log``): its inbound listener takes the port
+on the node's address, the app listens on 127.0.0.1 (``HOST``/``PORT``), and
+each upstream gets a loopback port of its own, announced to the app as
+``FLOTILLA_UPSTREAM_<NAME>=127.0.0.1:PORT``. The app starts once Envoy is LIVE.
 
 CPU and memory limits are not enforced by this driver (use docker for that).
 """
@@ -22,10 +28,12 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from sidecar.drivers.base import DriverError, Running, Workload, WorkloadState
+from controlplane.xds.mesh import GATEWAY, SIDECAR, Proxy
+from sidecar import envoy
+from sidecar.drivers.base import DriverError, Running, Sidecar, Workload, WorkloadState, upstream_env
 
 #: Runs the command, then writes its exit status next to its state file.
 _WRAPPER = '"$@"; echo $? > "$FLOTILLA_EXIT_FILE"'
@@ -47,6 +55,12 @@ class _State:
     port: int | None
     started_at: float
     restarts: int = 0
+    #: The sidecar (0 without one) and where its parts listen.
+    envoy_pid: int = 0
+    envoy_ticks: int = 0
+    admin_port: int = 0
+    app_port: int | None = None
+    envoy_binary: str = ""
 
 
 def start_ticks_of(pid: int) -> int | None:
@@ -58,6 +72,14 @@ def start_ticks_of(pid: int) -> int | None:
     if fields[0] == "Z":  # a zombie has finished
         return None
     return int(fields[19])
+
+
+def _last_lines(path: Path, count: int = 5) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no output)"
+    return " | ".join(lines[-count:]) or "(no output)"
 
 
 def free_port(address: str) -> int:
@@ -73,14 +95,27 @@ class ProcessDriver:
                  environ: Mapping[str, str] | None = None) -> None:
         self.node = node
         self.address = address
-        self.root = data_dir / "instances"
+        self.root = (data_dir / "instances").resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self._environ = dict(os.environ if environ is None else environ)
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
+        #: Ports handed out by this driver: a port picked for one instance is
+        #: not picked again for another starting at the same time.
+        self._handed_out: set[tuple[str, int]] = set()
+
+    def _port(self, address: str) -> int:
+        for _ in range(100):
+            port = free_port(address)
+            with self._lock:
+                if (address, port) not in self._handed_out:
+                    self._handed_out.add((address, port))
+                    return port
+        raise DriverError(f"no free port on {address}")
 
     def start(self, workload: Workload) -> Running:
-        if not workload.command:
+        gateway = workload.sidecar is not None and workload.sidecar.kind == GATEWAY
+        if not workload.command and not gateway:
             raise DriverError(
                 f"the process driver runs spec.command, and Service {workload.namespace}/"
                 f"{workload.service} has none; add a command or run it with the docker driver"
@@ -89,7 +124,6 @@ class ProcessDriver:
         if (home / "state.json").exists():
             raise DriverError(f"instance {workload.instance_id} already exists on {self.node}")
         home.mkdir(parents=True, exist_ok=True)
-        port = free_port(self.address) if workload.port is not None else None
         env = {k: v for k, v in self._environ.items() if k in _INHERITED}
         env |= dict(workload.env)
         env |= {
@@ -99,8 +133,32 @@ class ProcessDriver:
             "FLOTILLA_EXIT_FILE": str(home / "exit_code"),
             "HOST": self.address,
         }
-        if port is not None:
-            env["PORT"] = str(port)
+        port = self._port(self.address) if workload.port is not None else None
+        state = _State(
+            workload.instance_id, workload.namespace, workload.service, workload.revision,
+            0, 0, self.address, port, time.time(), workload.restarts,
+        )
+        try:
+            if workload.sidecar is not None:
+                state = self._start_sidecar(workload, workload.sidecar, state, home, env)
+            if gateway:  # the Envoy is the whole workload
+                state = replace(state, pid=state.envoy_pid, start_ticks=state.envoy_ticks)
+                self._save(state, home)
+                return self._running(state, home)
+            if state.app_port is not None:
+                env |= {"HOST": "127.0.0.1", "PORT": str(state.app_port)}
+            elif port is not None:
+                env["PORT"] = str(port)
+            state = self._spawn_app(workload, state, home, env)
+        except BaseException:
+            self._kill(state)
+            shutil.rmtree(home, ignore_errors=True)
+            raise
+        return self._running(state, home)
+
+    def _spawn_app(self, workload: Workload, state: _State, home: Path,
+                   env: dict[str, str]) -> _State:
+        assert workload.command
         argv = ["/bin/sh", "-c", _WRAPPER, "sh", *workload.command, *workload.args]
         with open(home / "output.log", "ab") as log:
             try:
@@ -109,25 +167,98 @@ class ProcessDriver:
                     stderr=subprocess.STDOUT, start_new_session=True,
                 )
             except OSError as error:
-                shutil.rmtree(home, ignore_errors=True)
                 raise DriverError(f"cannot start {workload.command[0]!r}: {error}") from error
-        state = _State(
-            workload.instance_id, workload.namespace, workload.service, workload.revision,
-            child.pid, start_ticks_of(child.pid) or 0, self.address, port, time.time(),
-            workload.restarts,
-        )
-        (home / "state.json").write_text(json.dumps(asdict(state)))
         with self._lock:
             self._children[workload.instance_id] = child
-        return self._running(state, home)
+        state = replace(state, pid=child.pid, start_ticks=start_ticks_of(child.pid) or 0,
+                        started_at=time.time())
+        self._save(state, home)
+        return state
+
+    def _start_sidecar(self, workload: Workload, sidecar: Sidecar, state: _State, home: Path,
+                       env: dict[str, str]) -> _State:
+        """Start Envoy and wait until it is LIVE; returns the state with its ports."""
+        upstreams: dict[str, tuple[str, int | None]] = {}
+        for namespace, name, _ in sidecar.upstreams:
+            local = self._port("127.0.0.1")
+            upstreams[f"{namespace}/{name}"] = ("127.0.0.1", local)
+            env[upstream_env(namespace, name, workload.namespace)] = f"127.0.0.1:{local}"
+        gateway = sidecar.kind == GATEWAY
+        app_port = self._port("127.0.0.1") if workload.port is not None and not gateway else None
+        inbound = (self.address, state.port) if state.port is not None else None
+        proxy = Proxy(
+            id=workload.instance_id, kind=GATEWAY if gateway else SIDECAR,
+            namespace=workload.namespace, name=workload.service, node=sidecar.node,
+            instance=workload.instance_id, inbound=(self.address, 0) if gateway else inbound,
+            app_port=app_port, upstreams=upstreams,
+        )
+        admin_port = self._port("127.0.0.1")
+        config = envoy.bootstrap(proxy, sidecar.xds, ("127.0.0.1", admin_port))
+        (home / "envoy.json").write_text(json.dumps(config))
+        state = replace(state, admin_port=admin_port, app_port=app_port,
+                        envoy_binary=sidecar.envoy)
+        # A gateway's Envoy is its workload: its output is the instance's log.
+        state = self._spawn_envoy(state, home, Path(sidecar.envoy),
+                                  "output.log" if gateway else "envoy.log")
+        deadline = time.monotonic() + sidecar.ready_timeout
+        admin = envoy.Admin("127.0.0.1", admin_port, timeout=1.0)
+        while not admin.ready():
+            if not self._alive(state.instance_id, state.envoy_pid, state.envoy_ticks,
+                               role="envoy"):
+                raise DriverError(f"instance {workload.instance_id}: its Envoy exited at start: "
+                                  f"{_last_lines(home / 'envoy.log')}")
+            if time.monotonic() > deadline:
+                raise DriverError(
+                    f"instance {workload.instance_id}: its Envoy got no config from the control "
+                    f"plane at {sidecar.xds} within {sidecar.ready_timeout:g}s; the app is not "
+                    "started without it")
+            time.sleep(0.05)
+        return state
+
+    def _spawn_envoy(self, state: _State, home: Path, binary: Path,
+                     log_name: str = "envoy.log") -> _State:
+        with open(home / log_name, "ab") as log:
+            try:
+                child = subprocess.Popen(
+                    envoy.command(binary, home / "envoy.json"), cwd=home,
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            except OSError as error:
+                raise DriverError(f"cannot start Envoy {binary}: {error}") from error
+        with self._lock:
+            self._children[state.instance_id + "/envoy"] = child
+        state = replace(state, envoy_pid=child.pid,
+                        envoy_ticks=start_ticks_of(child.pid) or 0)
+        self._save(state, home)
+        return state
+
+    def restart_proxy(self, instance_id: str) -> None:
+        home = self.root / instance_id
+        state = self._load(home)
+        if state is None or not state.admin_port:
+            return
+        if self._alive(instance_id, state.envoy_pid, state.envoy_ticks, role="envoy"):
+            return
+        self._spawn_envoy(state, home, Path(state.envoy_binary))
+
+    @staticmethod
+    def _save(state: _State, home: Path) -> None:
+        tmp = home / "state.json.tmp"
+        tmp.write_text(json.dumps(asdict(state)))
+        tmp.replace(home / "state.json")
+
+    @staticmethod
+    def _load(home: Path) -> _State | None:
+        try:
+            return _State(**json.loads((home / "state.json").read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
 
     def inspect(self, instance_id: str) -> Running | None:
         home = self.root / instance_id
-        try:
-            state = _State(**json.loads((home / "state.json").read_text()))
-        except (OSError, ValueError, TypeError):
-            return None
-        return self._running(state, home)
+        state = self._load(home)
+        return None if state is None else self._running(state, home)
 
     def list(self) -> Sequence[Running]:
         found = (self.inspect(home.name) for home in sorted(self.root.iterdir()))
@@ -135,20 +266,32 @@ class ProcessDriver:
 
     def stop(self, instance_id: str, timeout: float = 10.0) -> None:
         home = self.root / instance_id
-        running = self.inspect(instance_id)
-        if running is not None and running.state is WorkloadState.RUNNING:
-            pid = int(running.handle)
-            self._signal(pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while self._alive(instance_id, pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if self._alive(instance_id, pid):
-                self._signal(pid, signal.SIGKILL)
-                while self._alive(instance_id, pid) and time.monotonic() < deadline + 5:
-                    time.sleep(0.05)
+        state = self._load(home)
+        if state is not None:
+            if state.admin_port:  # no new connections; in-flight requests finish
+                envoy.Admin("127.0.0.1", state.admin_port, timeout=0.5).drain()
+            self._kill(state, timeout)
         with self._lock:
             self._children.pop(instance_id, None)
+            self._children.pop(instance_id + "/envoy", None)
         shutil.rmtree(home, ignore_errors=True)
+
+    def _kill(self, state: _State, timeout: float = 10.0) -> None:
+        """TERM the app, then its Envoy; KILL what outlives ``timeout``."""
+        for pid, ticks, role in ((state.pid, state.start_ticks, "app"),
+                                 (state.envoy_pid, state.envoy_ticks, "envoy")):
+            if not pid or not self._alive(state.instance_id, pid, ticks, role=role):
+                continue
+            self._signal(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while self._alive(state.instance_id, pid, ticks, role=role) and \
+                    time.monotonic() < deadline:
+                time.sleep(0.05)
+            if self._alive(state.instance_id, pid, ticks, role=role):
+                self._signal(pid, signal.SIGKILL)
+                while self._alive(state.instance_id, pid, ticks, role=role) and \
+                        time.monotonic() < deadline + 5:
+                    time.sleep(0.05)
 
     def logs(self, instance_id: str, tail: int | None = None,
              follow: bool = False) -> Iterator[bytes]:
@@ -168,7 +311,12 @@ class ProcessDriver:
     # --- internals ---------------------------------------------------------------
 
     def _running(self, state: _State, home: Path) -> Running:
-        alive = self._alive(state.instance_id, state.pid, state.start_ticks)
+        alive = bool(state.pid) and self._alive(state.instance_id, state.pid, state.start_ticks)
+        proxy: WorkloadState | None = None
+        if state.admin_port:
+            proxy = WorkloadState.RUNNING if self._alive(
+                state.instance_id, state.envoy_pid, state.envoy_ticks, role="envoy",
+            ) else WorkloadState.EXITED
         exit_code: int | None = None
         if not alive:
             try:
@@ -181,11 +329,14 @@ class ProcessDriver:
             state=WorkloadState.RUNNING if alive else WorkloadState.EXITED,
             address=state.address, port=state.port, exit_code=exit_code,
             started_at=state.started_at, handle=str(state.pid), restarts=state.restarts,
+            proxy=proxy, admin=f"127.0.0.1:{state.admin_port}" if state.admin_port else "",
+            app_address="127.0.0.1" if state.app_port else "", app_port=state.app_port,
         )
 
-    def _alive(self, instance_id: str, pid: int, start_ticks: int | None = None) -> bool:
+    def _alive(self, instance_id: str, pid: int, start_ticks: int | None = None,
+               role: str = "app") -> bool:
         with self._lock:
-            child = self._children.get(instance_id)
+            child = self._children.get(instance_id if role == "app" else f"{instance_id}/{role}")
         if child is not None and child.pid == pid:
             return child.poll() is None  # also reaps our own children
         ticks = start_ticks_of(pid)
