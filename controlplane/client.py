@@ -9,6 +9,8 @@ violations of an ``INVALID_ARGUMENT`` preserved, and an unreachable server is
 from __future__ import annotations
 
 import builtins
+import json
+import time
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +21,14 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from controlplane import convert, errors
-from controlplane.api.flotilla.v1 import agent_pb2, agent_pb2_grpc, nodes_pb2, nodes_pb2_grpc
+from controlplane.api.flotilla.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    nodes_pb2,
+    nodes_pb2_grpc,
+    proxies_pb2,
+    proxies_pb2_grpc,
+)
 from controlplane.api.flotilla.v1 import resources_pb2 as pb
 from controlplane.api.flotilla.v1 import resources_pb2_grpc as pb_grpc
 from controlplane.model import NODE_NAMESPACE
@@ -67,6 +76,7 @@ class Client:
         self._channel = grpc.insecure_channel(address)
         self._stub = pb_grpc.ResourceServiceStub(self._channel)
         self._nodes = nodes_pb2_grpc.NodeServiceStub(self._channel)
+        self._proxies = proxies_pb2_grpc.ProxyServiceStub(self._channel)
 
     def __enter__(self) -> Client:
         return self
@@ -133,9 +143,27 @@ class Client:
     def drain(self, node: str) -> None:
         self._call(self._nodes.DrainNode, nodes_pb2.DrainNodeRequest(name=node))
 
-    def logs(self, instance: dict[str, Any], tail: int = 0, follow: bool = False
-             ) -> Iterator[bytes]:
-        """An instance's output, from the agent of the node it runs on."""
+    def proxies(self) -> builtins.list[proxies_pb2.ProxyStatus]:
+        """Every proxy connected to the xDS server, and what it has ACKed."""
+        reply = self._call(self._proxies.ListProxies, proxies_pb2.ListProxiesRequest())
+        return builtins.list(reply.proxies)
+
+    def wait_synced(self, version: int, timeout: float, poll: float = 0.1,
+                    ) -> tuple[builtins.list[proxies_pb2.ProxyStatus],
+                               builtins.list[proxies_pb2.ProxyStatus]]:
+        """Wait until every connected proxy has ACKed the config of store
+        ``version`` (or later); returns (proxies, those that have not: NACKed
+        or still pending at the timeout). A proxy that NACKed ends the wait."""
+        deadline = time.monotonic() + timeout
+        while True:
+            proxies = self.proxies()
+            behind = [p for p in proxies if p.synced_version < version]
+            nacked = [p for p in behind if p.last_nack_error and p.nack_version >= version]
+            if not behind or nacked or time.monotonic() >= deadline:
+                return proxies, nacked or behind
+            time.sleep(poll)
+
+    def _agent_endpoint(self, instance: dict[str, Any]) -> str:
         name = instance["metadata"]["name"]
         node = instance["spec"].get("node")
         if not node:
@@ -143,6 +171,29 @@ class Client:
         endpoint = self.get("Node", node, NODE_NAMESPACE)["spec"].get("logsEndpoint")
         if not endpoint:
             raise errors.FailedPrecondition(f"node {node}'s agent serves no logs")
+        return str(endpoint)
+
+    def proxy_config(self, instance: dict[str, Any]) -> dict[str, Any]:
+        """The live config of an instance's Envoy (its admin /config_dump)."""
+        endpoint = self._agent_endpoint(instance)
+        with grpc.insecure_channel(endpoint) as channel:
+            try:
+                reply = agent_pb2_grpc.LogServiceStub(channel).ProxyConfig(
+                    agent_pb2.ProxyConfigRequest(instance_id=instance["metadata"]["name"]),
+                    timeout=self.timeout)
+            except grpc.RpcError as error:
+                kind = _ERRORS.get(error.code())
+                if kind is not None:
+                    raise kind(error.details() or "") from None
+                raise ServerUnavailable(endpoint, error.details() or "") from None
+        dump: dict[str, Any] = json.loads(reply.config_dump_json)
+        return dump
+
+    def logs(self, instance: dict[str, Any], tail: int = 0, follow: bool = False
+             ) -> Iterator[bytes]:
+        """An instance's output, from the agent of the node it runs on."""
+        name = instance["metadata"]["name"]
+        endpoint = self._agent_endpoint(instance)
         with grpc.insecure_channel(endpoint) as channel:
             stream = agent_pb2_grpc.LogServiceStub(channel).Logs(
                 agent_pb2.LogsRequest(instance_id=name, tail=tail, follow=follow))

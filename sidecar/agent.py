@@ -9,6 +9,7 @@ workloads its drivers list for this node instead of starting duplicates.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -22,6 +23,7 @@ import grpc
 
 from controlplane.api.flotilla.v1 import agent_pb2, agent_pb2_grpc, nodes_pb2
 from controlplane.convert import dict_of
+from sidecar import envoy
 from sidecar.drivers.base import Driver, Sidecar
 from sidecar.runner import Assignment, Backoff, InstanceRunner
 
@@ -247,6 +249,28 @@ class _LogServicer(agent_pb2_grpc.LogServiceServicer):
             if data is None:
                 return
             yield agent_pb2.LogChunk(data=data)
+
+
+    def ProxyConfig(self, request: agent_pb2.ProxyConfigRequest,
+                    context: grpc.ServicerContext) -> agent_pb2.ProxyConfigResponse:
+        runner = self._agent.runners().get(request.instance_id)
+        driver = self._agent.drivers.get(runner.assignment.driver) if runner else None
+        running = driver.inspect(request.instance_id) if driver else None
+        if running is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"instance {request.instance_id} does not "
+                          f"run on node {self._agent.config.name}")
+            raise AssertionError("unreachable")
+        if not running.admin:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"instance {request.instance_id} runs without a sidecar")
+        host, _, port = running.admin.rpartition(":")
+        try:
+            dump = envoy.Admin(host, int(port), timeout=5.0).config_dump()
+        except (OSError, envoy.EnvoyError) as error:
+            context.abort(grpc.StatusCode.UNAVAILABLE,
+                          f"the Envoy of instance {request.instance_id} does not answer on its "
+                          f"admin API {running.admin}: {error}")
+        return agent_pb2.ProxyConfigResponse(config_dump_json=json.dumps(dump))
 
 
 def _assignment(message: agent_pb2.Assignment) -> Assignment:

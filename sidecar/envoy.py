@@ -19,6 +19,7 @@ import json
 import os
 import re
 import subprocess
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -155,9 +156,17 @@ class Admin:
         data: dict[str, Any] = json.loads(body)
         return data
 
-    def drain(self) -> None:
-        """Stop accepting new connections and let in-flight ones finish."""
+    def drain(self, timeout: float = 3.0) -> None:
+        """Stop taking new inbound connections, then wait (up to ``timeout``)
+        until no inbound request is in flight."""
+        deadline = time.monotonic() + timeout
         try:
             self.get("/drain_listeners?graceful&inboundonly", method="POST")
+            while time.monotonic() < deadline:
+                status, body = self.get("/stats?filter=^http\\.inbound\\.downstream_rq_active$")
+                active = body.decode().rpartition(":")[2].strip()
+                if status != 200 or active in ("", "0"):
+                    return
+                time.sleep(0.05)
         except (OSError, http.client.HTTPException):
             pass

@@ -156,9 +156,18 @@ class AgentProcess:
             pids[state.parent.name] = int(json.loads(state.read_text())["pid"])
         return pids
 
+    def envoy_pids(self) -> dict[str, int]:
+        """instance id -> pid of each process-driver sidecar Envoy on disk."""
+        pids = {}
+        for state in (self.data_dir / "instances").glob("*/state.json"):
+            pid = int(json.loads(state.read_text()).get("envoy_pid") or 0)
+            if pid:
+                pids[state.parent.name] = pid
+        return pids
+
     def cleanup(self) -> None:
         self.kill(signal.SIGTERM)
-        for pid in self.workload_pids().values():
+        for pid in [*self.workload_pids().values(), *self.envoy_pids().values()]:
             try:
                 os.killpg(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -155,21 +156,46 @@ def ref_line(doc: dict[str, Any]) -> str:
 @FILES
 @RECURSIVE
 @click.option("--dry-run", is_flag=True, help="Validate and report; store nothing.")
+@click.option("--wait", is_flag=True,
+              help="Return only when every connected proxy has ACKed the change.")
+@click.option("--wait-timeout", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              help="Seconds --wait waits before giving up.")
 @OUTPUT
 @click.pass_context
 def apply(ctx: click.Context, files: tuple[str, ...], recursive: bool, dry_run: bool,
-          output: str) -> None:
+          wait: bool, wait_timeout: float, output: str) -> None:
     """Create or update resources from manifests, all or nothing."""
     if not files:
         raise click.UsageError("apply needs -f PATH (a file, a folder or -)")
     docs = checked(read_manifests(files, recursive))
-    results = client_of(ctx).apply(docs, dry_run=dry_run)
+    client = client_of(ctx)
+    results = client.apply(docs, dry_run=dry_run)
     if output in ("json", "yaml"):
         _emit(output, [r.doc for r in results], single=False)
+    else:
+        suffix = " (dry run)" if dry_run else ""
+        for result in results:
+            out.print(f"{ref_line(result.doc)} {result.action}{suffix}")
+    if wait and not dry_run:
+        version = max(int(r.doc["metadata"].get("resourceVersion", 0)) for r in results)
+        _wait_for_proxies(client, version, wait_timeout)
+
+
+def _wait_for_proxies(client: Client, version: int, timeout: float) -> None:
+    started = time.monotonic()
+    proxies, behind = client.wait_synced(version, timeout)
+    took = time.monotonic() - started
+    if not behind:
+        out.print(f"{len(proxies)} prox{'y' if len(proxies) == 1 else 'ies'} ACKed the change "
+                  f"in {took:.1f}s", markup=False)
         return
-    suffix = " (dry run)" if dry_run else ""
-    for result in results:
-        out.print(f"{ref_line(result.doc)} {result.action}{suffix}")
+    lines = [f"  {p.id} ({p.kind} {p.namespace}/{p.service}): "
+             + (f"NACK: {p.last_nack_error}" if p.last_nack_error else "not ACKed yet")
+             for p in behind]
+    raise errors.FailedPrecondition(
+        f"{len(behind)} of {len(proxies)} proxies did not take the change "
+        f"(resourceVersion {version}) within {took:.1f}s:\n" + "\n".join(lines)
+        + "\nsee `flotilla proxy-status`; the proxies keep their last good config")
 
 
 @cli.command()
@@ -327,7 +353,7 @@ def _emit(fmt: str, docs: list[dict[str, Any]], *, single: bool, namespaces: boo
 
 
 def main() -> None:
-    from controlplane.cli import cluster  # noqa: F401  (registers its commands)
+    from controlplane.cli import cluster, mesh  # noqa: F401  (registers their commands)
 
     cli(prog_name="flotilla")
 

@@ -14,7 +14,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from controlplane.controllers import placement
@@ -29,11 +29,30 @@ log = logging.getLogger("flotilla.reconciler")
 _SUFFIX = "bcdfghjklmnpqrstvwxz2456789"
 
 
+#: Seconds a draining instance waits for every proxy to ACK its removal from
+#: EDS before it is stopped anyway (a proxy that is stuck or NACKs).
+DRAIN_TIMEOUT = 10.0
+
+
+def _never_synced(version: int) -> bool:
+    return True
+
+
 class Reconciler:
+    """``proxies_synced(v)`` answers whether every connected proxy has ACKed
+    the config of store version ``v``: an instance leaves every client's
+    EDS (ACKed) before it is stopped."""
+
     def __init__(self, store: SqliteStore, nodes: NodeRegistry, *,
-                 rng: random.Random | None = None, resync: float = 5.0) -> None:
+                 rng: random.Random | None = None, resync: float = 5.0,
+                 proxies_synced: Callable[[int], bool] = _never_synced,
+                 drain_timeout: float = DRAIN_TIMEOUT) -> None:
         self._store = store
         self._nodes = nodes
+        self._proxies_synced = proxies_synced
+        self._drain_timeout = drain_timeout
+        #: Services with instances still draining.
+        self._draining: set[ObjectKey] = set()
         self._rng = rng or random.Random()
         self._resync = resync
         self._stop = threading.Event()
@@ -54,8 +73,10 @@ class Reconciler:
         next_resync = 0.0
         while not self._stop.is_set():
             try:
-                head = self._store.wait(seen, 0.5)
-                keys: set[ObjectKey] = set()
+                # While instances drain, look often: their proxies' ACKs are
+                # not store events.
+                head = self._store.wait(seen, 0.05 if self._draining else 0.5)
+                keys: set[ObjectKey] = set(self._draining)
                 full = time.monotonic() >= next_resync
                 if head > seen:
                     try:
@@ -100,17 +121,44 @@ class Reconciler:
         service = self._store.get(key)
         if service is not None and key.kind == "Gateway":
             service = gateway_as_service(service)
+        draining = [i for i in instances if i.spec.get("draining")]
+        instances = [i for i in instances if not i.spec.get("draining")]
         decision = decide(service, instances, usable)
         if service is not None:
             self._store.write_status(key, service_status(service, instances))
-        if decision.remove:
-            self._store.delete([ObjectKey("Instance", key.namespace, name)
-                                for name in decision.remove], ignore_not_found=True)
-            log.info("%s: removed %s", key, ", ".join(decision.remove))
+        by_name = {i.name: i for i in instances}
+        doomed = [by_name[name] for name in decision.remove]
+        # Serving instances drain first: out of every client's EDS, then stopped.
+        to_drain = [i for i in doomed if i.spec.get("node") in usable and available(i)]
+        for instance in to_drain:
+            spec = {**instance.spec, "draining": True, "drainingSince": time.time()}
+            try:
+                self._store.apply([replace(instance, spec=spec)])
+            except Conflict:
+                continue  # changed meanwhile; the next pass decides again
+        if to_drain:
+            log.info("%s: draining %s", key, ", ".join(i.name for i in to_drain))
+        gone = [i.name for i in doomed if i not in to_drain]
+        drained = [i.name for i in draining if self._drained(i)]
+        gone += drained
+        if to_drain or len(drained) < len(draining):
+            self._draining.add(key)
+        else:
+            self._draining.discard(key)
+        if gone:
+            self._store.delete([ObjectKey("Instance", key.namespace, name) for name in gone],
+                               ignore_not_found=True)
+            log.info("%s: removed %s", key, ", ".join(gone))
         if decision.create and service is not None:
             created = [self._new_instance(service) for _ in range(decision.create)]
             self._store.apply(created)
             log.info("%s: created %s", key, ", ".join(i.name for i in created))
+
+    def _drained(self, instance: Resource) -> bool:
+        """Every proxy has ACKed a config without the instance (or it waited
+        long enough, or its node is gone)."""
+        waited = time.time() - float(instance.spec.get("drainingSince", 0))
+        return waited >= self._drain_timeout or self._proxies_synced(instance.resource_version)
 
     def _new_instance(self, service: Resource) -> Resource:
         suffix = "".join(self._rng.choice(_SUFFIX) for _ in range(5))

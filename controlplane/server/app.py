@@ -92,14 +92,14 @@ class ControlPlane:
         self._resources = ResourceServicer(self.store)
         resources_pb2_grpc.add_ResourceServiceServicer_to_server(self._resources, self._server)
         self.nodes = NodeRegistry(self.store, grace=config.node_grace)
-        self.reconciler = Reconciler(self.store, self.nodes)
+        self.xds = XdsCache()
+        self.reconciler = Reconciler(self.store, self.nodes, proxies_synced=self.xds.all_synced)
         self._agents = AgentServicer(self.store, self.nodes)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(self._agents, self._server)
         nodes_pb2_grpc.add_NodeServiceServicer_to_server(
             NodeServicer(self.store, self.nodes), self._server)
         instances_pb2_grpc.add_InstanceServiceServicer_to_server(
             InstanceServicer(self.store), self._server)
-        self.xds = XdsCache()
         self._feeder = ViewFeeder(self.store, self.xds)
         self._ads = AggregatedDiscoveryServicer(self.xds)
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self._ads, self._server)

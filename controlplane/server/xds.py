@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import queue
 import threading
 from collections.abc import Iterable, Iterator
@@ -150,6 +151,12 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
             self._cache.disconnect(state)
             log.info("proxy %s disconnected", state.proxy.id)
 
+    @staticmethod
+    def _nacked(state: ProxyState, type_url: str, error: str) -> None:
+        state.last_nack = f"{SHORT.get(type_url, type_url)}: {_summary(error)}"
+        state.nack_version = state.view_version
+        log.warning("proxy %s rejected %s", state.proxy.id, state.last_nack)
+
     # --- delta -----------------------------------------------------------------------
 
     def DeltaAggregatedResources(self, request_iterator: Iterator[discovery_pb2.DeltaDiscoveryRequest],
@@ -190,10 +197,7 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
         if request.response_nonce:
             changes = sub.pending.pop(request.response_nonce, None)
             if changes is not None and request.HasField("error_detail"):
-                error = request.error_detail.message
-                state.last_nack = f"{SHORT.get(type_url, type_url)}: {error}"
-                log.warning("proxy %s rejected %s: %s", state.proxy.id, SHORT.get(type_url),
-                            error)
+                self._nacked(state, type_url, request.error_detail.message)
                 for name, version in changes.items():
                     if version is not None:
                         sub.rejected[name] = version
@@ -242,9 +246,11 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
                 state.pending.add(SHORT.get(type_url, type_url))
             else:
                 state.pending.discard(SHORT.get(type_url, type_url))
-            in_sync = in_sync and not sub.pending and not send and not removed and not any(
-                sub.rejected.get(n) == i.version for n, i in state.snapshot.of(type_url).items()
-                if sub.wants(n))
+            rejected = any(sub.rejected.get(n) == i.version
+                           for n, i in state.snapshot.of(type_url).items() if sub.wants(n))
+            if rejected:  # the current config still holds what was rejected
+                state.nack_version = state.view_version
+            in_sync = in_sync and not sub.pending and not send and not removed and not rejected
         if in_sync and types:
             state.last_nack = ""
         self._cache.mark_synced(state, in_sync and bool(types))
@@ -274,6 +280,8 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
                 current = state.snapshot.type_version(type_url, sub.chosen(state.snapshot,
                                                                            type_url))
                 in_sync = in_sync and sub.acked_version == current
+                if current == sub.rejected_version:
+                    state.nack_version = state.view_version
             if in_sync:
                 state.last_nack = ""
             self._cache.mark_synced(state, in_sync)
@@ -288,10 +296,7 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
         sub.names = None if not names and type_url in _WILDCARD_TYPES else names
         if request.response_nonce:
             if request.HasField("error_detail"):
-                error = request.error_detail.message
-                state.last_nack = f"{SHORT.get(type_url, type_url)}: {error}"
-                log.warning("proxy %s rejected %s: %s", state.proxy.id, SHORT.get(type_url),
-                            error)
+                self._nacked(state, type_url, request.error_detail.message)
                 sub.rejected_version = sub.sent_version
             else:
                 sub.acked_version = request.version_info
@@ -334,4 +339,16 @@ def status_of(state: ProxyState) -> proxies_pb2.ProxyStatus:
         last_nack_error=state.last_nack or state.build_error,
         kind=proxy.kind, instance=proxy.instance, protocol=state.protocol,
         view_version=state.view_version, synced_version=state.synced_version,
+        nack_version=state.nack_version,
     )
+
+
+def _summary(error: str, limit: int = 400) -> str:
+    """Envoy's NACK messages can quote whole resources: keep the resource's
+    name and the reason after the quoted proto."""
+    error = " ".join(error.split())
+    if len(error) <= limit:
+        return error
+    named = re.search(r'name: "([^"]+)"', error)
+    reason = re.split(r"\}\s*:\s", error)[-1]
+    return f"{named.group(1) + ': ' if named else ''}{reason[-(limit - 60):]}"

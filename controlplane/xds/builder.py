@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
-from envoy.config.core.v3 import address_pb2, config_source_pb2, protocol_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import api_listener_pb2, listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc_pb2
@@ -54,6 +54,8 @@ _LB = {
     "ring-hash": cluster_pb2.Cluster.RING_HASH,
     "random": cluster_pb2.Cluster.RANDOM,
 }
+#: Failures where the request never reached an app: safe to retry by default.
+_SAFE_RETRIES = ["connect-failure", "refused-stream", "unavailable"]
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
@@ -256,8 +258,12 @@ class Builder:
         return cluster
 
     def _endpoints(self, service: ServiceView, name: str) -> endpoint_pb2.ClusterLoadAssignment:
+        # One locality, named and weighted: gRPC's proxyless clients refuse
+        # or skip localities without.
         return endpoint_pb2.ClusterLoadAssignment(cluster_name=name, endpoints=[
-            endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[
+            endpoint_components_pb2.LocalityLbEndpoints(
+                locality=base_pb2.Locality(region="flotilla"),
+                load_balancing_weight=wrappers_pb2.UInt32Value(value=1), lb_endpoints=[
                 endpoint_components_pb2.LbEndpoint(endpoint=endpoint_components_pb2.Endpoint(
                     address=_socket(e.address, e.port), hostname=e.instance))
                 for e in service.endpoints
@@ -281,7 +287,8 @@ class Builder:
         )
         if policy.get("idleTimeout"):
             action.idle_timeout.CopyFrom(_duration(str(policy["idleTimeout"])))
-        retries = policy.get("retries")
+        # Without a policy, retry what never reached the app, as meshes do.
+        retries = policy.get("retries", {"attempts": 2, "retryOn": _SAFE_RETRIES})
         if retries:
             retry = rc_pb2.RetryPolicy(
                 retry_on=",".join(retries.get("retryOn") or

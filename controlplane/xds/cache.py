@@ -44,6 +44,8 @@ class ProxyState:
     acked_versions: dict[str, str] = field(default_factory=dict)
     pending: set[str] = field(default_factory=set)
     last_nack: str = ""
+    #: The view version of the newest config the proxy rejected (and still does).
+    nack_version: int = 0
     #: A snapshot the builder produced but the check refused.
     build_error: str = ""
     inbox: queue.Queue[object] = field(default_factory=queue.Queue)
@@ -101,6 +103,11 @@ class XdsCache:
                 if state.in_sync:
                     state.synced_version = version
             self._changed.notify_all()
+
+    def all_synced(self, version: int) -> bool:
+        """Has every connected proxy ACKed the config of store ``version``?"""
+        with self._lock:
+            return all(state.synced_version >= version for state in self._states)
 
     def states(self) -> list[ProxyState]:
         with self._lock:

@@ -114,3 +114,15 @@ class LogChunk(_message.Message):
     DATA_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class ProxyConfigRequest(_message.Message):
+    __slots__ = ("instance_id",)
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    instance_id: str
+    def __init__(self, instance_id: _Optional[str] = ...) -> None: ...
+
+class ProxyConfigResponse(_message.Message):
+    __slots__ = ("config_dump_json",)
+    CONFIG_DUMP_JSON_FIELD_NUMBER: _ClassVar[int]
+    config_dump_json: str
+    def __init__(self, config_dump_json: _Optional[str] = ...) -> None: ...

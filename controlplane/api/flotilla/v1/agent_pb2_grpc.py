@@ -185,7 +185,8 @@ class AgentService:
 
 
 class LogServiceStub:
-    """Served by each agent on its node's address: an instance's output.
+    """Served by each agent on its node's address: an instance's output, and its
+    sidecar's live config read from the Envoy admin API.
     """
 
     def __init__(self, channel):
@@ -199,13 +200,25 @@ class LogServiceStub:
                 request_serializer=flotilla_dot_v1_dot_agent__pb2.LogsRequest.SerializeToString,
                 response_deserializer=flotilla_dot_v1_dot_agent__pb2.LogChunk.FromString,
                 _registered_method=True)
+        self.ProxyConfig = channel.unary_unary(
+                '/flotilla.v1.LogService/ProxyConfig',
+                request_serializer=flotilla_dot_v1_dot_agent__pb2.ProxyConfigRequest.SerializeToString,
+                response_deserializer=flotilla_dot_v1_dot_agent__pb2.ProxyConfigResponse.FromString,
+                _registered_method=True)
 
 
 class LogServiceServicer:
-    """Served by each agent on its node's address: an instance's output.
+    """Served by each agent on its node's address: an instance's output, and its
+    sidecar's live config read from the Envoy admin API.
     """
 
     def Logs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ProxyConfig(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -219,6 +232,11 @@ def add_LogServiceServicer_to_server(servicer, server):
                     request_deserializer=flotilla_dot_v1_dot_agent__pb2.LogsRequest.FromString,
                     response_serializer=flotilla_dot_v1_dot_agent__pb2.LogChunk.SerializeToString,
             ),
+            'ProxyConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProxyConfig,
+                    request_deserializer=flotilla_dot_v1_dot_agent__pb2.ProxyConfigRequest.FromString,
+                    response_serializer=flotilla_dot_v1_dot_agent__pb2.ProxyConfigResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'flotilla.v1.LogService', rpc_method_handlers)
@@ -228,7 +246,8 @@ def add_LogServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class LogService:
-    """Served by each agent on its node's address: an instance's output.
+    """Served by each agent on its node's address: an instance's output, and its
+    sidecar's live config read from the Envoy admin API.
     """
 
     @staticmethod
@@ -248,6 +267,33 @@ class LogService:
             '/flotilla.v1.LogService/Logs',
             flotilla_dot_v1_dot_agent__pb2.LogsRequest.SerializeToString,
             flotilla_dot_v1_dot_agent__pb2.LogChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProxyConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flotilla.v1.LogService/ProxyConfig',
+            flotilla_dot_v1_dot_agent__pb2.ProxyConfigRequest.SerializeToString,
+            flotilla_dot_v1_dot_agent__pb2.ProxyConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,190 @@
+"""Commands about the mesh: proxy status and config, proxyless bootstraps."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from controlplane import errors
+from controlplane.api.flotilla.v1 import proxies_pb2
+from controlplane.cli.main import OUTPUT, _emit, cli, client_of, out
+from controlplane.xds.mesh import PROXYLESS, Proxy, proxy_metadata
+
+#: Envoy config dump sections, by the name `proxy-config` takes.
+SECTIONS = {
+    "listeners": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
+    "clusters": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
+    "endpoints": "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump",
+    "routes": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
+}
+
+
+def _since(proxy: proxies_pb2.ProxyStatus) -> str:
+    seconds = max(0, int(time.time() - proxy.connected_since.ToSeconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def sync_state(proxy: proxies_pb2.ProxyStatus) -> str:
+    if proxy.last_nack_error:
+        return "NACKED"
+    if proxy.synced_version >= proxy.view_version and not proxy.pending:
+        return "SYNCED"
+    return "PENDING"
+
+
+@cli.command("proxy-status")
+@OUTPUT
+@click.pass_context
+def proxy_status(ctx: click.Context, output: str) -> None:
+    """Every proxy connected to the xDS server: what it ACKed, what is pending,
+    its last NACK."""
+    proxies = sorted(client_of(ctx).proxies(), key=lambda p: (p.namespace, p.service, p.id))
+    if output in ("json", "yaml"):
+        from google.protobuf import json_format
+
+        _emit(output, [json_format.MessageToDict(p) for p in proxies], single=False)
+        return
+    if output == "name":
+        for proxy in proxies:
+            out.print(proxy.id, markup=False)
+        return
+    if not proxies:
+        out.print("No proxies connected.")
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("PROXY", "KIND", "SERVICE", "NODE", "XDS", "CONNECTED", "STATUS",
+                   "CDS", "EDS", "LDS", "RDS", "PENDING", "LAST NACK"):
+        table.add_column(column, overflow="fold" if column == "LAST NACK" else "ellipsis")
+    for p in proxies:
+        acked = dict(p.acked_versions)
+        table.add_row(
+            p.id, p.kind, f"{p.namespace}/{p.service}", p.node or "-", p.protocol, _since(p),
+            sync_state(p),
+            *(acked.get(t, "-")[:8] or "-" for t in ("clusters", "endpoints", "listeners",
+                                                       "routes")),
+            ",".join(p.pending) or "-", p.last_nack_error or "-",
+        )
+    out.print(table)
+
+
+@cli.command("proxy-config")
+@click.argument("instance")
+@click.argument("section", required=False, type=click.Choice(sorted(SECTIONS)))
+@click.option("-n", "--namespace", default="default", show_default=True)
+@OUTPUT
+@click.pass_context
+def proxy_config(ctx: click.Context, instance: str, section: str | None, namespace: str,
+                 output: str) -> None:
+    """The live config of INSTANCE's Envoy, read from its admin API:
+    listeners, clusters, endpoints and routes (or one SECTION)."""
+    client = client_of(ctx)
+    dump = client.proxy_config(client.get("Instance", instance, namespace))
+    chosen = [section] if section else ["listeners", "routes", "clusters", "endpoints"]
+    parts = {name: _section(dump, SECTIONS[name]) for name in chosen}
+    if output in ("json", "yaml"):
+        _emit(output, [parts[chosen[0]]] if section else [parts], single=True)
+        return
+    for name in chosen:
+        rows = list(_summaries(name, parts[name]))
+        table = Table(title=name.upper(), title_justify="left", box=None, pad_edge=False,
+                      header_style="bold")
+        for column in ("NAME", "DETAIL", "VERSION"):
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*row)
+        out.print(table)
+
+
+def _section(dump: dict[str, Any], type_url: str) -> dict[str, Any]:
+    for config in dump.get("configs", []):
+        if config.get("@type") == type_url:
+            return dict(config)
+    return {}
+
+
+def _summaries(name: str, part: dict[str, Any]) -> list[tuple[str, str, str]]:
+    rows = []
+    if name == "listeners":
+        for entry in part.get("dynamic_listeners", []):
+            active = entry.get("active_state") or entry.get("warming_state") or {}
+            listener = active.get("listener", {})
+            where = listener.get("address", {}).get("socket_address", {})
+            detail = f"{where.get('address', '')}:{where.get('port_value', '')}" if where \
+                else "api listener"
+            rows.append((entry.get("name", ""), detail, active.get("version_info", "")))
+    elif name == "clusters":
+        for entry in part.get("dynamic_active_clusters", []):
+            cluster = entry.get("cluster", {})
+            rows.append((cluster.get("name", ""), f"{cluster.get('type', 'EDS')} "
+                         f"{cluster.get('lb_policy', 'ROUND_ROBIN')}",
+                         entry.get("version_info", "")))
+        for entry in part.get("static_clusters", []):
+            rows.append((entry.get("cluster", {}).get("name", ""), "static", ""))
+    elif name == "endpoints":
+        for entry in part.get("dynamic_endpoint_configs", []):
+            assignment = entry.get("endpoint_config", {})
+            hosts = []
+            for group in assignment.get("endpoints", []):
+                for lb in group.get("lb_endpoints", []):
+                    endpoint = lb.get("endpoint", {})
+                    where = endpoint.get("address", {}).get("socket_address", {})
+                    hosts.append(f"{where.get('address')}:{where.get('port_value')}"
+                                 f" ({endpoint.get('hostname', '?')})")
+            rows.append((assignment.get("cluster_name", ""), ", ".join(hosts) or "(none)",
+                         entry.get("version_info", "")))
+    elif name == "routes":
+        for entry in part.get("dynamic_route_configs", []):
+            config = entry.get("route_config", {})
+            routes = [f"{r.get('match', {}).get('prefix', '?')} -> "
+                      f"{r.get('route', {}).get('cluster', '?')}"
+                      for host in config.get("virtual_hosts", []) for r in host.get("routes", [])]
+            rows.append((config.get("name", ""), ", ".join(routes),
+                         entry.get("version_info", "")))
+    return rows
+
+
+@cli.command()
+@click.option("--proxyless", is_flag=True, help="A bootstrap for a gRPC client using "
+              "GRPC_XDS_BOOTSTRAP and xds:///SERVICE targets.")
+@click.option("--name", default="client", show_default=True,
+              help="The client's name, shown by proxy-status.")
+@click.option("-n", "--namespace", default="default", show_default=True,
+              help="Where bare xds:///NAME targets resolve.")
+@click.option("-o", "--output", "path", type=click.Path(path_type=Path), default=None,
+              help="Write it to this file [default: stdout].")
+@click.pass_context
+def bootstrap(ctx: click.Context, proxyless: bool, name: str, namespace: str,
+              path: Path | None) -> None:
+    """Write an xDS bootstrap for a client outside the mesh's sidecars."""
+    if not proxyless:
+        raise click.UsageError("only --proxyless bootstraps are written by hand: sidecars and "
+                               "gateways get theirs from their agent")
+    proxy = Proxy(id=f"{name}~{uuid.uuid4().hex[:8]}", kind=PROXYLESS, namespace=namespace,
+                  name=name)
+    document = {
+        "xds_servers": [{
+            "server_uri": ctx.find_root().obj["server"],
+            "channel_creds": [{"type": "insecure"}],
+            "server_features": ["xds_v3"],
+        }],
+        "node": {"id": proxy.id, "cluster": name, "metadata": proxy_metadata(proxy),
+                 "locality": {}},
+    }
+    text = json.dumps(document, indent=2) + "\n"
+    if path is None:
+        out.print(text, markup=False, end="")
+        return
+    try:
+        path.write_text(text)
+    except OSError as error:
+        raise errors.UserError(f"cannot write {path}: {error.strerror}") from None
+    out.print(f"wrote {path}: export GRPC_XDS_BOOTSTRAP={path} and dial xds:///SERVICE")
