@@ -39,8 +39,8 @@ for _ in $(seq 1 100); do
 done
 head -2 .run/demo.log
 
-step "apply the example mesh app"
-show "$FLOTILLA" apply -f deploy/examples/
+step "apply the example mesh app: ingress -> frontend (HTTP) -> backend (gRPC, 3 replicas)"
+show "$FLOTILLA" apply -f deploy/examples/ --wait
 step "apply it again: nothing changes"
 show "$FLOTILLA" apply -f deploy/examples/
 
@@ -53,14 +53,44 @@ for _ in $(seq 1 240); do [[ "$(healthy)" -ge 5 ]] && break; sleep 0.5; done
 show "$FLOTILLA" get nodes
 show "$FLOTILLA" get instances
 
-step "ask a frontend instance who it is"
-FRONTEND=$("$FLOTILLA" get instances frontend -o json | python3 -c 'import json,sys; s=json.load(sys.stdin)["items"][0]["status"]; print(s["address"] + ":" + str(s["port"]))')
-show curl -s "http://$FRONTEND/hello"; echo
+step "every instance runs with an Envoy sidecar configured by Flotilla's xDS"
+show "$FLOTILLA" proxy-status
 
-step "scale the backend to 5"
+# Requests through the ingress: which frontend answered, which backend it called.
+through_ingress() {
+  python3 - "$1" <<'PY'
+import collections, json, sys, time, urllib.request
+count, seen = int(sys.argv[1]), collections.Counter()
+for i in range(count):
+    for attempt in range(50):
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:8000/shop", timeout=5) as reply:
+                body = json.loads(reply.read())
+            break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        sys.exit("the ingress does not answer on 127.0.0.1:8000")
+    upstream = body.get("upstream", {})
+    backend = upstream.get("answeredBy") or upstream.get("error")
+    seen[backend] += 1
+    if i < 6:
+        print(f"  GET /shop -> {body['instance']} -> {backend}")
+print(f"  ... {count} requests; backend instances answered: "
+      + ", ".join(f"{name} x{n}" for name, n in sorted(seen.items())))
+PY
+}
+step "requests through the ingress gateway (127.0.0.1:8000): frontend calls backend by name"
+through_ingress 30
+
+step "scale the backend to 5: the new instances get traffic as soon as they are healthy"
 show "$FLOTILLA" scale backend 5
 for _ in $(seq 1 120); do [[ "$(healthy)" -ge 7 ]] && break; sleep 0.5; done
 show "$FLOTILLA" get instances backend
+through_ingress 50
+step "what the frontend's Envoy holds (from its admin API)"
+FRONTEND=$("$FLOTILLA" get instances frontend -o name | head -1)
+show "$FLOTILLA" proxy-config "${FRONTEND#*/}" endpoints
 step "its output, from the agent"
 show "$FLOTILLA" logs backend --tail 1
 step "one object in detail (secret values are never shown)"
