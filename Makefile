@@ -27,8 +27,8 @@ consul:
 	bash deploy/scripts/build-consul.sh
 
 ## images: the pause, example-http and example-grpc images, built locally (no registry)
-images:
-	bash deploy/images/build.sh
+images: $(STAMP)
+	FLOTILLA_PYTHON=$(PY) bash deploy/images/build.sh
 
 services-start:
 	bash deploy/scripts/services.sh start
@@ -41,7 +41,7 @@ demo: $(STAMP)
 
 test: $(STAMP) system lint
 	bash deploy/scripts/services.sh start
-	status=0; { ! docker info >/dev/null 2>&1 || bash deploy/images/build.sh; } && \
+	status=0; { ! docker info >/dev/null 2>&1 || FLOTILLA_PYTHON=$(PY) bash deploy/images/build.sh; } && \
 	  $(PY) -m pytest -q $(PYTEST_ARGS) || status=$$?; \
 	  bash deploy/scripts/services.sh stop; exit $$status
 

@@ -115,6 +115,10 @@ class Agent:
                 runner.stop(self.config.stop_timeout)
             for runner in runners:
                 runner.stopped.wait(self.config.stop_timeout + 5)
+        for driver in self.drivers.values():
+            close = getattr(driver, "close", None)
+            if close is not None:  # e.g. the docker driver's xDS relay
+                close()
 
     @property
     def stopping(self) -> bool:

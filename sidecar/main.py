@@ -14,7 +14,7 @@ from sidecar.drivers.process import ProcessDriver
 log = logging.getLogger("flotilla.agent")
 
 
-def docker_driver(name: str, address: str) -> Driver | None:
+def docker_driver(name: str, address: str, data_dir: Path | None = None) -> Driver | None:
     """The docker driver when a Docker engine answers, else None."""
     try:
         import docker
@@ -26,7 +26,7 @@ def docker_driver(name: str, address: str) -> Driver | None:
     except Exception as error:  # noqa: BLE001 - any failure means "no engine here"
         log.info("no Docker engine (%s); the process driver only", error)
         return None
-    driver: Driver = DockerDriver(client, name, address)
+    driver: Driver = DockerDriver(client, name, address, data_dir=data_dir)
     return driver
 
 
@@ -38,7 +38,7 @@ def build_agent(*, server: str, name: str, address: str, labels: Mapping[str, st
     if not drivers or "process" in drivers:
         offered["process"] = ProcessDriver(name, address, data_dir)
     if not drivers or "docker" in drivers:
-        found = docker_driver(name, address)
+        found = docker_driver(name, address, data_dir)
         if found is not None:
             offered["docker"] = found
         elif drivers:

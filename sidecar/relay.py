@@ -76,7 +76,10 @@ class Relay:
 
     def start(self) -> None:
         """Listens on ``path`` (replacing the socket a previous agent left
-        there) and starts accepting. Raises OSError when it cannot."""
+        there) and starts accepting, once. Raises OSError when it cannot."""
+        with self._lock:
+            if self._closed or self._listener is not None:
+                raise RuntimeError("a relay starts once")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with suppress(FileNotFoundError):
             if not stat.S_ISSOCK(os.lstat(self.path).st_mode):

