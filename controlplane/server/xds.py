@@ -166,12 +166,13 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
         for state, message in self._messages(request_iterator, context, "delta"):
             if isinstance(message, discovery_pb2.DeltaDiscoveryRequest):
                 self._delta_request(state, types, message)
+            snap = state.snapshot  # one snapshot per exchange, judged as sent
             for type_url in TYPES:
                 if type_url in types:
-                    response = self._delta_push(state, types[type_url], type_url)
+                    response = self._delta_push(snap, types[type_url], type_url)
                     if response is not None:
                         yield response
-            self._delta_status(state, types)
+            self._delta_status(state, snap, types)
 
     def _delta_request(self, state: ProxyState, types: dict[str, _Delta],
                        request: discovery_pb2.DeltaDiscoveryRequest) -> None:
@@ -213,9 +214,8 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
                         sub.acked[name] = version
                         sub.rejected.pop(name, None)
 
-    def _delta_push(self, state: ProxyState, sub: _Delta,
+    def _delta_push(self, snap: Snapshot, sub: _Delta,
                     type_url: str) -> discovery_pb2.DeltaDiscoveryResponse | None:
-        snap = state.snapshot
         send, removed = sub.diff(snap, type_url)
         if not send and not removed and sub.responded:
             return None
@@ -236,24 +236,25 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
                                               resource=items[name].packed()) for name in send],
         )
 
-    def _delta_status(self, state: ProxyState, types: dict[str, _Delta]) -> None:
+    def _delta_status(self, state: ProxyState, snap: Snapshot,
+                      types: dict[str, _Delta]) -> None:
         in_sync = True
         for type_url, sub in types.items():
             state.acked_versions[SHORT.get(type_url, type_url)] = version_of(
                 "\n".join(f"{n}={v}" for n, v in sorted(sub.acked.items())).encode())
-            send, removed = sub.diff(state.snapshot, type_url)
+            send, removed = sub.diff(snap, type_url)
             if sub.pending:
                 state.pending.add(SHORT.get(type_url, type_url))
             else:
                 state.pending.discard(SHORT.get(type_url, type_url))
             rejected = any(sub.rejected.get(n) == i.version
-                           for n, i in state.snapshot.of(type_url).items() if sub.wants(n))
+                           for n, i in snap.of(type_url).items() if sub.wants(n))
             if rejected:  # the current config still holds what was rejected
                 state.nack_version = state.view_version
             in_sync = in_sync and not sub.pending and not send and not removed and not rejected
         if in_sync and types:
             state.last_nack = ""
-        self._cache.mark_synced(state, in_sync and bool(types))
+        self._cache.mark_synced(state, in_sync and bool(types), snap)
 
     # --- state of the world --------------------------------------------------------
 
@@ -264,9 +265,10 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
         for state, message in self._messages(request_iterator, context, "sotw"):
             if isinstance(message, discovery_pb2.DiscoveryRequest):
                 self._sotw_request(state, types, message)
+            snap = state.snapshot
             for type_url in TYPES:
                 if type_url in types:
-                    response = self._sotw_push(state, types[type_url], type_url)
+                    response = self._sotw_push(snap, types[type_url], type_url)
                     if response is not None:
                         yield response
             in_sync = bool(types)
@@ -277,14 +279,13 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
                     state.pending.add(short)
                 else:
                     state.pending.discard(short)
-                current = state.snapshot.type_version(type_url, sub.chosen(state.snapshot,
-                                                                           type_url))
+                current = snap.type_version(type_url, sub.chosen(snap, type_url))
                 in_sync = in_sync and sub.acked_version == current
                 if current == sub.rejected_version:
                     state.nack_version = state.view_version
             if in_sync:
                 state.last_nack = ""
-            self._cache.mark_synced(state, in_sync)
+            self._cache.mark_synced(state, in_sync, snap)
 
     def _sotw_request(self, state: ProxyState, types: dict[str, _Sotw],
                       request: discovery_pb2.DiscoveryRequest) -> None:
@@ -301,9 +302,8 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
             else:
                 sub.acked_version = request.version_info
 
-    def _sotw_push(self, state: ProxyState, sub: _Sotw,
+    def _sotw_push(self, snap: Snapshot, sub: _Sotw,
                    type_url: str) -> discovery_pb2.DiscoveryResponse | None:
-        snap = state.snapshot
         chosen = sub.chosen(snap, type_url)
         version = snap.type_version(type_url, chosen)
         same = version == sub.sent_version and sub.names == sub.sent_names

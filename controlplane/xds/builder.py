@@ -70,8 +70,8 @@ def _any(message: Message) -> any_pb2.Any:
 
 
 def _duration(text: str) -> duration_pb2.Duration:
-    seconds = parse_duration(text)
-    return duration_pb2.Duration(seconds=int(seconds), nanos=int(round(seconds % 1 * 1e9)))
+    seconds, nanos = divmod(round(parse_duration(text) * 1e9), 1_000_000_000)
+    return duration_pb2.Duration(seconds=int(seconds), nanos=int(nanos))
 
 
 def _socket(address: str, port: int) -> address_pb2.Address:
@@ -139,6 +139,31 @@ class Builder:
             return self._proxyless(proxy)
         raise ValueError(f"unknown proxy kind {proxy.kind!r}")
 
+    def same_inputs(self, proxy: Proxy, before: MeshView) -> bool:
+        """Would ``proxy``'s snapshot from this view equal the one from
+        ``before``? True when every service and gateway it is built from is
+        unchanged (so the cache need not rebuild it)."""
+        now = self.view
+        if proxy.kind == PROXYLESS:
+            return now.services == before.services
+        own = (proxy.namespace, proxy.name)
+        if proxy.kind == SIDECAR:  # of its own service, only what shapes its sidecar
+            mine, was = now.services.get(own), before.services.get(own)
+            if (mine and (mine.protocol, mine.upstreams)) != (was and (was.protocol,
+                                                                       was.upstreams)):
+                return False
+        keys = {(k.rpartition("/")[0] or proxy.namespace, k.rpartition("/")[2])
+                for k in proxy.upstreams}
+        if proxy.kind == GATEWAY:
+            key = (proxy.namespace, proxy.name)
+            if now.gateways.get(key) != before.gateways.get(key):
+                return False
+            for gateway in (now.gateways.get(key), before.gateways.get(key)):
+                for listener in gateway.listeners if gateway else ():
+                    keys |= {(str(r.get("namespace") or proxy.namespace), str(r["service"]))
+                             for r in listener.get("routes") or ()}
+        return all(now.services.get(k) == before.services.get(k) for k in keys)
+
     # --- per proxy kind ---------------------------------------------------------
 
     def _sidecar(self, proxy: Proxy) -> Snapshot:
@@ -148,20 +173,16 @@ class Builder:
             protocol = me.protocol if me else "tcp"
             items[CLUSTER].append(Item(LOCAL_APP, self._local_app(proxy.app_port, protocol)))
             items[LISTENER].append(Item(INBOUND, self._inbound(proxy.inbound, protocol)))
-        wanted = [(ns, name, port) for ns, name, port in (me.upstreams if me else ())]
-        for key, (address, port) in proxy.upstreams.items():  # what the bootstrap bound
+        # Only what the bootstrap bound: the app learnt those addresses at
+        # start (an upstream added later comes with a new instance).
+        overrides = {(ns, name): port for ns, name, port in (me.upstreams if me else ())}
+        for key, (address, bound) in sorted(proxy.upstreams.items()):
             ns, _, name = key.rpartition("/")
-            if not any((ns, name) == (u[0], u[1]) for u in wanted):
-                wanted.append((ns or proxy.namespace, name, port))
-        seen: set[tuple[str, str]] = set()
-        for ns, name, override in wanted:
+            ns = ns or proxy.namespace
             upstream = self.view.services.get((ns, name))
-            if upstream is None or (ns, name) in seen:
+            if upstream is None:
                 continue
-            seen.add((ns, name))
-            where = proxy.upstreams.get(f"{ns}/{name}")
-            address = where[0] if where else "127.0.0.1"
-            port = (where[1] if where and where[1] else None) or override or upstream.port
+            port = bound or overrides.get((ns, name)) or upstream.port
             if not port:
                 continue
             self._add_service(items, upstream)
@@ -198,6 +219,8 @@ class Builder:
     def _proxyless(self, proxy: Proxy) -> Snapshot:
         items: dict[str, list[Item]] = {CLUSTER: [], ENDPOINT: [], LISTENER: [], ROUTE: []}
         for (ns, name), service in sorted(self.view.services.items()):
+            if service.protocol == "tcp":
+                continue  # gRPC clients call http/2 services only
             self._add_service(items, service)
             items[LISTENER].append(self._shared_item(ns, name, "api", self._api_listener))
             if ns == proxy.namespace:

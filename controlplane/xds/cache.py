@@ -82,13 +82,17 @@ class XdsCache:
             self._changed.notify_all()
 
     def set_view(self, view: MeshView) -> int:
-        """Rebuild every proxy's snapshot; returns how many changed."""
+        """Rebuild the snapshot of every proxy whose inputs changed; returns
+        how many snapshots changed."""
         builder = Builder(view)
         changed = 0
         with self._lock:
-            self._builder = builder
+            before, self._builder = self._builder.view, builder
             for state in self._states:
-                changed += self._install(state, builder)
+                if builder.same_inputs(state.proxy, before):
+                    self._unchanged(state, view.version)
+                else:
+                    changed += self._install(state, builder)
             self._changed.notify_all()
         return changed
 
@@ -99,9 +103,7 @@ class XdsCache:
             view = self._builder.view
             self._builder = Builder(MeshView(view.services, view.gateways, version))
             for state in self._states:
-                state.view_version = version
-                if state.in_sync:
-                    state.synced_version = version
+                self._unchanged(state, version)
             self._changed.notify_all()
 
     def all_synced(self, version: int) -> bool:
@@ -113,18 +115,29 @@ class XdsCache:
         with self._lock:
             return list(self._states)
 
-    def mark_synced(self, state: ProxyState, in_sync: bool) -> None:
+    def mark_synced(self, state: ProxyState, in_sync: bool, judged: Snapshot) -> None:
         """Called by a stream after each exchange: does its proxy have all of
-        its current snapshot, ACKed?"""
+        ``judged`` (the snapshot the stream compared with), ACKed? Credited
+        only while ``judged`` is still the proxy's snapshot: a view installed
+        meanwhile is not synced yet."""
         with self._lock:
-            state.in_sync = in_sync
-            if in_sync:
+            current = judged is state.snapshot
+            state.in_sync = in_sync and current
+            if state.in_sync:
                 state.synced_version = max(state.synced_version, state.view_version)
             self._changed.notify_all()
 
     def wait_changed(self, timeout: float) -> None:
         with self._lock:
             self._changed.wait(timeout)
+
+    @staticmethod
+    def _unchanged(state: ProxyState, version: int) -> None:
+        """The proxy's snapshot stays as it is at ``version`` (lock held)."""
+        if not state.build_error:
+            state.view_version = version
+            if state.in_sync:
+                state.synced_version = version
 
     def _install(self, state: ProxyState, builder: Builder) -> int:
         """Put a fresh snapshot on ``state`` (lock held); 1 when it changed."""
@@ -140,11 +153,10 @@ class XdsCache:
                       state.proxy.id, state.build_error)
             return 0
         state.build_error = ""
-        state.view_version = builder.view.version
         if snap.same_as(state.snapshot):
-            if state.in_sync:
-                state.synced_version = state.view_version
+            self._unchanged(state, builder.view.version)
             return 0
+        state.view_version = builder.view.version
         state.snapshot = snap
         state.in_sync = False
         state.wake()
