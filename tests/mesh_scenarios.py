@@ -43,20 +43,26 @@ def manifests(gateway_port: int, workload: Callable[[str], dict[str, Any]]
                   "placement": {"strategy": "spread"}}},
         {"apiVersion": "flotilla.dev/v1", "kind": "Service", "metadata": {"name": "frontend"},
          "spec": {**workload("http_echo"), "port": 8080, "replicas": 1,
+                  "env": {**workload("http_echo").get("env", {}),
+                          "GRPC_UPSTREAM": "backend:9090"},
                   "resources": {"cpu": 100, "memory": 64},
                   "upstreams": [{"name": "backend"}],
                   "healthCheck": {"http": {"path": "/healthz"}, "interval": "500ms"}}},
+        {"apiVersion": "flotilla.dev/v1", "kind": "Service", "metadata": {"name": "static"},
+         "spec": {**workload("http_echo"), "port": 8080, "replicas": 1,
+                  "resources": {"cpu": 100, "memory": 64}}},
         {"apiVersion": "flotilla.dev/v1", "kind": "Gateway", "metadata": {"name": "ingress"},
-         "spec": {"listeners": [{"name": "web", "port": gateway_port,
-                                 "routes": [{"pathPrefix": "/", "service": "frontend"}]}]}},
+         "spec": {"listeners": [{"name": "web", "port": gateway_port, "routes": [
+             {"pathPrefix": "/", "service": "frontend"},
+             {"pathPrefix": "/static", "service": "static"},
+             {"host": "static.example", "pathPrefix": "/", "service": "static"},
+         ]}]}},
     ]
 
 
 def process_workload(module: str) -> dict[str, Any]:
-    env = {"PYTHONPATH": str(APPS)}
-    if module == "http_echo":
-        env["GRPC_UPSTREAM"] = "backend:9090"
-    return {"command": [sys.executable, "-m", f"flotilla_examples.{module}"], "env": env}
+    return {"command": [sys.executable, "-m", f"flotilla_examples.{module}"],
+            "env": {"PYTHONPATH": str(APPS)}}
 
 
 @dataclass
@@ -73,8 +79,10 @@ class Mesh:
     def client(self) -> Client:
         return self.server.client()
 
-    def call(self, timeout: float = 5.0) -> dict[str, Any]:
-        with DIRECT.open(f"http://{self.gateway}/", timeout=timeout) as reply:
+    def call(self, path: str = "/", headers: dict[str, str] | None = None,
+             timeout: float = 5.0) -> dict[str, Any]:
+        request = urllib.request.Request(f"http://{self.gateway}{path}", headers=headers or {})
+        with DIRECT.open(request, timeout=timeout) as reply:
             body: dict[str, Any] = json.loads(reply.read())
         return body
 
@@ -168,7 +176,7 @@ def test_proxy_status_and_config_show_every_proxy(mesh: Mesh) -> None:
     proxies = json.loads(status.stdout)["items"] if status.stdout.lstrip().startswith("{") \
         else json.loads(status.stdout)
     kinds = Counter(p.get("kind") for p in proxies)
-    assert kinds["sidecar"] == 4 and kinds["gateway"] == 1
+    assert kinds["sidecar"] == 5 and kinds["gateway"] == 1
     with mesh.client() as client:
         frontend = instances(client, "frontend")[0]["metadata"]["name"]
     config = run_cli("proxy-config", frontend, "endpoints", server=mesh.server)
@@ -200,6 +208,35 @@ def test_a_policy_envoy_rejects_is_a_visible_nack_and_traffic_keeps_flowing(mesh
     assert fixed.returncode == 0, fixed.stderr
     assert "ACKed the change" in fixed.stdout
     assert "NACKED" not in run_cli("proxy-status", server=mesh.server).stdout
+
+
+def test_the_gateway_routes_by_host_and_longest_path_prefix(mesh: Mesh) -> None:
+    assert mesh.call()["service"] == "frontend"
+    assert mesh.call(path="/static/logo.png")["service"] == "static"
+    assert mesh.call(path="/staticky")["service"] == "static"  # a prefix, as Envoy matches
+    assert mesh.call(headers={"Host": "static.example"})["service"] == "static"
+    assert mesh.call(headers={"Host": "other.example"})["service"] == "frontend"
+
+
+def test_ring_hash_on_a_header_keeps_each_user_on_one_backend(mesh: Mesh, tmp_path: Path
+                                                              ) -> None:
+    policy = tmp_path / "ring-hash.yaml"
+    policy.write_text("apiVersion: flotilla.dev/v1\nkind: TrafficPolicy\n"
+                      "metadata: {name: backend}\n"
+                      "spec: {destination: backend, loadBalancer: "
+                      "{algorithm: ring-hash, hashOn: {header: x-user}}}\n")
+    applied = run_cli("apply", "-f", str(policy), "--wait", server=mesh.server)
+    assert applied.returncode == 0, applied.stderr
+    for user in ("alice", "bob"):
+        answers = {mesh.call(headers={"x-user": user})["upstream"]["answeredBy"]
+                   for _ in range(15)}
+        assert len(answers) == 1, (user, answers)
+    spread = {mesh.call(headers={"x-user": f"user-{n}"})["upstream"]["answeredBy"]
+              for n in range(40)}
+    assert len(spread) >= 2
+    policy.write_text("apiVersion: flotilla.dev/v1\nkind: TrafficPolicy\n"
+                      "metadata: {name: backend}\nspec: {destination: backend}\n")
+    assert run_cli("apply", "-f", str(policy), "--wait", server=mesh.server).returncode == 0
 
 
 def test_scale_up_gets_traffic_and_scale_down_under_load_loses_nothing(mesh: Mesh) -> None:
@@ -244,7 +281,7 @@ def test_traffic_survives_the_control_plane_and_proxies_reconverge(mesh: Mesh) -
     with mesh.client() as client:
         def converged() -> bool:
             proxies = client.proxies()
-            return len(proxies) == 4 and all(
+            return len(proxies) == 5 and all(
                 p.synced_version >= p.view_version > 0 and not p.last_nack_error
                 for p in proxies)
 

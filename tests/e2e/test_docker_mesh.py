@@ -33,11 +33,8 @@ READY_SECONDS = 180.0
 
 def docker_workload(module: str) -> dict[str, Any]:
     image = HTTP_IMAGE if module == "http_echo" else GRPC_IMAGE
-    spec: dict[str, Any] = {"image": image, "driver": "docker",
-                            "command": ["python3", "-m", f"flotilla_examples.{module}"]}
-    if module == "http_echo":
-        spec["env"] = {"GRPC_UPSTREAM": "backend:9090"}
-    return spec
+    return {"image": image, "driver": "docker",
+            "command": ["python3", "-m", f"flotilla_examples.{module}"]}
 
 
 def kill_envoy(client: docker.DockerClient) -> Callable[[dict[str, Any]], object]:
@@ -77,6 +74,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerC
             client.apply([(doc, "mesh") for doc in manifests(port, docker_workload)])
             eventually(lambda: serving(client, "backend", 3), READY_SECONDS, "3 backends")
             eventually(lambda: serving(client, "frontend", 1), READY_SECONDS, "a frontend")
+            eventually(lambda: serving(client, "static", 1), READY_SECONDS, "static")
             eventually(lambda: serving(client, "ingress", 1), READY_SECONDS, "the gateway")
         mesh = Mesh(server, agents, f"{address}:{port}", tmp,
                     kill_envoy=kill_envoy(docker_client),

@@ -49,6 +49,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             client.apply([(doc, "mesh") for doc in manifests(port, process_workload)])
             eventually(lambda: serving(client, "backend", 3), 60, "3 serving backends")
             eventually(lambda: serving(client, "frontend", 1), 60, "a serving frontend")
+            eventually(lambda: serving(client, "static", 1), 60, "a serving static")
             gateway = eventually(lambda: serving(client, "ingress", 1), 60, "the gateway")[0]
             node = client.get("Node", gateway["spec"]["node"], "cluster")
         mesh = Mesh(server, agents, f"{node['spec']['address']}:{port}", tmp,

@@ -51,9 +51,11 @@ class Upstream:
         self._echo = self._channel.unary_unary("/flotilla.examples.Echo/Echo")
 
     def call(self, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
-        # Pass the trace context on, so one request is one trace end to end.
+        # Pass the trace context and the caller's x-* headers on: one request
+        # is one trace end to end, and policies keyed on a header (ring hash)
+        # see it at every hop.
         metadata = [(k.lower(), v) for k, v in headers.items()
-                    if k.lower() in ("traceparent", "tracestate", "x-request-id")]
+                    if k.lower() in ("traceparent", "tracestate") or k.lower().startswith("x-")]
         try:
             answer = self._echo(b"", timeout=5, metadata=metadata)
         except grpc.RpcError as error:
