@@ -30,6 +30,25 @@ def docker_driver(name: str, address: str, data_dir: Path | None = None) -> Driv
     return driver
 
 
+def local_address(drivers: Sequence[str]) -> str:
+    """Where a one-machine node should advertise its instances: the docker
+    bridge's gateway when Docker may run them (the host and every container
+    reach it; a port published on 127.0.0.1 is unreachable from other pods),
+    else loopback."""
+    if drivers and "docker" not in drivers:
+        return "127.0.0.1"
+    try:
+        import docker
+
+        client = docker.from_env(timeout=10)
+        for config in client.networks.get("bridge").attrs["IPAM"]["Config"]:
+            if "." in config.get("Gateway", ""):
+                return str(config["Gateway"])
+    except Exception as error:  # noqa: BLE001 - no engine or no bridge: loopback
+        log.info("no docker bridge (%s); advertising 127.0.0.1", error)
+    return "127.0.0.1"
+
+
 def build_agent(*, server: str, name: str, address: str, labels: Mapping[str, str],
                 cpu: int | None, memory: int | None, drivers: Sequence[str],
                 data_dir: Path, sidecars: bool = True) -> Agent:

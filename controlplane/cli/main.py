@@ -310,18 +310,21 @@ def server(listen: str, data_dir: Path | None, durable: bool, node_grace: float)
 @click.option("--listen", default=DEFAULT_SERVER, show_default=True)
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="[default: ~/.local/share/flotilla/dev]")
-@click.option("--address", default="127.0.0.1", show_default=True,
-              help="Where the local agent publishes instances.")
+@click.option("--address", default=None,
+              help="Where the local agent publishes instances [default: the docker bridge's "
+              "gateway when Docker runs them, else 127.0.0.1].")
 @click.option("--driver", "drivers", multiple=True, type=click.Choice(["docker", "process"]),
               help="Drivers the local agent offers [default: process, and docker when an "
               "engine answers].")
-def dev(listen: str, data_dir: Path | None, address: str, drivers: tuple[str, ...]) -> None:
+def dev(listen: str, data_dir: Path | None, address: str | None,
+        drivers: tuple[str, ...]) -> None:
     """Everything on one machine with the embedded defaults (SQLite store,
     built-in catalog, one agent): the way to try Flotilla."""
     from controlplane.server.app import ServerConfig, run
-    from sidecar.main import build_agent
+    from sidecar.main import build_agent, local_address
 
     data = data_dir or default_data_dir("dev")
+    address = address or local_address(drivers)
     logging.basicConfig(level=logging.WARNING)
 
     def start_agent(server: str) -> Callable[[], None]:

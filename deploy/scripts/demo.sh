@@ -57,20 +57,22 @@ step "every instance runs with an Envoy sidecar configured by Flotilla's xDS"
 show "$FLOTILLA" proxy-status
 
 # Requests through the ingress: which frontend answered, which backend it called.
+INGRESS="$("$FLOTILLA" get nodes -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["items"][0]["spec"]["address"])'):8000"
 through_ingress() {
-  python3 - "$1" <<'PY'
+  python3 - "$1" "$INGRESS" <<'PY'
 import collections, json, sys, time, urllib.request
-count, seen = int(sys.argv[1]), collections.Counter()
+count, ingress, seen = int(sys.argv[1]), sys.argv[2], collections.Counter()
+direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 for i in range(count):
     for attempt in range(50):
         try:
-            with urllib.request.urlopen("http://127.0.0.1:8000/shop", timeout=5) as reply:
+            with direct.open(f"http://{ingress}/shop", timeout=5) as reply:
                 body = json.loads(reply.read())
             break
         except OSError:
             time.sleep(0.2)
     else:
-        sys.exit("the ingress does not answer on 127.0.0.1:8000")
+        sys.exit(f"the ingress does not answer on {ingress}")
     upstream = body.get("upstream", {})
     backend = upstream.get("answeredBy") or upstream.get("error")
     seen[backend] += 1
@@ -80,7 +82,7 @@ print(f"  ... {count} requests; backend instances answered: "
       + ", ".join(f"{name} x{n}" for name, n in sorted(seen.items())))
 PY
 }
-step "requests through the ingress gateway (127.0.0.1:8000): frontend calls backend by name"
+step "requests through the ingress gateway ($INGRESS): frontend calls backend by name"
 through_ingress 30
 
 step "scale the backend to 5: the new instances get traffic as soon as they are healthy"
