@@ -27,6 +27,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from controlplane.client import Client
+from tests.bench.report import text_table
 from tests.harness import ServerProcess
 
 #: Reference targets: applies per second and p99 latency in milliseconds.
@@ -147,12 +148,7 @@ def table(phases: Sequence[Phase]) -> str:
          f"{p.percentile_ms(99):.2f}", "met" if p.meets_target() else "MISSED")
         for p in phases
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w)
-                       for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
-             for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return text_table(rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -39,6 +39,7 @@ from controlplane.model.cluster import (
     Strategy,
 )
 from controlplane.scheduler import check_plan, schedule
+from tests.bench.report import text_table
 
 #: Placements per second on one core.
 TARGET_RATE = 5_000.0
@@ -148,11 +149,7 @@ def table(runs: Sequence[Run]) -> str:
               f"{r.micros:.1f}", f"{r.check_seconds * 1000:.1f}", str(r.worst_stacking),
               f"{r.nodes_used:,}", "met" if r.rate >= TARGET_RATE else "MISSED")
              for r in runs]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True))
-             for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return text_table(rows, first_left=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -69,6 +69,7 @@ from controlplane.xds.cache import ProxyState, XdsCache
 from controlplane.xds.mesh import SIDECAR, Endpoint, MeshView, Proxy, ServiceView
 from controlplane.xds.snapshot import ENDPOINT, Snapshot
 from sidecar.envoy import Admin, bootstrap, command, find_envoy
+from tests.bench.report import text_table
 from tests.harness import free_port
 from tests.xds_client import XdsClient
 
@@ -618,15 +619,6 @@ def answers(port: int) -> bool:
 # --- report ----------------------------------------------------------------------------------
 
 
-def table(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w)
-                       for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
-             for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
 def ms(seconds: Sequence[float], p: int) -> str:
     return f"{percentile(seconds, p) * 1000:.1f}" if seconds else "-"
 
@@ -644,7 +636,7 @@ def report(cp: ControlPlane, paths: Sequence[DataPath]) -> str:
            f"{cp.sotw} state of the world), {len(changes)} endpoint changes"]
     assert cp.builds is not None
     p99 = percentile([c.seconds for c in changes], 99) * 1000 if changes else float("inf")
-    out.append(table([
+    out.append(text_table([
         ("control plane", "p50", "p99", "unit", "note"),
         ("build one proxy (fresh Builder)", f"{cp.builds.one_ms:.2f}", "", "ms", "median"),
         (f"build all {cp.builds.proxies} proxies (one Builder)", f"{cp.builds.all_ms:.1f}", "",
@@ -671,7 +663,7 @@ def report(cp: ControlPlane, paths: Sequence[DataPath]) -> str:
     out.append("")
     out.append(f"endpoint bytes per sidecar per change as {BIG} grows (sidecars using "
                f"{BIG} and {SMALL}; mean of {GROWTH_CHANGES} changes each):")
-    out.append(table([("endpoints in big", f"change in {SMALL}: delta", "SotW",
+    out.append(text_table([("endpoints in big", f"change in {SMALL}: delta", "SotW",
                        f"change in {BIG}: delta", "SotW")] + [
         (f"{g.endpoints:,}", f"{g.elsewhere_delta:,.0f}", f"{g.elsewhere_sotw:,.0f}",
          f"{g.in_big_delta:,.0f}", f"{g.in_big_sotw:,.0f}") for g in cp.growth]))
@@ -688,7 +680,7 @@ def report(cp: ControlPlane, paths: Sequence[DataPath]) -> str:
         rows += [(p.name, f"{p.ms(50):.3f}", f"{p.ms(99):.3f}", f"{p.rate:,.0f}", str(p.errors),
                   f"{p.ms(50) / direct.ms(50):.2f}", f"{p.rate / direct.rate:.2f}")
                  for p in paths]
-        out.append(table(rows))
+        out.append(text_table(rows))
         out.append(f"(latency: {len(direct.latencies):,} sequential requests on one keep-alive "
                    f"connection; req/s: {direct.connections} connections for "
                    f"{direct.seconds:g} s; a Python client and app bound the absolute figures)")
