@@ -1,26 +1,155 @@
 """Feeds the xDS cache: after every store change that touches the mesh
-(Services, Instances, TrafficPolicies, Gateways, Nodes), read a fresh view
-and hand it to the cache, which wakes only the proxies it changes."""
+(Services, Instances, TrafficPolicies, Gateways, Nodes), a new view goes to
+the cache, which wakes only the proxies it changes.
+
+The view is kept incrementally: store events update an index of the mesh's
+objects, and only the services they touch are rebuilt, so a change costs the
+same whether the mesh has ten services or ten thousand. A gap in the event
+history (compaction) reloads everything.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable
 
 from controlplane.errors import OutOfRange
+from controlplane.model import EventType, Resource, WatchEvent
 from controlplane.store import SqliteStore
 from controlplane.xds.cache import XdsCache
-from controlplane.xds.mesh import mesh_view
+from controlplane.xds.mesh import (
+    GatewayView,
+    MeshView,
+    ServiceView,
+    gateway_view,
+    ready_nodes,
+    service_view,
+)
 
 log = logging.getLogger("flotilla.xds")
 
 MESH_KINDS = ("Service", "Instance", "TrafficPolicy", "Gateway", "Node")
+Key = tuple[str, str]
+
+
+class MeshIndex:
+    """The mesh's objects as of the last event applied, and the view made of
+    them. ``apply`` returns whether the view changed."""
+
+    def __init__(self, resources: Iterable[Resource] = ()) -> None:
+        self.services: dict[Key, Resource] = {}
+        #: (namespace, service) -> instance name -> Instance.
+        self.instances: dict[Key, dict[str, Resource]] = {}
+        #: (namespace, instance name) -> (namespace, service) it belongs to.
+        self._owner: dict[Key, Key] = {}
+        #: (namespace, policy name) -> its destination; destination -> policy.
+        self._destination: dict[Key, Key] = {}
+        self.policies: dict[Key, Resource] = {}
+        self.nodes: dict[str, Resource] = {}
+        self.ready: set[str] = set()
+        self.views: dict[Key, ServiceView] = {}
+        self.gateways: dict[Key, GatewayView] = {}
+        for resource in resources:
+            self._take(resource, deleted=False)
+        self.ready = ready_nodes(self.nodes.values())
+        self._rebuild(set(self.services))
+
+    def view(self, version: int) -> MeshView:
+        return MeshView(services=dict(self.views), gateways=dict(self.gateways),
+                        version=version)
+
+    def apply(self, events: Iterable[WatchEvent]) -> bool:
+        dirty: set[Key] = set()
+        nodes_changed = gateways_changed = False
+        for event in events:
+            resource = event.resource
+            if resource.kind not in MESH_KINDS:
+                continue
+            dirty |= self._take(resource, deleted=event.type is EventType.DELETED)
+            nodes_changed |= resource.kind == "Node"
+            gateways_changed |= resource.kind == "Gateway"
+        if nodes_changed:
+            ready = ready_nodes(self.nodes.values())
+            if ready != self.ready:
+                flipped = ready ^ self.ready
+                self.ready = ready
+                dirty |= {key for key, found in self.instances.items()
+                          if any(i.spec.get("node") in flipped for i in found.values())}
+        return self._rebuild(dirty) or gateways_changed
+
+    # --- internals -----------------------------------------------------------------
+
+    def _take(self, resource: Resource, *, deleted: bool) -> set[Key]:
+        """Record one object's new state; returns the services it touches."""
+        key = (resource.namespace, resource.name)
+        if resource.kind == "Service":
+            if deleted:
+                self.services.pop(key, None)
+            else:
+                self.services[key] = resource
+            return {key}
+        if resource.kind == "Instance":
+            touched = set()
+            old = self._owner.pop(key, None)
+            if old is not None:
+                self.instances.get(old, {}).pop(resource.name, None)
+                touched.add(old)
+            if not deleted:
+                owner = (resource.namespace, str(resource.spec.get("service")))
+                self.instances.setdefault(owner, {})[resource.name] = resource
+                self._owner[key] = owner
+                touched.add(owner)
+            return touched
+        if resource.kind == "TrafficPolicy":
+            touched = set()
+            old = self._destination.pop(key, None)
+            if old is not None:
+                self.policies.pop(old, None)
+                touched.add(old)
+            if not deleted:
+                destination = (resource.namespace, str(resource.spec.get("destination")))
+                self.policies[destination] = resource
+                self._destination[key] = destination
+                touched.add(destination)
+            return touched
+        if resource.kind == "Gateway":
+            if deleted:
+                self.gateways.pop(key, None)
+            else:
+                self.gateways[key] = gateway_view(resource)
+            return set()
+        if resource.kind == "Node":
+            if deleted:
+                self.nodes.pop(resource.name, None)
+            else:
+                self.nodes[resource.name] = resource
+        return set()
+
+    def _rebuild(self, keys: set[Key]) -> bool:
+        changed = False
+        for key in keys:
+            service = self.services.get(key)
+            if service is None:
+                changed |= self.views.pop(key, None) is not None
+                continue
+            policy = self.policies.get(key)
+            view = service_view(service, self.instances.get(key, {}).values(),
+                                policy.spec if policy else None, self.ready)
+            if self.views.get(key) != view:
+                self.views[key] = view
+                changed = True
+        return changed
 
 
 class ViewFeeder:
+    #: Seconds a change waits for more before the view is rebuilt.
+    COALESCE = 0.01
+
     def __init__(self, store: SqliteStore, cache: XdsCache) -> None:
         self._store = store
         self._cache = cache
+        self._index = MeshIndex()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="xds-feeder", daemon=True)
 
@@ -34,10 +163,11 @@ class ViewFeeder:
         self._thread.join(timeout=5)
 
     def refresh(self) -> int:
-        """Build and install a view of the store now; returns its version."""
+        """Read the whole mesh from the store and install its view; returns
+        the store version it was read at."""
         version = self._store.resource_version
-        resources = [r for kind in MESH_KINDS for r in self._store.list(kind)]
-        self._cache.set_view(mesh_view(resources, version))
+        self._index = MeshIndex(r for kind in MESH_KINDS for r in self._store.list(kind))
+        self._cache.set_view(self._index.view(version))
         return version
 
     def _loop(self) -> None:
@@ -47,16 +177,22 @@ class ViewFeeder:
                 head = self._store.wait(seen, 1.0)
                 if head <= seen or self._stop.is_set():
                     continue
+                # Let a burst of writes land: one view for all of them.
+                self._stop.wait(self.COALESCE)
+                head = self._store.resource_version
                 try:
-                    relevant = any(e.resource.kind in MESH_KINDS
-                                   for e in self._store.events(seen, until=head, limit=100_000))
+                    events = self._store.events(seen, until=head, limit=100_000)
                 except OutOfRange:
-                    relevant = True
-                if relevant:
                     seen = self.refresh()
+                    continue
+                if len(events) == 100_000:  # more than one read: start over
+                    seen = self.refresh()
+                elif self._index.apply(events):
+                    self._cache.set_view(self._index.view(head))
+                    seen = head
                 else:
-                    # Nothing the mesh sees: the proxies' configs stay, and
-                    # proxies in sync are in sync at this version too.
+                    # Nothing the mesh sees changed: the proxies' configs stay,
+                    # and proxies in sync are in sync at this version too.
                     self._cache.set_version(head)
                     seen = head
             except Exception:  # keep feeding; the next change retries

@@ -145,40 +145,52 @@ def instance_endpoint(instance: Resource, ready_nodes: set[str]) -> Endpoint | N
     return Endpoint(str(status["address"]), int(status["port"]), instance.name, node)
 
 
+def service_view(service: Resource, instances: Iterable[Resource],
+                 policy: Mapping[str, Any] | None, ready_nodes: set[str]) -> ServiceView:
+    """One service as the builder sees it: its port, protocol, upstreams, the
+    endpoints among ``instances`` and its TrafficPolicy spec."""
+    spec = service.spec
+    endpoints = (instance_endpoint(i, ready_nodes) for i in instances)
+    return ServiceView(
+        namespace=service.namespace, name=service.name,
+        port=int(spec["port"]) if spec.get("port") else None,
+        protocol=str(spec.get("protocol", "http")),
+        upstreams=tuple(
+            (str(u.get("namespace") or service.namespace), str(u["name"]),
+             int(u["port"]) if u.get("port") else None)
+            for u in spec.get("upstreams") or ()
+        ),
+        endpoints=tuple(sorted(e for e in endpoints if e is not None)),
+        policy=policy,
+    )
+
+
+def gateway_view(gateway: Resource) -> GatewayView:
+    return GatewayView(gateway.namespace, gateway.name,
+                       tuple(gateway.spec.get("listeners") or ()))
+
+
+def ready_nodes(nodes: Iterable[Resource]) -> set[str]:
+    return {n.name for n in nodes if node_state(n.spec, n.status) == "ready"}
+
+
 def mesh_view(resources: Iterable[Resource], version: int = 0) -> MeshView:
     by_kind: dict[str, list[Resource]] = {}
     for resource in resources:
         by_kind.setdefault(resource.kind, []).append(resource)
-    ready = {n.name for n in by_kind.get("Node", ()) if node_state(n.spec, n.status) == "ready"}
-    endpoints: dict[tuple[str, str], list[Endpoint]] = {}
+    ready = ready_nodes(by_kind.get("Node", ()))
+    instances: dict[tuple[str, str], list[Resource]] = {}
     for instance in by_kind.get("Instance", ()):
-        endpoint = instance_endpoint(instance, ready)
-        if endpoint is not None:
-            key = (instance.namespace, str(instance.spec.get("service")))
-            endpoints.setdefault(key, []).append(endpoint)
+        instances.setdefault((instance.namespace, str(instance.spec.get("service"))),
+                             []).append(instance)
     policies = {(p.namespace, str(p.spec.get("destination"))): p.spec
                 for p in by_kind.get("TrafficPolicy", ())}
-    services = {}
-    for service in by_kind.get("Service", ()):
-        spec = service.spec
-        key = (service.namespace, service.name)
-        services[key] = ServiceView(
-            namespace=service.namespace, name=service.name,
-            port=int(spec["port"]) if spec.get("port") else None,
-            protocol=str(spec.get("protocol", "http")),
-            upstreams=tuple(
-                (str(u.get("namespace") or service.namespace), str(u["name"]),
-                 int(u["port"]) if u.get("port") else None)
-                for u in spec.get("upstreams") or ()
-            ),
-            endpoints=tuple(sorted(endpoints.get(key, ()))),
-            policy=policies.get(key),
-        )
-    gateways = {
-        (g.namespace, g.name): GatewayView(g.namespace, g.name,
-                                           tuple(g.spec.get("listeners") or ()))
-        for g in by_kind.get("Gateway", ())
+    services = {
+        (s.namespace, s.name): service_view(s, instances.get((s.namespace, s.name), ()),
+                                            policies.get((s.namespace, s.name)), ready)
+        for s in by_kind.get("Service", ())
     }
+    gateways = {(g.namespace, g.name): gateway_view(g) for g in by_kind.get("Gateway", ())}
     return MeshView(services=services, gateways=gateways, version=version)
 
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from controlplane.model import Resource
+from controlplane.model import EventType, Resource, WatchEvent
+from controlplane.xds.feed import MeshIndex
 from controlplane.xds.mesh import (
     GATEWAY,
     PROXYLESS,
@@ -84,3 +87,56 @@ def test_unusable_metadata_is_refused_with_the_reason(metadata: dict[str, Any],
                                                       message: str) -> None:
     with pytest.raises(ProxyError, match=message):
         proxy_of("x", metadata)
+
+
+# --- the incremental index the server feeds the cache with ---------------------------
+
+OPS = st.lists(st.tuples(
+    st.sampled_from(["instance", "instance-state", "instance-delete", "policy", "policy-delete",
+                     "service", "service-delete", "node-down", "node-up", "gateway"]),
+    st.integers(min_value=0, max_value=3)), max_size=25)
+
+
+@settings(max_examples=100, deadline=None)
+@given(ops=OPS)
+def test_the_incremental_index_equals_a_full_rebuild(ops: list[tuple[str, int]]) -> None:
+    current: dict[tuple[str, str], Resource] = {}
+
+    def put(resource: Resource) -> WatchEvent:
+        current[(resource.kind, resource.name)] = resource
+        return WatchEvent(EventType.MODIFIED, resource, 0)
+
+    def drop(kind: str, name: str) -> list[WatchEvent]:
+        gone = current.pop((kind, name), None)
+        return [WatchEvent(EventType.DELETED, gone, 0)] if gone else []
+
+    for resource in [*SERVICES, node("n1"), node("n2"), instance("a"), instance("bb", "n2")]:
+        put(resource)
+    index = MeshIndex(current.values())
+    for op, n in ops:
+        events: list[WatchEvent] = []
+        name = f"i{n}"
+        if op == "instance":
+            events.append(put(instance(name, f"n{n % 2 + 1}")))
+        elif op == "instance-state":
+            events.append(put(instance(name, state="starting" if n % 2 else "healthy")))
+        elif op == "instance-delete":
+            events += drop("Instance", name)
+        elif op == "policy":
+            events.append(put(Resource(kind="TrafficPolicy", name="backend", spec={
+                "destination": ["backend", "frontend"][n % 2],
+                "loadBalancer": {"algorithm": "random"}})))
+        elif op == "policy-delete":
+            events += drop("TrafficPolicy", "backend")
+        elif op == "service":
+            events.append(put(Resource(kind="Service", name="backend",
+                                       spec={"port": 9000 + n, "protocol": "grpc"})))
+        elif op == "service-delete":
+            events += drop("Service", "backend")
+        elif op in ("node-down", "node-up"):
+            events.append(put(node(f"n{n % 2 + 1}", "down" if op == "node-down" else "ready")))
+        elif op == "gateway":
+            events.append(put(Resource(kind="Gateway", name="ingress", spec={"listeners": [
+                {"name": "web", "port": 8000 + n, "routes": [{"service": "frontend"}]}]})))
+        index.apply(events)
+        assert index.view(1) == mesh_view(current.values(), 1)
