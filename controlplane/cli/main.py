@@ -17,6 +17,7 @@ from controlplane import __version__, errors
 from controlplane.cli import output
 from controlplane.client import DEFAULT_SERVER, Client, ServerUnavailable
 from controlplane.manifests import parse_yaml, resolve_kind, to_resources
+from controlplane.manifests.types import parse_duration
 from controlplane.model import KINDS, NODE_NAMESPACE, SERVICE_LABEL, SYSTEM_KINDS
 
 EXIT_USER_ERROR = 1
@@ -297,13 +298,40 @@ def delete(ctx: click.Context, kind: str | None, names: tuple[str, ...],
 @click.option("--durable", is_flag=True, help="fsync every commit (survives power loss).")
 @click.option("--node-grace", type=click.FloatRange(min=1), default=10.0, show_default=True,
               help="Seconds without a report before a node is down and its instances move.")
-def server(listen: str, data_dir: Path | None, durable: bool, node_grace: float) -> None:
+@click.option("--trust-domain", default="flotilla.local", show_default=True,
+              callback=lambda ctx, param, value: _trust_domain(value),
+              help="The SPIFFE trust domain of the mesh's identities.")
+@click.option("--cert-ttl", default="24h", show_default=True,
+              callback=lambda ctx, param, value: _cert_ttl(value),
+              help="How long a service certificate lives (at least 1m); rotated at half-life.")
+def server(listen: str, data_dir: Path | None, durable: bool, node_grace: float,
+           trust_domain: str, cert_ttl: float) -> None:
     """Run the control plane."""
     from controlplane.server.app import ServerConfig, run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     run(ServerConfig(data_dir=data_dir or default_data_dir("server"), listen=listen,
-                     durable=durable, node_grace=node_grace))
+                     durable=durable, node_grace=node_grace, trust_domain=trust_domain,
+                     cert_ttl=cert_ttl))
+
+
+def _trust_domain(value: str) -> str:
+    labels = value.split(".")
+    if not value or len(value) > 253 or not all(
+            label and label.replace("-", "").isalnum() and label.islower() for label in labels):
+        raise click.BadParameter(f"{value!r} is not a trust domain: use a lowercase DNS name "
+                                 "such as flotilla.local or mesh.example.com")
+    return value
+
+
+def _cert_ttl(value: str) -> float:
+    try:
+        seconds = parse_duration(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+    if seconds < 60:
+        raise click.BadParameter(f"{value} is shorter than the 1m minimum")
+    return seconds
 
 
 @cli.command()

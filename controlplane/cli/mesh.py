@@ -153,6 +153,21 @@ def _summaries(name: str, part: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 @cli.command()
+@click.option("-n", "--namespace", default=None, help="Only this namespace [default: all].")
+@OUTPUT
+@click.pass_context
+def certs(ctx: click.Context, namespace: str | None, output: str) -> None:
+    """The service certificates the mesh CA issued: identity, serial, expiry,
+    node and instance (private keys never leave their nodes)."""
+    found, _ = client_of(ctx).list("Certificate", namespace or "")
+    found.sort(key=lambda d: (d["spec"]["identity"], d["spec"]["notAfter"]))
+    if not found and output == "table":
+        out.print("No certificates issued.")
+        return
+    _emit(output, found, single=False, namespaces=namespace is None)
+
+
+@cli.command()
 @click.option("--proxyless", is_flag=True, help="A bootstrap for a gRPC client using "
               "GRPC_XDS_BOOTSTRAP and xds:///SERVICE targets.")
 @click.option("--name", default="client", show_default=True,

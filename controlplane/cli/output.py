@@ -89,6 +89,13 @@ COLUMNS: dict[str, list[Column]] = {
         ("RESTARTS", lambda d: str(d.get("status", {}).get("restarts", 0))),
         ("REASON", lambda d: str(d.get("status", {}).get("reason", "")) or "-"),
     ],
+    "Certificate": [
+        ("IDENTITY", lambda d: d["spec"]["identity"]),
+        ("SERIAL", lambda d: d["spec"]["serial"][:16]),
+        ("EXPIRES", lambda d: d["spec"]["notAfter"]),
+        ("NODE", lambda d: d["spec"]["node"]),
+        ("INSTANCE", lambda d: d["spec"]["instance"]),
+    ],
 }
 
 

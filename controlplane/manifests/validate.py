@@ -32,7 +32,7 @@ for _kind, _short in zip(KINDS, ("svc", "tp", "int", "gw", "cm", "sec"), strict=
 KIND_ALIASES["trafficpolicies"] = "TrafficPolicy"
 SYSTEM_KIND_ALIASES = {
     alias: kind
-    for kind, short in (("Node", "no"), ("Instance", "inst"))
+    for kind, short in (("Node", "no"), ("Instance", "inst"), ("Certificate", "cert"))
     for alias in (kind.lower(), kind.lower() + "s", short)
 }
 

@@ -18,7 +18,7 @@ DEFAULT_NAMESPACE = "default"
 #: Every kind users apply, in the order `flotilla get` lists them.
 KINDS = ("Service", "TrafficPolicy", "Intention", "Gateway", "ConfigMap", "Secret")
 #: Kinds Flotilla itself writes: readable and deletable, never applied.
-SYSTEM_KINDS = ("Node", "Instance")
+SYSTEM_KINDS = ("Node", "Instance", "Certificate")
 
 #: The label every Instance carries with its Service's name.
 SERVICE_LABEL = "flotilla.dev/service"

@@ -10,11 +10,13 @@ import threading
 from collections.abc import Iterator
 
 import grpc
+from google.protobuf import timestamp_pb2
 
 from controlplane import convert
 from controlplane.api.flotilla.v1 import agent_pb2, agent_pb2_grpc, nodes_pb2
 from controlplane.controllers.nodes import NodeRegistry
 from controlplane.errors import UserError
+from controlplane.identity.issuer import Issuer
 from controlplane.model import ObjectKey, Resource, node_state
 from controlplane.server.status import abort
 from controlplane.store import SqliteStore
@@ -53,9 +55,10 @@ def assignments_of(store: SqliteStore, node: str) -> agent_pb2.Assignments:
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
-    def __init__(self, store: SqliteStore, nodes: NodeRegistry) -> None:
+    def __init__(self, store: SqliteStore, nodes: NodeRegistry, issuer: Issuer) -> None:
         self._store = store
         self._nodes = nodes
+        self._issuer = issuer
         self._stopping = threading.Event()
 
     def shutdown(self) -> None:
@@ -74,6 +77,19 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             abort(context, error)
         return agent_pb2.JoinResponse(node=node_to_pb(node),
                                       report_interval_seconds=REPORT_INTERVAL)
+
+    def SignCertificate(self, request: agent_pb2.SignCertificateRequest,
+                        context: grpc.ServicerContext) -> agent_pb2.SignCertificateResponse:
+        try:
+            leaf = self._issuer.sign_for_instance(request.node, request.namespace or "default",
+                                                  request.instance_id, request.csr_pem)
+        except UserError as error:
+            abort(context, error)
+        not_after = timestamp_pb2.Timestamp()
+        not_after.FromDatetime(leaf.not_after)
+        return agent_pb2.SignCertificateResponse(
+            certificate_pem=leaf.cert_pem, trust_bundle_pem=self._issuer.bundle(),
+            identity=leaf.identity, serial=leaf.serial, not_after=not_after)
 
     def WatchAssignments(self, request: agent_pb2.WatchAssignmentsRequest,
                          context: grpc.ServicerContext) -> Iterator[agent_pb2.Assignments]:

@@ -3,6 +3,7 @@ health and reflection; stops gracefully on SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
+import datetime
 import fcntl
 import logging
 import os
@@ -35,6 +36,7 @@ from controlplane.api.flotilla.v1 import (
 from controlplane.errors import UserError
 from controlplane.controllers.nodes import NodeRegistry
 from controlplane.controllers.reconciler import Reconciler
+from controlplane.identity.issuer import Issuer
 from controlplane.server.agents import AgentServicer
 from controlplane.server.cluster import InstanceServicer, NodeServicer
 from controlplane.server.resources import ResourceServicer
@@ -74,6 +76,10 @@ class ServerConfig:
     #: Seconds without a report before a node is marked down and its
     #: instances are rescheduled.
     node_grace: float = 10.0
+    #: The SPIFFE trust domain of the mesh's identities.
+    trust_domain: str = "flotilla.local"
+    #: Seconds a leaf certificate is valid (rotated at half-life).
+    cert_ttl: float = 24 * 3600.0
 
 
 class ControlPlane:
@@ -94,7 +100,9 @@ class ControlPlane:
         self.nodes = NodeRegistry(self.store, grace=config.node_grace)
         self.xds = XdsCache()
         self.reconciler = Reconciler(self.store, self.nodes, proxies_synced=self.xds.all_synced)
-        self._agents = AgentServicer(self.store, self.nodes)
+        self.issuer = Issuer(self.store, config.trust_domain,
+                             datetime.timedelta(seconds=config.cert_ttl))
+        self._agents = AgentServicer(self.store, self.nodes, self.issuer)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(self._agents, self._server)
         nodes_pb2_grpc.add_NodeServiceServicer_to_server(
             NodeServicer(self.store, self.nodes), self._server)

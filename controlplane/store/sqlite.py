@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS refs (
 CREATE INDEX IF NOT EXISTS refs_by_dst ON refs (dst_kind, dst_namespace, dst_name);
 CREATE INDEX IF NOT EXISTS refs_by_src ON refs (src_kind, src_namespace, src_name);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS private (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -187,6 +188,22 @@ class SqliteStore:
         while an object outside the batch still references one of them."""
         with self._transaction(dry_run):
             return self._delete(keys, ignore_not_found)
+
+    def get_private(self, key: str) -> Any:
+        """A value only the control plane reads (the CA's keys): sealed at rest,
+        never an object, so no API lists or returns it. None when unset."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM private WHERE key=?", (key,)).fetchone()
+        if row is None:
+            return None
+        value = json.loads(row[0])
+        return self._sealer.unseal(value) if self._sealer is not None else value
+
+    def put_private(self, key: str, value: Any) -> None:
+        sealed = self._sealer.seal(value) if self._sealer is not None else value
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO private (key, value) VALUES (?, ?)",
+                             (key, json.dumps(sealed)))
 
     def write_status(self, key: ObjectKey, status: Mapping[str, Any]) -> Resource | None:
         """Replace an object's status (system writers only); None when the object

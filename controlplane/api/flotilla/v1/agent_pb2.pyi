@@ -1,4 +1,7 @@
+import datetime
+
 from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from controlplane.api.flotilla.v1 import nodes_pb2 as _nodes_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -98,6 +101,32 @@ class ReportRequest(_message.Message):
 class ReportResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class SignCertificateRequest(_message.Message):
+    __slots__ = ("node", "namespace", "instance_id", "csr_pem")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    namespace: str
+    instance_id: str
+    csr_pem: str
+    def __init__(self, node: _Optional[str] = ..., namespace: _Optional[str] = ..., instance_id: _Optional[str] = ..., csr_pem: _Optional[str] = ...) -> None: ...
+
+class SignCertificateResponse(_message.Message):
+    __slots__ = ("certificate_pem", "trust_bundle_pem", "identity", "serial", "not_after")
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    TRUST_BUNDLE_PEM_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    certificate_pem: str
+    trust_bundle_pem: str
+    identity: str
+    serial: str
+    not_after: _timestamp_pb2.Timestamp
+    def __init__(self, certificate_pem: _Optional[str] = ..., trust_bundle_pem: _Optional[str] = ..., identity: _Optional[str] = ..., serial: _Optional[str] = ..., not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class LogsRequest(_message.Message):
     __slots__ = ("instance_id", "tail", "follow")

@@ -39,6 +39,11 @@ class AgentServiceStub:
                 request_serializer=flotilla_dot_v1_dot_agent__pb2.JoinRequest.SerializeToString,
                 response_deserializer=flotilla_dot_v1_dot_agent__pb2.JoinResponse.FromString,
                 _registered_method=True)
+        self.SignCertificate = channel.unary_unary(
+                '/flotilla.v1.AgentService/SignCertificate',
+                request_serializer=flotilla_dot_v1_dot_agent__pb2.SignCertificateRequest.SerializeToString,
+                response_deserializer=flotilla_dot_v1_dot_agent__pb2.SignCertificateResponse.FromString,
+                _registered_method=True)
         self.WatchAssignments = channel.unary_stream(
                 '/flotilla.v1.AgentService/WatchAssignments',
                 request_serializer=flotilla_dot_v1_dot_agent__pb2.WatchAssignmentsRequest.SerializeToString,
@@ -56,6 +61,14 @@ class AgentServiceServicer:
 
     def Join(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignCertificate(self, request, context):
+        """A leaf certificate for an instance this node runs (PERMISSION_DENIED
+        for any other).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -80,6 +93,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.Join,
                     request_deserializer=flotilla_dot_v1_dot_agent__pb2.JoinRequest.FromString,
                     response_serializer=flotilla_dot_v1_dot_agent__pb2.JoinResponse.SerializeToString,
+            ),
+            'SignCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignCertificate,
+                    request_deserializer=flotilla_dot_v1_dot_agent__pb2.SignCertificateRequest.FromString,
+                    response_serializer=flotilla_dot_v1_dot_agent__pb2.SignCertificateResponse.SerializeToString,
             ),
             'WatchAssignments': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchAssignments,
@@ -119,6 +137,33 @@ class AgentService:
             '/flotilla.v1.AgentService/Join',
             flotilla_dot_v1_dot_agent__pb2.JoinRequest.SerializeToString,
             flotilla_dot_v1_dot_agent__pb2.JoinResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flotilla.v1.AgentService/SignCertificate',
+            flotilla_dot_v1_dot_agent__pb2.SignCertificateRequest.SerializeToString,
+            flotilla_dot_v1_dot_agent__pb2.SignCertificateResponse.FromString,
             options,
             channel_credentials,
             insecure,

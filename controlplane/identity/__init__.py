@@ -1,0 +1,1 @@
+"""Identity in the mesh: the certificate authority and its SPIFFE IDs."""

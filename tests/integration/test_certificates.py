@@ -1,0 +1,108 @@
+"""The mesh CA through the real server: leaves only for what a node runs,
+recorded for `flotilla certs`, the root kept across restarts and never served."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+
+from controlplane.api.flotilla.v1 import agent_pb2, agent_pb2_grpc
+from controlplane.identity.ca import new_key_and_csr
+from tests.harness import AgentProcess, ServerProcess, eventually, run_cli
+
+WEB = Path(__file__).resolve().parents[1] / "apps" / "web.py"
+
+
+@pytest.fixture
+def placed(tmp_path: Path) -> Iterator[tuple[ServerProcess, str]]:
+    server = ServerProcess(tmp_path / "server",
+                           extra_args=("--trust-domain", "mesh.test", "--cert-ttl", "1h")).start()
+    agent = AgentProcess(server, "n1", "127.0.0.2", tmp_path / "n1").start()
+    try:
+        with server.client() as client:
+            client.apply([({"apiVersion": "flotilla.dev/v1", "kind": "Service",
+                            "metadata": {"name": "web"},
+                            "spec": {"command": [sys.executable, str(WEB)], "port": 8080}},
+                           "web")])
+            instance = eventually(lambda: [i for i in client.list("Instance", "default")[0]
+                                           if i["spec"].get("node") == "n1"], 30,
+                                  "an instance on n1")[0]
+        yield server, instance["metadata"]["name"]
+    finally:
+        agent.cleanup()
+        server.stop()
+
+
+def sign(server: ServerProcess, node: str, instance: str, csr: str
+         ) -> agent_pb2.SignCertificateResponse:
+    with grpc.insecure_channel(server.address) as channel:
+        reply: agent_pb2.SignCertificateResponse = agent_pb2_grpc.AgentServiceStub(
+            channel).SignCertificate(agent_pb2.SignCertificateRequest(
+                node=node, namespace="default", instance_id=instance, csr_pem=csr), timeout=10)
+        return reply
+
+
+def test_a_node_gets_leaves_only_for_what_it_runs(placed: tuple[ServerProcess, str]) -> None:
+    server, instance = placed
+    identity = "spiffe://mesh.test/ns/default/svc/web"
+    _, csr = new_key_and_csr(identity)
+    reply = sign(server, "n1", instance, csr)
+    leaf = x509.load_pem_x509_certificate(reply.certificate_pem.encode())
+    root = x509.load_pem_x509_certificate(reply.trust_bundle_pem.encode())
+    leaf.verify_directly_issued_by(root)
+    assert reply.identity == identity
+    lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
+    assert 3600 <= lifetime.total_seconds() <= 3600 + 120
+
+    with pytest.raises(grpc.RpcError) as denied:
+        sign(server, "n2", instance, csr)
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "does not run instance" in (denied.value.details() or "")
+    _, other = new_key_and_csr("spiffe://mesh.test/ns/default/svc/payments")
+    with pytest.raises(grpc.RpcError) as refused:
+        sign(server, "n1", instance, other)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "asks for spiffe://mesh.test/ns/default/svc/payments" in (refused.value.details() or "")
+
+    listed = run_cli("certs", server=server)
+    assert listed.returncode == 0, listed.stderr
+    assert identity in listed.stdout and reply.serial[:16] in listed.stdout
+    assert "PRIVATE KEY" not in run_cli("get", "all", "-A", "-o", "yaml", server=server).stdout
+
+    server.stop()
+    server.start()
+    again = sign(server, "n1", instance, csr)
+    assert again.trust_bundle_pem == reply.trust_bundle_pem  # the same root after a restart
+    assert (server.data_dir / "flotilla.db").read_bytes().find(b"PRIVATE KEY") == -1
+
+
+def test_another_trust_domain_on_the_same_data_dir_is_refused(
+        placed: tuple[ServerProcess, str]) -> None:
+    server, _ = placed
+    server.stop()
+    done = subprocess.run(
+        [sys.executable, "-m", "controlplane", "server", "--listen", server.address,
+         "--data-dir", str(server.data_dir), "--trust-domain", "other.test"],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "is for trust domain 'mesh.test'" in done.stderr
+    assert "start with --trust-domain mesh.test" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--cert-ttl", "30s"), "shorter than the 1m minimum"),
+    (("--cert-ttl", "soon"), "is not a duration"),
+    (("--trust-domain", "Mesh_Test"), "is not a trust domain"),
+])
+def test_bad_identity_settings_are_refused_before_anything_starts(
+        tmp_path: Path, args: tuple[str, str], message: str) -> None:
+    done = run_cli("server", "--data-dir", str(tmp_path / "server"), *args)
+    assert done.returncode == 2 and message in done.stderr
+    assert not (tmp_path / "server").exists()
