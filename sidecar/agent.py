@@ -25,6 +25,7 @@ from controlplane.api.flotilla.v1 import agent_pb2, agent_pb2_grpc, nodes_pb2
 from controlplane.convert import dict_of
 from sidecar import envoy
 from sidecar.drivers.base import Driver, Sidecar
+from sidecar.identity import Certificates, Signed
 from sidecar.runner import Assignment, Backoff, InstanceRunner
 
 log = logging.getLogger("flotilla.agent")
@@ -90,6 +91,11 @@ class Agent:
             threading.Thread(target=self._follow_assignments, name="assignments", daemon=True),
             threading.Thread(target=self._report_loop, name="reports", daemon=True),
         ]
+        #: Service certificates of the instances here (with sidecars only).
+        self.certificates = Certificates(self._sign)
+        if config.envoy is not None:
+            self._threads.append(threading.Thread(target=self._certificate_loop,
+                                                  name="certificates", daemon=True))
 
     def start(self) -> None:
         self._logs.start()
@@ -196,6 +202,27 @@ class Agent:
             return None
         return Sidecar(envoy=self.config.envoy, xds=self.config.server, node=self.config.name)
 
+    # --- certificates -------------------------------------------------------------
+
+    def _sign(self, namespace: str, instance_id: str, csr_pem: str) -> Signed:
+        reply = self._stub.SignCertificate(agent_pb2.SignCertificateRequest(
+            node=self.config.name, namespace=namespace, instance_id=instance_id,
+            csr_pem=csr_pem), timeout=10)
+        return Signed(reply.certificate_pem, reply.trust_bundle_pem, reply.identity,
+                      reply.serial)
+
+    def _certificate_loop(self) -> None:
+        """Every instance here holds a leaf that is not past half its life."""
+        while not self._stopping.wait(1.0):
+            before = {i: m.serial for i, r in self.runners().items()
+                      if (m := self.certificates.current(i)) is not None}
+            self.certificates.keep({i: r.assignment.namespace
+                                    for i, r in self.runners().items()})
+            after = {i: m.serial for i in self.runners()
+                     if (m := self.certificates.current(i)) is not None}
+            if after != before:
+                self._report_now.set()
+
     # --- reports (the heartbeat) -----------------------------------------------------
 
     def _report_loop(self) -> None:
@@ -207,12 +234,17 @@ class Agent:
             reports = []
             for instance_id, runner in self.runners().items():
                 status = runner.status()
-                reports.append(agent_pb2.InstanceReport(
+                report = agent_pb2.InstanceReport(
                     instance_id=instance_id, namespace=runner.assignment.namespace,
                     state=status.state, reason=status.reason,
                     address=status.address, port=status.port, restarts=status.restarts,
                     exit_code=status.exit_code,
-                ))
+                )
+                cert = self.certificates.current(instance_id)
+                if cert is not None:
+                    report.cert_serial, report.cert_error = cert.serial, cert.error
+                    report.cert_not_after.FromSeconds(int(cert.not_after))
+                reports.append(report)
             try:
                 self._stub.Report(agent_pb2.ReportRequest(node=self.config.name,
                                                           instances=reports), timeout=5)

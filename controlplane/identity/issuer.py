@@ -93,6 +93,11 @@ class Issuer:
                   "notAfter": leaf.not_after.isoformat().replace("+00:00", "Z")},
         )
         self._store.apply([record])
+        now = self._now().isoformat().replace("+00:00", "Z")
+        expired = [c.key for c in self._store.list("Certificate", instance.namespace)
+                   if str(c.spec.get("notAfter", "")) < now]
+        if expired:
+            self._store.delete(expired, ignore_not_found=True)
         older = sorted(
             (c for c in self._store.list("Certificate", instance.namespace,
                                          {"flotilla.dev/instance": instance.name})),

@@ -122,5 +122,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             status = {field: getattr(report, field) for field in _REPORTED}
             status["exitCode"] = status.pop("exit_code")
             status["node"] = request.node
+            if report.cert_serial:
+                status["certificate"] = {
+                    "serial": report.cert_serial,
+                    "notAfter": report.cert_not_after.ToJsonString(),
+                    **({"error": report.cert_error} if report.cert_error else {}),
+                }
             self._store.write_status(key, status)
         return agent_pb2.ReportResponse()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -106,3 +107,32 @@ def test_bad_identity_settings_are_refused_before_anything_starts(
     done = run_cli("server", "--data-dir", str(tmp_path / "server"), *args)
     assert done.returncode == 2 and message in done.stderr
     assert not (tmp_path / "server").exists()
+
+
+def test_agents_keep_a_leaf_per_instance_and_renew_it_at_half_life(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "server", extra_args=("--cert-ttl", "1m")).start()
+    agent = AgentProcess(server, "n1", "127.0.0.2", tmp_path / "n1").start()
+    try:
+        with server.client() as client:
+            client.apply([({"apiVersion": "flotilla.dev/v1", "kind": "Service",
+                            "metadata": {"name": "web"},
+                            "spec": {"command": [sys.executable, str(WEB)], "port": 8080}},
+                           "web")])
+
+            def certificate() -> dict[str, str] | None:
+                found = client.list("Instance", "default")[0]
+                return found[0].get("status", {}).get("certificate") if found else None
+
+            first = eventually(certificate, 30, "the instance's certificate")
+            assert not first.get("error")
+            time.sleep(10)  # well before half-life: the same leaf
+            assert certificate()["serial"] == first["serial"]  # type: ignore[index]
+            renewed = eventually(lambda: (c := certificate()) and c["serial"] != first["serial"]
+                                 and c, 75, "a renewed certificate (1m TTL: at 30s)")
+            assert renewed["notAfter"] > first["notAfter"]
+        listed = run_cli("certs", server=server)
+        assert "spiffe://flotilla.local/ns/default/svc/web" in listed.stdout
+        assert renewed["serial"][:16] in listed.stdout and "n1" in listed.stdout
+    finally:
+        agent.cleanup()
+        server.stop()

@@ -1,0 +1,122 @@
+"""Service certificates on the node: keys made here, signed by the control plane.
+
+For each instance the agent runs, ``Certificates`` makes an ECDSA key (it
+never leaves the node), sends a CSR through ``sign`` (the control plane signs
+only for instances this node runs) and keeps the leaf, renewing it at
+half-life. A failed renewal is kept as ``error`` (the instance's status shows
+it) and retried on the next pass while the old leaf stays in use.
+
+Thread-safety: one lock guards the table; ``sign`` is called outside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+log = logging.getLogger("flotilla.agent")
+
+
+@dataclass(frozen=True)
+class Signed:
+    """What the control plane answers a CSR with."""
+
+    cert_pem: str
+    bundle_pem: str
+    identity: str
+    serial: str
+
+
+@dataclass(frozen=True)
+class Material:
+    key_pem: str
+    cert_pem: str
+    bundle_pem: str
+    identity: str
+    serial: str
+    #: Unix seconds: when this node received it, and when it expires.
+    issued_at: float
+    not_after: float
+    #: The last renewal's failure, while the current leaf is still in use.
+    error: str = ""
+
+    @property
+    def renew_at(self) -> float:
+        """Half-life, from when it arrived (its notBefore is backdated for
+        clock skew, so it would come too early)."""
+        return self.issued_at + (self.not_after - self.issued_at) / 2
+
+
+#: (namespace, instance id, CSR PEM) -> the signed leaf; raises on refusal.
+Signer = Callable[[str, str, str], Signed]
+
+
+def new_key_and_csr() -> tuple[str, str]:
+    """A fresh key and a CSR for it that names nothing: the control plane
+    decides the identity from the instance."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(
+        key, hashes.SHA256())
+    return (key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()).decode(),
+            csr.public_bytes(serialization.Encoding.PEM).decode())
+
+
+class Certificates:
+    def __init__(self, sign: Signer, clock: Callable[[], float] = time.time) -> None:
+        self._sign = sign
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._held: dict[str, Material] = {}
+
+    def current(self, instance_id: str) -> Material | None:
+        with self._lock:
+            return self._held.get(instance_id)
+
+    def forget(self, instance_id: str) -> None:
+        with self._lock:
+            self._held.pop(instance_id, None)
+
+    def keep(self, instances: dict[str, str]) -> None:
+        """Make sure every instance (id -> namespace) has a leaf that is not
+        past half its life; forget the others."""
+        with self._lock:
+            for gone in set(self._held) - set(instances):
+                del self._held[gone]
+            held = dict(self._held)
+        now = self._clock()
+        for instance_id, namespace in instances.items():
+            material = held.get(instance_id)
+            if material is None or now >= material.renew_at:
+                self.renew(namespace, instance_id)
+
+    def renew(self, namespace: str, instance_id: str) -> Material | None:
+        key_pem, csr_pem = new_key_and_csr()
+        try:
+            signed = self._sign(namespace, instance_id, csr_pem)
+        except Exception as error:  # noqa: BLE001 - any refusal is kept and retried
+            detail = f"renewing its certificate failed: {error}"
+            log.warning("%s: %s", instance_id, detail)
+            with self._lock:
+                held = self._held.get(instance_id)
+                if held is not None:
+                    self._held[instance_id] = replace(held, error=detail)
+            return None
+        cert = x509.load_pem_x509_certificate(signed.cert_pem.encode())
+        material = Material(
+            key_pem=key_pem, cert_pem=signed.cert_pem, bundle_pem=signed.bundle_pem,
+            identity=signed.identity, serial=signed.serial,
+            issued_at=self._clock(), not_after=cert.not_valid_after_utc.timestamp(),
+        )
+        with self._lock:
+            self._held[instance_id] = material
+        log.info("%s: certificate %s for %s until %s", instance_id, signed.serial[:12],
+                 signed.identity, cert.not_valid_after_utc.isoformat())
+        return material
