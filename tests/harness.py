@@ -168,6 +168,8 @@ class AgentProcess:
     def cleanup(self) -> None:
         self.kill(signal.SIGTERM)
         for pid in [*self.workload_pids().values(), *self.envoy_pids().values()]:
+            if pid <= 0:  # not started yet: killpg(0) would be our own group
+                continue
             try:
                 os.killpg(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):

@@ -344,6 +344,8 @@ class ProcessDriver:
 
     @staticmethod
     def _signal(pid: int, signum: int) -> None:
+        if pid <= 0:  # never our own process group (killpg(0)) or every process
+            return
         try:
             os.killpg(pid, signum)  # the wrapper leads its own process group
         except (ProcessLookupError, PermissionError):
