@@ -26,6 +26,7 @@ from controlplane.convert import dict_of
 from sidecar import envoy
 from sidecar.drivers.base import Driver, Sidecar
 from sidecar.identity import Certificates, Signed
+from sidecar.sds import SdsServer
 from sidecar.runner import Assignment, Backoff, InstanceRunner
 
 log = logging.getLogger("flotilla.agent")
@@ -91,13 +92,20 @@ class Agent:
             threading.Thread(target=self._follow_assignments, name="assignments", daemon=True),
             threading.Thread(target=self._report_loop, name="reports", daemon=True),
         ]
-        #: Service certificates of the instances here (with sidecars only).
+        #: Service certificates of the instances here, served to their Envoys
+        #: over SDS (with sidecars only).
         self.certificates = Certificates(self._sign)
+        self._sds: SdsServer | None = None
+        self._certificates_due = threading.Event()
         if config.envoy is not None:
+            self._sds = SdsServer(self.certificates,
+                                  (config.data_dir / "xds" / "sds.sock").resolve())
             self._threads.append(threading.Thread(target=self._certificate_loop,
                                                   name="certificates", daemon=True))
 
     def start(self) -> None:
+        if self._sds is not None:
+            self._sds.start()
         self._logs.start()
         for thread in self._threads:
             thread.start()
@@ -114,6 +122,8 @@ class Agent:
         for thread in self._threads:
             thread.join(timeout=5)
         self._logs.stop(1.0).wait()
+        if self._sds is not None:
+            self._sds.stop()
         self._channel.close()
         if stop_workloads:
             runners = list(self.runners().values()) + list(self._retiring.values())
@@ -200,7 +210,9 @@ class Agent:
     def _sidecar(self, assignment: Assignment) -> Sidecar | None:
         if self.config.envoy is None:
             return None
-        return Sidecar(envoy=self.config.envoy, xds=self.config.server, node=self.config.name)
+        self._certificates_due.set()  # a new instance: its certificate now
+        return Sidecar(envoy=self.config.envoy, xds=self.config.server, node=self.config.name,
+                       sds=str(self._sds.socket) if self._sds is not None else "")
 
     # --- certificates -------------------------------------------------------------
 
@@ -213,7 +225,9 @@ class Agent:
 
     def _certificate_loop(self) -> None:
         """Every instance here holds a leaf that is not past half its life."""
-        while not self._stopping.wait(1.0):
+        while not self._stopping.is_set():
+            self._certificates_due.wait(1.0)
+            self._certificates_due.clear()
             before = {i: m.serial for i, r in self.runners().items()
                       if (m := self.certificates.current(i)) is not None}
             self.certificates.keep({i: r.assignment.namespace
@@ -221,6 +235,8 @@ class Agent:
             after = {i: m.serial for i in self.runners()
                      if (m := self.certificates.current(i)) is not None}
             if after != before:
+                if self._sds is not None:
+                    self._sds.changed()
                 self._report_now.set()
 
     # --- reports (the heartbeat) -----------------------------------------------------

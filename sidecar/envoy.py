@@ -29,6 +29,8 @@ from controlplane.xds.mesh import Proxy, proxy_metadata
 #: The Envoy version Flotilla's xDS speaks and is tested with (major.minor).
 ENVOY_VERSION = "1.40"
 XDS_CLUSTER = "flotilla_xds"
+#: The agent's SDS (must match the builder's name for it).
+SDS_CLUSTER = "flotilla_sds"
 #: Ports inside a docker pod that belong to Envoy.
 POD_ADMIN_PORT = 15000
 POD_INBOUND_PORT = 15001
@@ -76,14 +78,36 @@ def check_version(path: Path) -> str:
     return version
 
 
-def bootstrap(proxy: Proxy, xds: str, admin: tuple[str, int]) -> dict[str, Any]:
-    """The bootstrap of one Envoy. ``xds`` is ``host:port`` or ``unix:PATH``."""
-    if xds.startswith("unix:"):
-        address: dict[str, Any] = {"pipe": {"path": xds[len("unix:"):]}}
+def _grpc_cluster(name: str, where: str) -> dict[str, Any]:
+    """A static HTTP/2 cluster to ``host:port`` or ``unix:PATH``."""
+    if where.startswith("unix:"):
+        address: dict[str, Any] = {"pipe": {"path": where[len("unix:"):]}}
     else:
-        host, _, port = xds.rpartition(":")
+        host, _, port = where.rpartition(":")
         address = {"socket_address": {"address": host, "port_value": int(port)}}
+    return {
+        "name": name, "type": "STATIC", "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/"
+                         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {
+                    "connection_keepalive": {"interval": "5s", "timeout": "5s"}}},
+            },
+        },
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": address}}]}]},
+    }
+
+
+def bootstrap(proxy: Proxy, xds: str, admin: tuple[str, int],
+              sds: str | None = None) -> dict[str, Any]:
+    """The bootstrap of one Envoy. ``xds`` is ``host:port`` or ``unix:PATH``;
+    ``sds`` the agent's SDS socket path (certificates), when it serves one."""
     ads = {"ads": {}, "resource_api_version": "V3"}
+    clusters = [_grpc_cluster(XDS_CLUSTER, xds)]
+    if sds:
+        clusters.append(_grpc_cluster(SDS_CLUSTER, f"unix:{sds}"))
     return {
         "node": {"id": proxy.id, "cluster": proxy.name, "metadata": proxy_metadata(proxy)},
         "admin": {"address": {"socket_address": {"address": admin[0],
@@ -97,19 +121,7 @@ def bootstrap(proxy: Proxy, xds: str, admin: tuple[str, int]) -> dict[str, Any]:
             "cds_config": ads,
             "lds_config": ads,
         },
-        "static_resources": {"clusters": [{
-            "name": XDS_CLUSTER, "type": "STATIC", "connect_timeout": "1s",
-            "typed_extension_protocol_options": {
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                    "@type": "type.googleapis.com/"
-                             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                    "explicit_http_config": {"http2_protocol_options": {
-                        "connection_keepalive": {"interval": "5s", "timeout": "5s"}}},
-                },
-            },
-            "load_assignment": {"cluster_name": XDS_CLUSTER, "endpoints": [{"lb_endpoints": [
-                {"endpoint": {"address": address}}]}]},
-        }]},
+        "static_resources": {"clusters": clusters},
     }
 
 

@@ -80,6 +80,8 @@ class ServerConfig:
     trust_domain: str = "flotilla.local"
     #: Seconds a leaf certificate is valid (rotated at half-life).
     cert_ttl: float = 24 * 3600.0
+    #: Mutual TLS on every hop between sidecars (certificates from the mesh CA).
+    mtls: bool = False
 
 
 class ControlPlane:
@@ -108,7 +110,8 @@ class ControlPlane:
             NodeServicer(self.store, self.nodes), self._server)
         instances_pb2_grpc.add_InstanceServiceServicer_to_server(
             InstanceServicer(self.store), self._server)
-        self._feeder = ViewFeeder(self.store, self.xds)
+        self._feeder = ViewFeeder(self.store, self.xds,
+                                  config.trust_domain if config.mtls else "")
         self._ads = AggregatedDiscoveryServicer(self.xds)
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self._ads, self._server)
         proxies_pb2_grpc.add_ProxyServiceServicer_to_server(ProxyServicer(self.xds), self._server)

@@ -27,7 +27,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, protocol_pb2
+from envoy.config.core.v3 import (
+    address_pb2,
+    base_pb2,
+    config_source_pb2,
+    grpc_service_pb2,
+    protocol_pb2,
+)
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import api_listener_pb2, listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc_pb2
@@ -37,7 +43,9 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from envoy.type.matcher.v3 import string_pb2
 from envoy.type.v3 import hash_policy_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
@@ -83,6 +91,58 @@ _ADS = config_source_pb2.ConfigSource(
     ads=config_source_pb2.AggregatedConfigSource(),
     resource_api_version=config_source_pb2.V3,
 )
+#: Secrets come from the agent's SDS (a static cluster of the bootstrap).
+SDS_CLUSTER = "flotilla_sds"
+_SDS = config_source_pb2.ConfigSource(
+    api_config_source=config_source_pb2.ApiConfigSource(
+        api_type=config_source_pb2.ApiConfigSource.GRPC,
+        transport_api_version=config_source_pb2.V3,
+        grpc_services=[grpc_service_pb2.GrpcService(
+            envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=SDS_CLUSTER))],
+    ),
+    resource_api_version=config_source_pb2.V3,
+)
+_MY_CERTIFICATE = [secret_pb2.SdsSecretConfig(name="default", sds_config=_SDS)]
+_TRUSTED_ROOTS = secret_pb2.SdsSecretConfig(name="ROOTCA", sds_config=_SDS)
+_TLS = "envoy.transport_sockets.tls"
+
+
+def _inbound_tls() -> base_pb2.TransportSocket:
+    """A client certificate chaining to the mesh's roots, or no connection."""
+    context = tls_pb2.DownstreamTlsContext(
+        require_client_certificate=wrappers_pb2.BoolValue(value=True),
+        common_tls_context=tls_pb2.CommonTlsContext(
+            tls_certificate_sds_secret_configs=_MY_CERTIFICATE,
+            validation_context_sds_secret_config=_TRUSTED_ROOTS,
+            alpn_protocols=["h2", "http/1.1"],
+        ),
+    )
+    return base_pb2.TransportSocket(name=_TLS, typed_config=_any(context))
+
+
+def _outbound_tls(sni: str, identity: str, protocol: str) -> base_pb2.TransportSocket:
+    """Our certificate; the server's must name the destination's identity."""
+    context = tls_pb2.UpstreamTlsContext(
+        sni=sni,
+        common_tls_context=tls_pb2.CommonTlsContext(
+            tls_certificate_sds_secret_configs=_MY_CERTIFICATE,
+            combined_validation_context=tls_pb2.CommonTlsContext.CombinedCertificateValidationContext(
+                default_validation_context=common_pb2.CertificateValidationContext(
+                    match_typed_subject_alt_names=[common_pb2.SubjectAltNameMatcher(
+                        san_type=common_pb2.SubjectAltNameMatcher.URI,
+                        matcher=string_pb2.StringMatcher(exact=identity))]),
+                validation_context_sds_secret_config=_TRUSTED_ROOTS,
+            ),
+            alpn_protocols=["h2"] if protocol == "grpc" else ["http/1.1"],
+        ),
+    )
+    return base_pb2.TransportSocket(name=_TLS, typed_config=_any(context))
+
+
+def spiffe(trust_domain: str, namespace: str, name: str) -> str:
+    return f"spiffe://{trust_domain}/ns/{namespace}/svc/{name}"
+
+
 _ROUTER = hcm_pb2.HttpFilter(name="envoy.filters.http.router",
                              typed_config=_any(router_pb2.Router()))
 
@@ -172,7 +232,10 @@ class Builder:
         if proxy.inbound is not None and proxy.app_port:
             protocol = me.protocol if me else "tcp"
             items[CLUSTER].append(Item(LOCAL_APP, self._local_app(proxy.app_port, protocol)))
-            items[LISTENER].append(Item(INBOUND, self._inbound(proxy.inbound, protocol)))
+            inbound = self._inbound(proxy.inbound, protocol)
+            if self.view.mtls_domain:
+                inbound.filter_chains[0].transport_socket.CopyFrom(_inbound_tls())
+            items[LISTENER].append(Item(INBOUND, inbound))
         # Only what the bootstrap bound: the app learnt those addresses at
         # start (an upstream added later comes with a new instance).
         overrides = {(ns, name): port for ns, name, port in (me.upstreams if me else ())}
@@ -260,6 +323,10 @@ class Builder:
         if service.protocol == "grpc":
             for key, value in _http2_options().items():
                 cluster.typed_extension_protocol_options[key].CopyFrom(value)
+        if self.view.mtls_domain:
+            cluster.transport_socket.CopyFrom(_outbound_tls(
+                name, spiffe(self.view.mtls_domain, service.namespace, service.name),
+                service.protocol))
         breaker = policy.get("circuitBreaker")
         if breaker:
             thresholds = circuit_breaker_pb2.CircuitBreakers.Thresholds()

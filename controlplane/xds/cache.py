@@ -17,7 +17,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from controlplane.xds.builder import Builder
 from controlplane.xds.mesh import MeshView, Proxy
@@ -100,8 +100,7 @@ class XdsCache:
         """The store moved on without touching the mesh: same snapshots, newer
         version (so `apply --wait` of an unrelated change returns)."""
         with self._lock:
-            view = self._builder.view
-            self._builder = Builder(MeshView(view.services, view.gateways, version))
+            self._builder = Builder(replace(self._builder.view, version=version))
             for state in self._states:
                 self._unchanged(state, version)
             self._changed.notify_all()

@@ -37,7 +37,8 @@ class MeshIndex:
     """The mesh's objects as of the last event applied, and the view made of
     them. ``apply`` returns whether the view changed."""
 
-    def __init__(self, resources: Iterable[Resource] = ()) -> None:
+    def __init__(self, resources: Iterable[Resource] = (), mtls_domain: str = "") -> None:
+        self.mtls_domain = mtls_domain
         self.services: dict[Key, Resource] = {}
         #: (namespace, service) -> instance name -> Instance.
         self.instances: dict[Key, dict[str, Resource]] = {}
@@ -57,7 +58,7 @@ class MeshIndex:
 
     def view(self, version: int) -> MeshView:
         return MeshView(services=dict(self.views), gateways=dict(self.gateways),
-                        version=version)
+                        version=version, mtls_domain=self.mtls_domain)
 
     def apply(self, events: Iterable[WatchEvent]) -> bool:
         dirty: set[Key] = set()
@@ -146,10 +147,11 @@ class ViewFeeder:
     #: Seconds a change waits for more before the view is rebuilt.
     COALESCE = 0.01
 
-    def __init__(self, store: SqliteStore, cache: XdsCache) -> None:
+    def __init__(self, store: SqliteStore, cache: XdsCache, mtls_domain: str = "") -> None:
         self._store = store
         self._cache = cache
-        self._index = MeshIndex()
+        self._mtls_domain = mtls_domain
+        self._index = MeshIndex(mtls_domain=mtls_domain)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="xds-feeder", daemon=True)
 
@@ -166,7 +168,8 @@ class ViewFeeder:
         """Read the whole mesh from the store and install its view; returns
         the store version it was read at."""
         version = self._store.resource_version
-        self._index = MeshIndex(r for kind in MESH_KINDS for r in self._store.list(kind))
+        self._index = MeshIndex((r for kind in MESH_KINDS for r in self._store.list(kind)),
+                                self._mtls_domain)
         self._cache.set_view(self._index.view(version))
         return version
 

@@ -64,6 +64,9 @@ class MeshView:
     gateways: Mapping[tuple[str, str], GatewayView] = field(default_factory=dict)
     #: The store's resourceVersion this view was read at.
     version: int = 0
+    #: The SPIFFE trust domain when every mesh hop is mutual TLS; "" for
+    #: plaintext between sidecars.
+    mtls_domain: str = ""
 
 
 @dataclass(frozen=True)

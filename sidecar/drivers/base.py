@@ -44,6 +44,9 @@ class Sidecar:
     #: "sidecar", or "gateway" for an instance that is only an Envoy holding
     #: its Gateway's listener ports on the node.
     kind: str = "sidecar"
+    #: The agent's SDS socket (certificates for mTLS); in the directory the
+    #: docker driver mounts into pods (``<agent data dir>/xds``).
+    sds: str = ""
 
 
 def upstream_env(namespace: str, name: str, own_namespace: str) -> str:

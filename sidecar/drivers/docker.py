@@ -408,8 +408,11 @@ class DockerDriver:
     def _envoy_config(self, workload: Workload, mesh: PodMesh,
                       pause_id: str) -> dict[str, Any]:
         assert self._xds_dir is not None
+        # The agent serves SDS next to the relay's socket: the same mount.
+        sds = workload.sidecar.sds if workload.sidecar is not None else ""
         config = envoy.bootstrap(mesh.proxy, f"unix:{POD_XDS_DIR}/{XDS_SOCKET}",
-                                 ("0.0.0.0", envoy.POD_ADMIN_PORT))
+                                 ("0.0.0.0", envoy.POD_ADMIN_PORT),
+                                 f"{POD_XDS_DIR}/{Path(sds).name}" if sds else None)
         # The image's ENTRYPOINT is Envoy: the command is its arguments.
         argv = envoy.command(Path("envoy"), config=config)[1:]
         return {

@@ -193,7 +193,8 @@ class ProcessDriver:
             app_port=app_port, upstreams=upstreams,
         )
         admin_port = self._port("127.0.0.1")
-        config = envoy.bootstrap(proxy, sidecar.xds, ("127.0.0.1", admin_port))
+        config = envoy.bootstrap(proxy, sidecar.xds, ("127.0.0.1", admin_port),
+                                 sidecar.sds or None)
         (home / "envoy.json").write_text(json.dumps(config))
         state = replace(state, admin_port=admin_port, app_port=app_port,
                         envoy_binary=sidecar.envoy)

@@ -1,0 +1,168 @@
+"""Mutual TLS between sidecars (`flotilla server --mtls`), process driver, real
+Envoys: certificates from the mesh CA over the agent's SDS, rotated without
+dropping a request; plaintext and foreign certificates are refused."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import socket
+import ssl
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from controlplane.client import Client
+from controlplane.identity.ca import new_key_and_csr, new_root, CertificateAuthority
+from sidecar.envoy import Admin
+from tests.harness import AgentProcess, ServerProcess, eventually
+
+WEB = Path(__file__).resolve().parents[1] / "apps" / "web.py"
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def service(name: str, replicas: int, **spec: object) -> dict[str, object]:
+    return {"apiVersion": "flotilla.dev/v1", "kind": "Service", "metadata": {"name": name},
+            "spec": {"command": [sys.executable, str(WEB)], "port": 8080, "replicas": replicas,
+                     "healthCheck": {"http": {"path": "/healthz"}, "interval": "250ms"},
+                     **spec}}
+
+
+@dataclass
+class Mesh:
+    server: ServerProcess
+    agent: AgentProcess
+    #: host:port of the frontend's outbound listener for backend (what its app dials).
+    upstream: str
+    backends: list[dict[str, object]]
+
+    def call(self) -> str:
+        with DIRECT.open(f"http://{self.upstream}/", timeout=5) as reply:
+            return reply.read().decode().strip()
+
+
+def serving(client: Client, name: str, count: int) -> list[dict[str, object]] | None:
+    found = client.list("Instance", "default", {"flotilla.dev/service": name})[0]
+    good = [i for i in found if i.get("status", {}).get("state") == "healthy"]
+    return good if len(good) == count == len(found) else None
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    tmp = tmp_path_factory.mktemp("mtls")
+    server = ServerProcess(tmp / "server", extra_args=(
+        "--mtls", "--trust-domain", "mesh.test", "--cert-ttl", "1m")).start()
+    agent = AgentProcess(server, "n1", "127.0.0.2", tmp / "n1").start()
+    try:
+        with server.client() as client:
+            client.apply([(service("backend", 2), "b"),
+                          (service("frontend", 1, upstreams=[{"name": "backend"}]), "f")])
+            backends = eventually(lambda: serving(client, "backend", 2), 60, "2 backends")
+            frontend = eventually(lambda: serving(client, "frontend", 1), 60, "a frontend")[0]
+        state = json.loads((tmp / "n1" / "instances" / str(frontend["metadata"]["name"])  # type: ignore[index]
+                            / "state.json").read_text())
+        environ = Path(f"/proc/{state['pid']}/environ").read_bytes().split(b"\0")
+        upstream = next(v.split(b"=", 1)[1].decode() for v in environ
+                        if v.startswith(b"FLOTILLA_UPSTREAM_BACKEND="))
+        mesh = Mesh(server, agent, upstream, backends)
+        eventually(lambda: _answers(mesh), 30, "an answer through both sidecars")
+        yield mesh
+    finally:
+        agent.cleanup()
+        server.stop()
+
+
+def _answers(mesh: Mesh) -> bool:
+    try:
+        return mesh.call().startswith("backend-")
+    except OSError:
+        return False
+
+
+def endpoint(instance: dict[str, object]) -> tuple[str, int]:
+    status = instance["status"]
+    assert isinstance(status, dict)
+    return str(status["address"]), int(status["port"])
+
+
+def test_calls_between_sidecars_go_over_mutual_tls(mesh: Mesh) -> None:
+    answered = {mesh.call() for _ in range(20)}
+    assert answered == {str(b["metadata"]["name"]) for b in mesh.backends}  # type: ignore[index]
+
+
+def test_plaintext_to_an_inbound_port_fails(mesh: Mesh) -> None:
+    with pytest.raises((OSError, ValueError)):
+        with DIRECT.open("http://%s:%d/" % endpoint(mesh.backends[0]), timeout=5) as reply:
+            reply.read()
+
+
+def test_a_certificate_from_another_ca_is_rejected(mesh: Mesh, tmp_path: Path) -> None:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    stranger = CertificateAuthority("mesh.test", [new_root("mesh.test", now)])
+    identity = "spiffe://mesh.test/ns/default/svc/frontend"
+    key, csr = new_key_and_csr(identity)
+    leaf = stranger.sign(csr, identity, datetime.timedelta(hours=1), now)
+    (tmp_path / "key.pem").write_text(key)
+    (tmp_path / "cert.pem").write_text(leaf.cert_pem)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    with pytest.raises((ssl.SSLError, OSError)):
+        with socket.create_connection(endpoint(mesh.backends[0]), timeout=5) as raw:
+            with context.wrap_socket(raw) as tls:
+                tls.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                if not tls.recv(100):
+                    raise ConnectionResetError("closed by the sidecar")
+
+
+def served_serial(admin: str) -> str:
+    host, _, port = admin.rpartition(":")
+    status, body = Admin(host, int(port)).get("/certs")
+    assert status == 200
+    for cert in json.loads(body)["certificates"]:
+        for chain in cert.get("cert_chain", []):
+            if any(s.get("uri", "").startswith("spiffe://") for s in chain.get("subject_alt_names", [])):
+                return str(chain["serial_number"])
+    return ""
+
+
+def test_rotation_is_verified_on_the_proxy_and_drops_nothing(mesh: Mesh) -> None:
+    backend = mesh.backends[0]
+    name = str(backend["metadata"]["name"])  # type: ignore[index]
+    state = json.loads((mesh.agent.data_dir / "instances" / name / "state.json").read_text())
+    admin = f"127.0.0.1:{state['admin_port']}"
+    first = eventually(lambda: served_serial(admin), 30, "a served certificate")
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        deadline = time.monotonic() + 120
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                mesh.call()
+            except OSError as error:
+                failures.append(str(error))
+            stop.wait(0.05)
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    try:
+        rotated = eventually(lambda: (s := served_serial(admin)) != first and s, 75,
+                             "Envoy serving a renewed certificate")
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    with mesh.server.client() as client:
+        status = client.get("Instance", name)["status"]["certificate"]
+    assert int(rotated, 16) == int(status["serial"], 16) or eventually(
+        lambda: int(served_serial(admin), 16) == int(
+            mesh.server.client().get("Instance", name)["status"]["certificate"]["serial"], 16),
+        10, "the served serial to be the reported one")
+    assert failures == []
