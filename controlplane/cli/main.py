@@ -306,15 +306,17 @@ def delete(ctx: click.Context, kind: str | None, names: tuple[str, ...],
               help="How long a service certificate lives (at least 1m); rotated at half-life.")
 @click.option("--mtls/--no-mtls", default=False, show_default=True,
               help="Mutual TLS between sidecars (proxyless gRPC clients cannot join then).")
+@click.option("--default-intention", type=click.Choice(["allow", "deny"]), default="allow",
+              show_default=True, help="What a call no intention decides gets (with --mtls).")
 def server(listen: str, data_dir: Path | None, durable: bool, node_grace: float,
-           trust_domain: str, cert_ttl: float, mtls: bool) -> None:
+           trust_domain: str, cert_ttl: float, mtls: bool, default_intention: str) -> None:
     """Run the control plane."""
     from controlplane.server.app import ServerConfig, run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     run(ServerConfig(data_dir=data_dir or default_data_dir("server"), listen=listen,
                      durable=durable, node_grace=node_grace, trust_domain=trust_domain,
-                     cert_ttl=cert_ttl, mtls=mtls))
+                     cert_ttl=cert_ttl, mtls=mtls, default_intention=default_intention))
 
 
 def _trust_domain(value: str) -> str:

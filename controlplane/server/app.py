@@ -82,6 +82,8 @@ class ServerConfig:
     cert_ttl: float = 24 * 3600.0
     #: Mutual TLS on every hop between sidecars (certificates from the mesh CA).
     mtls: bool = False
+    #: What a call no intention decides gets (enforced with mTLS).
+    default_intention: str = "allow"
 
 
 class ControlPlane:
@@ -111,7 +113,8 @@ class ControlPlane:
         instances_pb2_grpc.add_InstanceServiceServicer_to_server(
             InstanceServicer(self.store), self._server)
         self._feeder = ViewFeeder(self.store, self.xds,
-                                  config.trust_domain if config.mtls else "")
+                                  config.trust_domain if config.mtls else "",
+                                  config.default_intention)
         self._ads = AggregatedDiscoveryServicer(self.xds)
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self._ads, self._server)
         proxies_pb2_grpc.add_ProxyServiceServicer_to_server(ProxyServicer(self.xds), self._server)

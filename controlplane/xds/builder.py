@@ -51,6 +51,7 @@ from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
 from controlplane.manifests.types import parse_duration
+from controlplane.xds import rbac
 from controlplane.xds.mesh import GATEWAY, PROXYLESS, SIDECAR, MeshView, Proxy, ServiceView
 from controlplane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, Item, Snapshot, snapshot
 
@@ -207,6 +208,9 @@ class Builder:
         if proxy.kind == PROXYLESS:
             return now.services == before.services
         own = (proxy.namespace, proxy.name)
+        if proxy.kind == SIDECAR and (now.intentions, now.default_intention) != (
+                before.intentions, before.default_intention):
+            return False  # its inbound RBAC may change
         if proxy.kind == SIDECAR:  # of its own service, only what shapes its sidecar
             mine, was = now.services.get(own), before.services.get(own)
             if (mine and (mine.protocol, mine.upstreams)) != (was and (was.protocol,
@@ -232,9 +236,7 @@ class Builder:
         if proxy.inbound is not None and proxy.app_port:
             protocol = me.protocol if me else "tcp"
             items[CLUSTER].append(Item(LOCAL_APP, self._local_app(proxy.app_port, protocol)))
-            inbound = self._inbound(proxy.inbound, protocol)
-            if self.view.mtls_domain:
-                inbound.filter_chains[0].transport_socket.CopyFrom(_inbound_tls())
+            inbound = self._inbound(proxy.inbound, protocol, (proxy.namespace, proxy.name))
             items[LISTENER].append(Item(INBOUND, inbound))
         # Only what the bootstrap bound: the app learnt those addresses at
         # start (an upstream added later comes with a new instance).
@@ -421,18 +423,34 @@ class Builder:
                 cluster.typed_extension_protocol_options[key].CopyFrom(value)
         return cluster
 
-    @staticmethod
-    def _inbound(where: tuple[str, int], protocol: str) -> listener_pb2.Listener:
+    def _inbound(self, where: tuple[str, int], protocol: str,
+                 me: tuple[str, str]) -> listener_pb2.Listener:
+        """From the published port to the app; with mTLS, a client certificate
+        from the mesh CA and the intentions (RBAC) come first."""
+        domain, view = self.view.mtls_domain, self.view
         if protocol == "tcp":
             network: Message = tcp_proxy_pb2.TcpProxy(stat_prefix=INBOUND, cluster=LOCAL_APP)
         else:
-            network = _hcm(INBOUND, routes=route_pb2.RouteConfiguration(
+            manager = _hcm(INBOUND, routes=route_pb2.RouteConfiguration(
                 name=INBOUND, virtual_hosts=[rc_pb2.VirtualHost(
                     name=INBOUND, domains=["*"], routes=[rc_pb2.Route(
                         match=rc_pb2.RouteMatch(prefix="/"),
                         route=rc_pb2.RouteAction(cluster=LOCAL_APP,
                                                  timeout=duration_pb2.Duration()))])]))
-        return _listener(INBOUND, where[0], where[1], network, base_pb2.INBOUND)
+            if domain:
+                manager.http_filters.insert(0, hcm_pb2.HttpFilter(
+                    name="envoy.filters.http.rbac", typed_config=_any(rbac.http_filter(
+                        view.intentions, me, domain, view.default_intention))))
+            network = manager
+        listener = _listener(INBOUND, where[0], where[1], network, base_pb2.INBOUND)
+        if domain:
+            chain = listener.filter_chains[0]
+            chain.transport_socket.CopyFrom(_inbound_tls())
+            if protocol == "tcp":
+                chain.filters.insert(0, listener_components_pb2.Filter(
+                    name="envoy.filters.network.rbac", typed_config=_any(rbac.network_filter(
+                        view.intentions, me, domain, view.default_intention))))
+        return listener
 
     def _outbound(self, upstream: ServiceView, address: str, port: int) -> listener_pb2.Listener:
         name = cluster_name(upstream.namespace, upstream.name)

@@ -18,6 +18,7 @@ from controlplane.errors import OutOfRange
 from controlplane.model import EventType, Resource, WatchEvent
 from controlplane.store import SqliteStore
 from controlplane.xds.cache import XdsCache
+from controlplane.xds.intentions import Ranked, ranked
 from controlplane.xds.mesh import (
     GatewayView,
     MeshView,
@@ -29,7 +30,7 @@ from controlplane.xds.mesh import (
 
 log = logging.getLogger("flotilla.xds")
 
-MESH_KINDS = ("Service", "Instance", "TrafficPolicy", "Gateway", "Node")
+MESH_KINDS = ("Service", "Instance", "TrafficPolicy", "Gateway", "Node", "Intention")
 Key = tuple[str, str]
 
 
@@ -37,8 +38,12 @@ class MeshIndex:
     """The mesh's objects as of the last event applied, and the view made of
     them. ``apply`` returns whether the view changed."""
 
-    def __init__(self, resources: Iterable[Resource] = (), mtls_domain: str = "") -> None:
+    def __init__(self, resources: Iterable[Resource] = (), mtls_domain: str = "",
+                 default_intention: str = "allow") -> None:
         self.mtls_domain = mtls_domain
+        self.default_intention = default_intention
+        self.intentions: dict[Key, Resource] = {}
+        self.ranked: tuple[Ranked, ...] = ()
         self.services: dict[Key, Resource] = {}
         #: (namespace, service) -> instance name -> Instance.
         self.instances: dict[Key, dict[str, Resource]] = {}
@@ -54,15 +59,17 @@ class MeshIndex:
         for resource in resources:
             self._take(resource, deleted=False)
         self.ready = ready_nodes(self.nodes.values())
+        self.ranked = tuple(ranked(self.intentions.values()))
         self._rebuild(set(self.services))
 
     def view(self, version: int) -> MeshView:
         return MeshView(services=dict(self.views), gateways=dict(self.gateways),
-                        version=version, mtls_domain=self.mtls_domain)
+                        version=version, mtls_domain=self.mtls_domain,
+                        intentions=self.ranked, default_intention=self.default_intention)
 
     def apply(self, events: Iterable[WatchEvent]) -> bool:
         dirty: set[Key] = set()
-        nodes_changed = gateways_changed = False
+        nodes_changed = gateways_changed = intentions_changed = False
         for event in events:
             resource = event.resource
             if resource.kind not in MESH_KINDS:
@@ -70,6 +77,7 @@ class MeshIndex:
             dirty |= self._take(resource, deleted=event.type is EventType.DELETED)
             nodes_changed |= resource.kind == "Node"
             gateways_changed |= resource.kind == "Gateway"
+            intentions_changed |= resource.kind == "Intention"
         if nodes_changed:
             ready = ready_nodes(self.nodes.values())
             if ready != self.ready:
@@ -77,7 +85,9 @@ class MeshIndex:
                 self.ready = ready
                 dirty |= {key for key, found in self.instances.items()
                           if any(i.spec.get("node") in flipped for i in found.values())}
-        return self._rebuild(dirty) or gateways_changed
+        if intentions_changed:
+            self.ranked = tuple(ranked(self.intentions.values()))
+        return self._rebuild(dirty) or gateways_changed or intentions_changed
 
     # --- internals -----------------------------------------------------------------
 
@@ -120,6 +130,12 @@ class MeshIndex:
             else:
                 self.gateways[key] = gateway_view(resource)
             return set()
+        if resource.kind == "Intention":
+            if deleted:
+                self.intentions.pop(key, None)
+            else:
+                self.intentions[key] = resource
+            return set()
         if resource.kind == "Node":
             if deleted:
                 self.nodes.pop(resource.name, None)
@@ -147,11 +163,13 @@ class ViewFeeder:
     #: Seconds a change waits for more before the view is rebuilt.
     COALESCE = 0.01
 
-    def __init__(self, store: SqliteStore, cache: XdsCache, mtls_domain: str = "") -> None:
+    def __init__(self, store: SqliteStore, cache: XdsCache, mtls_domain: str = "",
+                 default_intention: str = "allow") -> None:
         self._store = store
         self._cache = cache
         self._mtls_domain = mtls_domain
-        self._index = MeshIndex(mtls_domain=mtls_domain)
+        self._default = default_intention
+        self._index = MeshIndex(mtls_domain=mtls_domain, default_intention=default_intention)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="xds-feeder", daemon=True)
 
@@ -169,7 +187,7 @@ class ViewFeeder:
         the store version it was read at."""
         version = self._store.resource_version
         self._index = MeshIndex((r for kind in MESH_KINDS for r in self._store.list(kind)),
-                                self._mtls_domain)
+                                self._mtls_domain, self._default)
         self._cache.set_view(self._index.view(version))
         return version
 

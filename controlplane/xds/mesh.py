@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controlplane.model import Resource, node_state
+from controlplane.xds.intentions import Ranked
 
 #: Instance states that make an instance an endpoint.
 SERVING = ("healthy", "running")
@@ -67,6 +68,10 @@ class MeshView:
     #: The SPIFFE trust domain when every mesh hop is mutual TLS; "" for
     #: plaintext between sidecars.
     mtls_domain: str = ""
+    #: Every intention, in the order they are evaluated (enforced with mTLS).
+    intentions: tuple[Ranked, ...] = ()
+    #: What happens to a call no intention decides: "allow" or "deny".
+    default_intention: str = "allow"
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
-"""Mutual TLS between sidecars (`flotilla server --mtls`), process driver, real
-Envoys: certificates from the mesh CA over the agent's SDS, rotated without
-dropping a request; plaintext and foreign certificates are refused."""
+"""Mutual TLS between sidecars (`flotilla server --mtls --default-intention
+deny`), process driver, real Envoys: certificates from the mesh CA over the
+agent's SDS, rotated without dropping a request; plaintext and foreign
+certificates are refused; intentions enforced as RBAC, L4 and L7."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import ssl
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ import pytest
 from controlplane.client import Client
 from controlplane.identity.ca import new_key_and_csr, new_root, CertificateAuthority
 from sidecar.envoy import Admin
-from tests.harness import AgentProcess, ServerProcess, eventually
+from tests.harness import AgentProcess, ServerProcess, eventually, run_cli
 
 WEB = Path(__file__).resolve().parents[1] / "apps" / "web.py"
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -41,10 +43,20 @@ class Mesh:
     #: host:port of the frontend's outbound listener for backend (what its app dials).
     upstream: str
     backends: list[dict[str, object]]
+    #: The same for "intruder", which no intention lets call backend.
+    intruder: str = ""
 
-    def call(self) -> str:
-        with DIRECT.open(f"http://{self.upstream}/", timeout=5) as reply:
+    def call(self, path: str = "/", method: str = "GET", via: str = "") -> str:
+        request = urllib.request.Request(f"http://{via or self.upstream}{path}", method=method)
+        with DIRECT.open(request, timeout=5) as reply:
             return reply.read().decode().strip()
+
+    def status(self, path: str = "/", method: str = "GET", via: str = "") -> int:
+        try:
+            self.call(path, method, via)
+        except urllib.error.HTTPError as error:
+            return error.code
+        return 200
 
 
 def serving(client: Client, name: str, count: int) -> list[dict[str, object]] | None:
@@ -57,25 +69,39 @@ def serving(client: Client, name: str, count: int) -> list[dict[str, object]] | 
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     tmp = tmp_path_factory.mktemp("mtls")
     server = ServerProcess(tmp / "server", extra_args=(
-        "--mtls", "--trust-domain", "mesh.test", "--cert-ttl", "1m")).start()
+        "--mtls", "--trust-domain", "mesh.test", "--cert-ttl", "1m",
+        "--default-intention", "deny")).start()
     agent = AgentProcess(server, "n1", "127.0.0.2", tmp / "n1").start()
     try:
         with server.client() as client:
             client.apply([(service("backend", 2), "b"),
-                          (service("frontend", 1, upstreams=[{"name": "backend"}]), "f")])
+                          (service("frontend", 1, upstreams=[{"name": "backend"}]), "f"),
+                          (service("intruder", 1, upstreams=[{"name": "backend"}]), "i"),
+                          (intention("frontend-to-backend", "frontend", "allow"), "allow")])
             backends = eventually(lambda: serving(client, "backend", 2), 60, "2 backends")
             frontend = eventually(lambda: serving(client, "frontend", 1), 60, "a frontend")[0]
-        state = json.loads((tmp / "n1" / "instances" / str(frontend["metadata"]["name"])  # type: ignore[index]
-                            / "state.json").read_text())
-        environ = Path(f"/proc/{state['pid']}/environ").read_bytes().split(b"\0")
-        upstream = next(v.split(b"=", 1)[1].decode() for v in environ
-                        if v.startswith(b"FLOTILLA_UPSTREAM_BACKEND="))
-        mesh = Mesh(server, agent, upstream, backends)
+            intruder = eventually(lambda: serving(client, "intruder", 1), 60, "an intruder")[0]
+        mesh = Mesh(server, agent, upstream_of(tmp / "n1", frontend), backends,
+                    upstream_of(tmp / "n1", intruder))
         eventually(lambda: _answers(mesh), 30, "an answer through both sidecars")
         yield mesh
     finally:
         agent.cleanup()
         server.stop()
+
+
+def intention(name: str, source: str, action: str, **spec: object) -> dict[str, object]:
+    return {"apiVersion": "flotilla.dev/v1", "kind": "Intention", "metadata": {"name": name},
+            "spec": {"source": source, "destination": "backend", "action": action, **spec}}
+
+
+def upstream_of(agent_dir: Path, instance: dict[str, object]) -> str:
+    """The backend address an instance's app was given (its sidecar's listener)."""
+    name = str(instance["metadata"]["name"])  # type: ignore[index]
+    state = json.loads((agent_dir / "instances" / name / "state.json").read_text())
+    environ = Path(f"/proc/{state['pid']}/environ").read_bytes().split(b"\0")
+    return next(v.split(b"=", 1)[1].decode() for v in environ
+                if v.startswith(b"FLOTILLA_UPSTREAM_BACKEND="))
 
 
 def _answers(mesh: Mesh) -> bool:
@@ -166,3 +192,19 @@ def test_rotation_is_verified_on_the_proxy_and_drops_nothing(mesh: Mesh) -> None
             mesh.server.client().get("Instance", name)["status"]["certificate"]["serial"], 16),
         10, "the served serial to be the reported one")
     assert failures == []
+
+
+def test_intentions_decide_who_may_call_and_what(mesh: Mesh, tmp_path: Path) -> None:
+    assert mesh.status() == 200  # frontend -> backend: allowed
+    assert mesh.status(via=mesh.intruder) == 403  # no intention: the default, deny
+    rules = tmp_path / "public.yaml"
+    rules.write_text(
+        "apiVersion: flotilla.dev/v1\nkind: Intention\nmetadata: {name: intruder-public}\n"
+        "spec: {source: intruder, destination: backend, action: allow,\n"
+        "       http: [{pathPrefix: /public/, methods: [GET]}]}\n")
+    applied = run_cli("apply", "-f", str(rules), "--wait", server=mesh.server)
+    assert applied.returncode == 0, applied.stderr
+    assert mesh.status("/public/x", via=mesh.intruder) == 200
+    assert mesh.status("/public/x", "POST", via=mesh.intruder) == 403
+    assert mesh.status("/private", via=mesh.intruder) == 403
+    assert mesh.status("/private") == 200  # frontend's L4 intention still allows it all
