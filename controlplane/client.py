@@ -148,6 +148,11 @@ class Client:
         reply = self._call(self._proxies.ListProxies, proxies_pb2.ListProxiesRequest())
         return builtins.list(reply.proxies)
 
+    def mesh_settings(self) -> proxies_pb2.MeshSettings:
+        settings: proxies_pb2.MeshSettings = self._call(self._proxies.GetMeshSettings,
+                                                        proxies_pb2.GetMeshSettingsRequest())
+        return settings
+
     def wait_synced(self, version: int, timeout: float, poll: float = 0.1,
                     ) -> tuple[builtins.list[proxies_pb2.ProxyStatus],
                                builtins.list[proxies_pb2.ProxyStatus]]:

@@ -255,7 +255,13 @@ def get(ctx: click.Context, kind: str, names: tuple[str, ...], namespace: str,
 def describe(ctx: click.Context, kind: str, name: str, namespace: str) -> None:
     """Show one resource in detail."""
     resolved = kind_arg(kind)
-    output.describe(client_of(ctx).get(resolved, name, namespace_of(resolved, namespace)), out)
+    client = client_of(ctx)
+    doc = client.get(resolved, name, namespace_of(resolved, namespace))
+    output.describe(doc, out)
+    if resolved == "Intention":
+        from controlplane.cli.mesh import affected_proxies
+
+        affected_proxies(client, doc)
 
 
 @cli.command()

@@ -14,7 +14,10 @@ from rich.table import Table
 from controlplane import errors
 from controlplane.api.flotilla.v1 import proxies_pb2
 from controlplane.cli.main import OUTPUT, _emit, cli, client_of, out
-from controlplane.xds.mesh import PROXYLESS, Proxy, proxy_metadata
+from controlplane.client import Client
+from controlplane.model import Resource
+from controlplane.xds.intentions import DENY, Request, decide, matches, qualify, ranked
+from controlplane.xds.mesh import PROXYLESS, SIDECAR, Proxy, proxy_metadata
 
 #: Envoy config dump sections, by the name `proxy-config` takes.
 SECTIONS = {
@@ -203,3 +206,70 @@ def bootstrap(ctx: click.Context, proxyless: bool, name: str, namespace: str,
     except OSError as error:
         raise errors.UserError(f"cannot write {path}: {error.strerror}") from None
     out.print(f"wrote {path}: export GRPC_XDS_BOOTSTRAP={path} and dial xds:///SERVICE")
+
+
+@cli.group()
+def intentions() -> None:
+    """Who may call whom: check a call against the intentions."""
+
+
+def _service(value: str, namespace: str) -> tuple[str, str]:
+    ns, _, name = value.rpartition("/")
+    return (ns or namespace, name)
+
+
+@intentions.command("check")
+@click.argument("source")
+@click.argument("destination")
+@click.option("-n", "--namespace", default="default", show_default=True,
+              help="The namespace of SOURCE and DESTINATION given without one.")
+@click.option("--path", default=None, help="An HTTP request path (L7 intentions).")
+@click.option("--method", default=None, help="An HTTP method (default GET with --path).")
+@click.option("--header", "headers", multiple=True, metavar="NAME=VALUE",
+              help="A request header (repeatable).")
+@click.pass_context
+def check(ctx: click.Context, source: str, destination: str, namespace: str, path: str | None,
+          method: str | None, headers: tuple[str, ...]) -> None:
+    """Would SOURCE's call to DESTINATION be allowed? Prints the decision and
+    the intention (or the mesh-wide default) that made it; exit code 0 when
+    allowed, 1 when denied."""
+    client = client_of(ctx)
+    settings = client.mesh_settings()
+    found, _ = client.list("Intention", "")
+    resources = [Resource(kind="Intention", name=d["metadata"]["name"],
+                          namespace=d["metadata"]["namespace"], spec=d["spec"]) for d in found]
+    request = None
+    if path is not None or method is not None or headers:
+        pairs = dict(h.partition("=")[::2] for h in headers)
+        request = Request(path or "/", (method or "GET").upper(), pairs)
+    decision = decide(ranked(resources), _service(source, namespace),
+                      _service(destination, namespace), request, settings.default_intention)
+    call = f"{'/'.join(_service(source, namespace))} -> {'/'.join(_service(destination, namespace))}"
+    if request is not None:
+        call += f" {request.method} {request.path}"
+    out.print(f"{call}: {decision.explain()}", markup=False)
+    if not settings.mtls:
+        out.print("(not enforced: the server runs without --mtls)", markup=False)
+    if decision.action == DENY:
+        ctx.exit(1)
+
+
+def affected_proxies(client: Client, doc: dict[str, Any]) -> None:
+    """The sidecars an intention applies to, and whether they run it yet."""
+    namespace = doc["metadata"]["namespace"]
+    destination = qualify(str(doc["spec"]["destination"]), namespace)
+    version = int(doc["metadata"].get("resourceVersion", 0))
+    proxies = [p for p in client.proxies()
+               if p.kind == SIDECAR and matches(destination, (p.namespace, p.service))]
+    if not proxies:
+        out.print("Affected proxies: none connected")
+        return
+    table = Table(title="Affected proxies", title_justify="left", box=None, pad_edge=False,
+                  header_style="bold")
+    for column in ("PROXY", "SERVICE", "NODE", "HAS IT"):
+        table.add_column(column)
+    for proxy in sorted(proxies, key=lambda p: p.id):
+        state = ("NACKED: " + proxy.last_nack_error if proxy.last_nack_error
+                 else "yes (ACKed)" if proxy.synced_version >= version else "not yet")
+        table.add_row(proxy.id, f"{proxy.namespace}/{proxy.service}", proxy.node or "-", state)
+    out.print(table)

@@ -117,7 +117,10 @@ class ControlPlane:
                                   config.default_intention)
         self._ads = AggregatedDiscoveryServicer(self.xds)
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self._ads, self._server)
-        proxies_pb2_grpc.add_ProxyServiceServicer_to_server(ProxyServicer(self.xds), self._server)
+        settings = proxies_pb2.MeshSettings(trust_domain=config.trust_domain, mtls=config.mtls,
+                                            default_intention=config.default_intention)
+        proxies_pb2_grpc.add_ProxyServiceServicer_to_server(ProxyServicer(self.xds, settings),
+                                                            self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server

@@ -319,8 +319,13 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
 
 
 class ProxyServicer(proxies_pb2_grpc.ProxyServiceServicer):
-    def __init__(self, cache: XdsCache) -> None:
+    def __init__(self, cache: XdsCache, settings: proxies_pb2.MeshSettings) -> None:
         self._cache = cache
+        self._settings = settings
+
+    def GetMeshSettings(self, request: proxies_pb2.GetMeshSettingsRequest,
+                        context: grpc.ServicerContext) -> proxies_pb2.MeshSettings:
+        return self._settings
 
     def ListProxies(self, request: proxies_pb2.ListProxiesRequest,
                     context: grpc.ServicerContext) -> proxies_pb2.ListProxiesResponse:

@@ -208,3 +208,21 @@ def test_intentions_decide_who_may_call_and_what(mesh: Mesh, tmp_path: Path) -> 
     assert mesh.status("/public/x", "POST", via=mesh.intruder) == 403
     assert mesh.status("/private", via=mesh.intruder) == 403
     assert mesh.status("/private") == 200  # frontend's L4 intention still allows it all
+
+
+def test_the_check_command_agrees_with_what_the_proxies_did(mesh: Mesh) -> None:
+    allowed = run_cli("intentions", "check", "frontend", "backend", server=mesh.server)
+    assert allowed.returncode == 0
+    assert "ALLOW by intention default/frontend-to-backend" in allowed.stdout
+    denied = run_cli("intentions", "check", "intruder", "backend", server=mesh.server)
+    assert denied.returncode == 1 and "DENY by the mesh-wide default (deny)" in denied.stdout
+    public = run_cli("intentions", "check", "intruder", "backend", "--path", "/public/x",
+                     server=mesh.server)
+    assert public.returncode == 0 and "default/intruder-public" in public.stdout
+    posted = run_cli("intentions", "check", "intruder", "default/backend", "--path", "/public/x",
+                     "--method", "POST", server=mesh.server)
+    assert posted.returncode == 1
+    described = run_cli("describe", "intention", "frontend-to-backend", server=mesh.server)
+    assert described.returncode == 0, described.stderr
+    assert "Affected proxies" in described.stdout
+    assert described.stdout.count("yes (ACKed)") == 2  # both backends

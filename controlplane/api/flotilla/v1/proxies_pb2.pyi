@@ -57,3 +57,17 @@ class ListProxiesResponse(_message.Message):
     PROXIES_FIELD_NUMBER: _ClassVar[int]
     proxies: _containers.RepeatedCompositeFieldContainer[ProxyStatus]
     def __init__(self, proxies: _Optional[_Iterable[_Union[ProxyStatus, _Mapping]]] = ...) -> None: ...
+
+class GetMeshSettingsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class MeshSettings(_message.Message):
+    __slots__ = ("trust_domain", "mtls", "default_intention")
+    TRUST_DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    MTLS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_INTENTION_FIELD_NUMBER: _ClassVar[int]
+    trust_domain: str
+    mtls: bool
+    default_intention: str
+    def __init__(self, trust_domain: _Optional[str] = ..., mtls: _Optional[bool] = ..., default_intention: _Optional[str] = ...) -> None: ...

@@ -39,12 +39,23 @@ class ProxyServiceStub:
                 request_serializer=flotilla_dot_v1_dot_proxies__pb2.ListProxiesRequest.SerializeToString,
                 response_deserializer=flotilla_dot_v1_dot_proxies__pb2.ListProxiesResponse.FromString,
                 _registered_method=True)
+        self.GetMeshSettings = channel.unary_unary(
+                '/flotilla.v1.ProxyService/GetMeshSettings',
+                request_serializer=flotilla_dot_v1_dot_proxies__pb2.GetMeshSettingsRequest.SerializeToString,
+                response_deserializer=flotilla_dot_v1_dot_proxies__pb2.MeshSettings.FromString,
+                _registered_method=True)
 
 
 class ProxyServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def ListProxies(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMeshSettings(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -57,6 +68,11 @@ def add_ProxyServiceServicer_to_server(servicer, server):
                     servicer.ListProxies,
                     request_deserializer=flotilla_dot_v1_dot_proxies__pb2.ListProxiesRequest.FromString,
                     response_serializer=flotilla_dot_v1_dot_proxies__pb2.ListProxiesResponse.SerializeToString,
+            ),
+            'GetMeshSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMeshSettings,
+                    request_deserializer=flotilla_dot_v1_dot_proxies__pb2.GetMeshSettingsRequest.FromString,
+                    response_serializer=flotilla_dot_v1_dot_proxies__pb2.MeshSettings.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +102,33 @@ class ProxyService:
             '/flotilla.v1.ProxyService/ListProxies',
             flotilla_dot_v1_dot_proxies__pb2.ListProxiesRequest.SerializeToString,
             flotilla_dot_v1_dot_proxies__pb2.ListProxiesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMeshSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flotilla.v1.ProxyService/GetMeshSettings',
+            flotilla_dot_v1_dot_proxies__pb2.GetMeshSettingsRequest.SerializeToString,
+            flotilla_dot_v1_dot_proxies__pb2.MeshSettings.FromString,
             options,
             channel_credentials,
             insecure,
