@@ -14,6 +14,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import grpc
 from controlplane.api.flotilla.v1 import agent_pb2, agent_pb2_grpc, nodes_pb2
 from controlplane.convert import dict_of
 from sidecar import envoy
-from sidecar.drivers.base import Driver, Sidecar
+from sidecar.drivers.base import Driver, DriverError, Sidecar
 from sidecar.identity import Certificates, Signed
 from sidecar.sds import SdsServer
 from sidecar.runner import Assignment, Backoff, InstanceRunner
@@ -238,6 +239,34 @@ class Agent:
                 if self._sds is not None:
                     self._sds.changed()
                 self._report_now.set()
+            self._verify_served()
+
+    #: Seconds an Envoy gets to serve a renewed certificate before that is an error.
+    SERVE_GRACE = 15.0
+
+    def _verify_served(self) -> None:
+        """Rotation is done when the instance's Envoy serves the new serial
+        (its admin /certs), not when the leaf is issued."""
+        for instance_id, runner in self.runners().items():
+            material = self.certificates.current(instance_id)
+            if material is None or material.served == material.serial:
+                continue
+            driver = self.drivers.get(runner.assignment.driver)
+            try:
+                running = driver.inspect(instance_id) if driver else None
+                if running is None or not running.admin:
+                    continue
+                host, _, port = running.admin.rpartition(":")
+                served = envoy.Admin(host, int(port), timeout=1.0).served_serial()
+            except (DriverError, OSError, ValueError, envoy.EnvoyError):
+                continue  # not up yet: the next pass looks again
+            late = time.time() - material.issued_at > self.SERVE_GRACE
+            error = "" if served == material.serial or not late else (
+                f"its Envoy still serves certificate {served or 'none'}, not the renewed "
+                f"{material.serial} ({time.time() - material.issued_at:.0f}s after issue)")
+            if served != material.served or error != material.error:
+                self.certificates.served(instance_id, served, error)
+                self._report_now.set()
 
     # --- reports (the heartbeat) -----------------------------------------------------
 
@@ -259,6 +288,7 @@ class Agent:
                 cert = self.certificates.current(instance_id)
                 if cert is not None:
                     report.cert_serial, report.cert_error = cert.serial, cert.error
+                    report.cert_served = cert.served
                     report.cert_not_after.FromSeconds(int(cert.not_after))
                 reports.append(report)
             try:

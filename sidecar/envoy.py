@@ -168,6 +168,18 @@ class Admin:
         data: dict[str, Any] = json.loads(body)
         return data
 
+    def served_serial(self) -> str:
+        """The serial (hex) of the SPIFFE certificate Envoy serves; "" if none."""
+        status, body = self.get("/certs")
+        if status != 200:
+            raise EnvoyError(f"Envoy admin /certs answered {status}")
+        for cert in json.loads(body).get("certificates", []):
+            for chain in cert.get("cert_chain", []):
+                if any(str(san.get("uri", "")).startswith("spiffe://")
+                       for san in chain.get("subject_alt_names", [])):
+                    return str(chain.get("serial_number", "")).lower().lstrip("0")
+        return ""
+
     def drain(self, timeout: float = 3.0) -> None:
         """Stop taking new inbound connections, then wait (up to ``timeout``)
         until no inbound request is in flight."""

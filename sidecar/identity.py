@@ -46,6 +46,8 @@ class Material:
     not_after: float
     #: The last renewal's failure, while the current leaf is still in use.
     error: str = ""
+    #: The serial the instance's Envoy was seen serving (its admin /certs).
+    served: str = ""
 
     @property
     def renew_at(self) -> float:
@@ -79,6 +81,13 @@ class Certificates:
     def current(self, instance_id: str) -> Material | None:
         with self._lock:
             return self._held.get(instance_id)
+
+    def served(self, instance_id: str, serial: str, error: str = "") -> None:
+        """Record what the instance's Envoy serves (and why that is wrong, if)."""
+        with self._lock:
+            held = self._held.get(instance_id)
+            if held is not None:
+                self._held[instance_id] = replace(held, served=serial, error=error)
 
     def forget(self, instance_id: str) -> None:
         with self._lock:

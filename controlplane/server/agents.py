@@ -126,6 +126,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 status["certificate"] = {
                     "serial": report.cert_serial,
                     "notAfter": report.cert_not_after.ToJsonString(),
+                    "served": report.cert_served,
                     **({"error": report.cert_error} if report.cert_error else {}),
                 }
             self._store.write_status(key, status)

@@ -186,11 +186,14 @@ def test_rotation_is_verified_on_the_proxy_and_drops_nothing(mesh: Mesh) -> None
         stop.set()
         thread.join(timeout=10)
     with mesh.server.client() as client:
-        status = client.get("Instance", name)["status"]["certificate"]
-    assert int(rotated, 16) == int(status["serial"], 16) or eventually(
-        lambda: int(served_serial(admin), 16) == int(
-            mesh.server.client().get("Instance", name)["status"]["certificate"]["serial"], 16),
-        10, "the served serial to be the reported one")
+        def verified() -> bool:
+            cert = client.get("Instance", name)["status"].get("certificate", {})
+            return bool(cert) and cert.get("served") == cert["serial"] and not cert.get("error")
+
+        eventually(verified, 20, "the agent to see its Envoy serve the renewed serial")
+        reported = client.get("Instance", name)["status"]["certificate"]["serial"]
+    assert int(served_serial(admin), 16) == int(reported, 16)
+    assert int(rotated, 16) != int(first, 16)
     assert failures == []
 
 

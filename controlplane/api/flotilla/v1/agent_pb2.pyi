@@ -71,7 +71,7 @@ class Assignments(_message.Message):
     def __init__(self, assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ...) -> None: ...
 
 class InstanceReport(_message.Message):
-    __slots__ = ("instance_id", "state", "reason", "address", "port", "restarts", "exit_code", "namespace", "cert_serial", "cert_not_after", "cert_error")
+    __slots__ = ("instance_id", "state", "reason", "address", "port", "restarts", "exit_code", "namespace", "cert_serial", "cert_not_after", "cert_error", "cert_served")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +83,7 @@ class InstanceReport(_message.Message):
     CERT_SERIAL_FIELD_NUMBER: _ClassVar[int]
     CERT_NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
     CERT_ERROR_FIELD_NUMBER: _ClassVar[int]
+    CERT_SERVED_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     state: str
     reason: str
@@ -94,7 +95,8 @@ class InstanceReport(_message.Message):
     cert_serial: str
     cert_not_after: _timestamp_pb2.Timestamp
     cert_error: str
-    def __init__(self, instance_id: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., address: _Optional[str] = ..., port: _Optional[int] = ..., restarts: _Optional[int] = ..., exit_code: _Optional[int] = ..., namespace: _Optional[str] = ..., cert_serial: _Optional[str] = ..., cert_not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cert_error: _Optional[str] = ...) -> None: ...
+    cert_served: str
+    def __init__(self, instance_id: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., address: _Optional[str] = ..., port: _Optional[int] = ..., restarts: _Optional[int] = ..., exit_code: _Optional[int] = ..., namespace: _Optional[str] = ..., cert_serial: _Optional[str] = ..., cert_not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cert_error: _Optional[str] = ..., cert_served: _Optional[str] = ...) -> None: ...
 
 class ReportRequest(_message.Message):
     __slots__ = ("node", "instances")
