@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -45,6 +45,8 @@ class Mesh:
     backends: list[dict[str, object]]
     #: The same for "intruder", which no intention lets call backend.
     intruder: str = ""
+    #: (caller, upstream) -> the address the caller's app dials for it.
+    apps: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def call(self, path: str = "/", method: str = "GET", via: str = "") -> str:
         request = urllib.request.Request(f"http://{via or self.upstream}{path}", method=method)
@@ -74,15 +76,26 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     agent = AgentProcess(server, "n1", "127.0.0.2", tmp / "n1").start()
     try:
         with server.client() as client:
+            callees = [{"name": "backend"}, {"name": "echo"}, {"name": "raw"}]
             client.apply([(service("backend", 2), "b"),
-                          (service("frontend", 1, upstreams=[{"name": "backend"}]), "f"),
-                          (service("intruder", 1, upstreams=[{"name": "backend"}]), "i"),
-                          (intention("frontend-to-backend", "frontend", "allow"), "allow")])
+                          (service("frontend", 1, upstreams=callees), "f"),
+                          (service("intruder", 1, upstreams=callees), "i"),
+                          (ECHO, "echo"), (service("raw", 1, protocol="tcp"), "raw"),
+                          (intention("frontend-to-backend", "frontend", "allow"), "allow"),
+                          (intention("frontend-to-echo", "frontend", "allow",
+                                     destination="echo"), "allow"),
+                          (intention("frontend-to-raw", "frontend", "allow",
+                                     destination="raw"), "allow")])
+            eventually(lambda: serving(client, "echo", 1), 60, "the grpc echo")
+            eventually(lambda: serving(client, "raw", 1), 60, "the tcp service")
             backends = eventually(lambda: serving(client, "backend", 2), 60, "2 backends")
             frontend = eventually(lambda: serving(client, "frontend", 1), 60, "a frontend")[0]
             intruder = eventually(lambda: serving(client, "intruder", 1), 60, "an intruder")[0]
         mesh = Mesh(server, agent, upstream_of(tmp / "n1", frontend), backends,
                     upstream_of(tmp / "n1", intruder))
+        mesh.apps = {(who, upstream): upstream_of(tmp / "n1", instance, upstream)
+                     for who, instance in (("frontend", frontend), ("intruder", intruder))
+                     for upstream in ("echo", "raw")}
         eventually(lambda: _answers(mesh), 30, "an answer through both sidecars")
         yield mesh
     finally:
@@ -95,13 +108,19 @@ def intention(name: str, source: str, action: str, **spec: object) -> dict[str, 
             "spec": {"source": source, "destination": "backend", "action": action, **spec}}
 
 
-def upstream_of(agent_dir: Path, instance: dict[str, object]) -> str:
-    """The backend address an instance's app was given (its sidecar's listener)."""
+ECHO = {"apiVersion": "flotilla.dev/v1", "kind": "Service", "metadata": {"name": "echo"},
+        "spec": {"command": [sys.executable, "-m", "flotilla_examples.grpc_echo"],
+                 "env": {"PYTHONPATH": str(Path(__file__).resolve().parents[2] / "deploy" / "apps")},
+                 "port": 9090, "protocol": "grpc", "healthCheck": {"grpc": {}, "interval": "250ms"}}}
+
+
+def upstream_of(agent_dir: Path, instance: dict[str, object], upstream: str = "backend") -> str:
+    """The address of an upstream an instance's app was given (its sidecar's listener)."""
     name = str(instance["metadata"]["name"])  # type: ignore[index]
     state = json.loads((agent_dir / "instances" / name / "state.json").read_text())
     environ = Path(f"/proc/{state['pid']}/environ").read_bytes().split(b"\0")
-    return next(v.split(b"=", 1)[1].decode() for v in environ
-                if v.startswith(b"FLOTILLA_UPSTREAM_BACKEND="))
+    prefix = f"FLOTILLA_UPSTREAM_{upstream.upper()}=".encode()
+    return next(v.split(b"=", 1)[1].decode() for v in environ if v.startswith(prefix))
 
 
 def _answers(mesh: Mesh) -> bool:
@@ -229,3 +248,30 @@ def test_the_check_command_agrees_with_what_the_proxies_did(mesh: Mesh) -> None:
     assert described.returncode == 0, described.stderr
     assert "Affected proxies" in described.stdout
     assert described.stdout.count("yes (ACKed)") == 2  # both backends
+
+
+def test_denied_grpc_is_permission_denied_and_denied_tcp_is_closed(mesh: Mesh) -> None:
+    import grpc
+
+    def echo(caller: str) -> grpc.StatusCode | None:
+        with grpc.insecure_channel(mesh.apps[(caller, "echo")]) as channel:
+            try:
+                channel.unary_unary("/flotilla.examples.Echo/Echo")(b"", timeout=5)
+            except grpc.RpcError as error:
+                return error.code()  # type: ignore[no-any-return]
+        return None
+
+    assert echo("frontend") is None
+    assert echo("intruder") == grpc.StatusCode.PERMISSION_DENIED
+
+    def raw(caller: str) -> bytes:
+        host, _, port = mesh.apps[(caller, "raw")].rpartition(":")
+        with socket.create_connection((host, int(port)), timeout=5) as conn:
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: raw\r\nConnection: close\r\n\r\n")
+            try:
+                return conn.recv(1000)
+            except ConnectionResetError:
+                return b""
+
+    assert raw("frontend").startswith(b"HTTP/1.")
+    assert raw("intruder") == b""  # the connection closes without an answer
