@@ -83,6 +83,9 @@ def check_batch(
         source = sources.get(resource.key) or str(resource.key)
         for ref in references(resource):
             target = lookup(ref.target)
+            if target is None and ref.path == "spec.source" and resource.kind == "Intention":
+                # A gateway calls services under its own name: it may be a source.
+                target = lookup(ObjectKey("Gateway", ref.target.namespace, ref.target.name))
             if target is None:
                 out.append(FieldViolation(ref.path, _dangling(ref), source))
             elif ref.target.kind == "Secret" and ".tls." in ref.path and (
