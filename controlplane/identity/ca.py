@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from cryptography import x509
@@ -48,14 +49,21 @@ def parse_spiffe_id(uri: str) -> tuple[str, str, str]:
     return parts[0], parts[2], parts[4]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Root:
     cert_pem: str
     key_pem: str
 
-    @property
+    @cached_property
     def certificate(self) -> x509.Certificate:
         return x509.load_pem_x509_certificate(self.cert_pem.encode())
+
+    @cached_property
+    def signer(self) -> ec.EllipticCurvePrivateKey:
+        key = serialization.load_pem_private_key(self.key_pem.encode(), None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise CertificateError("a root's key must be an ECDSA key")
+        return key
 
     @property
     def serial(self) -> str:
@@ -166,9 +174,7 @@ class CertificateAuthority:
             uris = []
         if any(uri != identity for uri in uris):
             raise CertificateError(f"the CSR asks for {', '.join(uris)}, not {identity}")
-        root = self.active.certificate
-        signer = serialization.load_pem_private_key(self.active.key_pem.encode(), None)
-        assert isinstance(signer, ec.EllipticCurvePrivateKey)
+        root, signer = self.active.certificate, self.active.signer
         ttl = max(ttl, MIN_TTL)
         cert = (
             x509.CertificateBuilder()

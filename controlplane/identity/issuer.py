@@ -39,6 +39,10 @@ class Issuer:
         self._ttl = leaf_ttl
         self._clock = clock
         self._lock = threading.Lock()
+        self._pending: list[Resource] = []
+        self._pending_lock = threading.Lock()
+        self._recorder: threading.Thread | None = None
+        self._next_sweep = 0.0
         self.ca = self._load_or_create(trust_domain)
 
     def _now(self) -> datetime.datetime:
@@ -92,15 +96,38 @@ class Issuer:
                   "instance": instance.name, "root": leaf.root,
                   "notAfter": leaf.not_after.isoformat().replace("+00:00", "Z")},
         )
-        self._store.apply([record])
+        with self._pending_lock:
+            self._pending.append(record)
+            if self._recorder is None or not self._recorder.is_alive():
+                self._recorder = threading.Thread(target=self.flush, args=(self.BATCH,),
+                                                  name="certificate-records", daemon=True)
+                self._recorder.start()
+
+    #: Seconds records of issued leaves wait to be written together.
+    BATCH = 0.1
+
+    def flush(self, delay: float = 0.0) -> None:
+        """Write the records of leaves issued since the last flush in one
+        transaction, and drop the ones no longer needed (expired, or beyond an
+        instance's newest two)."""
+        if delay:
+            time.sleep(delay)
+        with self._pending_lock:
+            batch, self._pending = self._pending, []
+        if not batch:
+            return
+        newest = {(r.namespace, r.name): r for r in batch}
+        self._store.apply(list(newest.values()))
         now = self._now().isoformat().replace("+00:00", "Z")
-        expired = [c.key for c in self._store.list("Certificate", instance.namespace)
-                   if str(c.spec.get("notAfter", "")) < now]
-        if expired:
-            self._store.delete(expired, ignore_not_found=True)
-        older = sorted(
-            (c for c in self._store.list("Certificate", instance.namespace,
-                                         {"flotilla.dev/instance": instance.name})),
-            key=lambda c: c.create_time, reverse=True)[KEEP_PER_INSTANCE:]
-        if older:
-            self._store.delete([c.key for c in older], ignore_not_found=True)
+        doomed = []
+        for namespace, instance in {(r.namespace, str(r.spec["instance"])) for r in batch}:
+            found = sorted(self._store.list("Certificate", namespace,
+                                            {"flotilla.dev/instance": instance}),
+                           key=lambda c: c.create_time, reverse=True)
+            doomed += [c.key for c in found[KEEP_PER_INSTANCE:]]
+        if time.monotonic() >= self._next_sweep:  # expired records of gone instances
+            self._next_sweep = time.monotonic() + 60
+            doomed += [c.key for c in self._store.list("Certificate")
+                       if str(c.spec.get("notAfter", "")) < now]
+        if doomed:
+            self._store.delete(sorted(set(doomed)), ignore_not_found=True)

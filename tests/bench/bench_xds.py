@@ -243,11 +243,12 @@ class EnvoyProcess:
     admin: Admin = field(init=False)
     proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, binary: Path, xds: str) -> EnvoyProcess:
+    def start(self, binary: Path, xds: str, sds: str | None = None) -> EnvoyProcess:
         self.home.mkdir(parents=True, exist_ok=True)
         self.admin = Admin("127.0.0.1", free_port(), timeout=1.0)
         config = self.home / "envoy.json"
-        config.write_text(json.dumps(bootstrap(self.proxy, xds, ("127.0.0.1", self.admin.port))))
+        config.write_text(json.dumps(bootstrap(self.proxy, xds, ("127.0.0.1", self.admin.port),
+                                               sds)))
         with open(self.home / "envoy.log", "wb") as log:
             self.proc = subprocess.Popen(command(binary, config), cwd=self.home,
                                          stdin=subprocess.DEVNULL, stdout=log,
@@ -272,7 +273,8 @@ class EnvoyProcess:
 
 
 @contextmanager
-def envoys(proxies: Sequence[Proxy], xds: str) -> Iterator[list[EnvoyProcess]]:
+def envoys(proxies: Sequence[Proxy], xds: str,
+           sds: str | None = None) -> Iterator[list[EnvoyProcess]]:
     """Start one Envoy per proxy, each in a temp dir; wait until all are LIVE;
     stop them all, by pid, whatever happens."""
     binary = find_envoy()
@@ -280,7 +282,7 @@ def envoys(proxies: Sequence[Proxy], xds: str) -> Iterator[list[EnvoyProcess]]:
     started: list[EnvoyProcess] = []
     try:
         for proxy in proxies:
-            started.append(EnvoyProcess(proxy, root / proxy.id).start(binary, xds))
+            started.append(EnvoyProcess(proxy, root / proxy.id).start(binary, xds, sds))
         wait_until(lambda: all(e.ready() for e in started), ENVOY_READY_TIMEOUT,
                    f"{len(started)} Envoys LIVE", interval=0.1)
         yield started
