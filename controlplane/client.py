@@ -24,6 +24,8 @@ from controlplane import convert, errors
 from controlplane.api.flotilla.v1 import (
     agent_pb2,
     agent_pb2_grpc,
+    identity_pb2,
+    identity_pb2_grpc,
     nodes_pb2,
     nodes_pb2_grpc,
     proxies_pb2,
@@ -77,6 +79,7 @@ class Client:
         self._stub = pb_grpc.ResourceServiceStub(self._channel)
         self._nodes = nodes_pb2_grpc.NodeServiceStub(self._channel)
         self._proxies = proxies_pb2_grpc.ProxyServiceStub(self._channel)
+        self._identity = identity_pb2_grpc.IdentityServiceStub(self._channel)
 
     def __enter__(self) -> Client:
         return self
@@ -147,6 +150,16 @@ class Client:
         """Every proxy connected to the xDS server, and what it has ACKed."""
         reply = self._call(self._proxies.ListProxies, proxies_pb2.ListProxiesRequest())
         return builtins.list(reply.proxies)
+
+    def trust_bundle(self) -> identity_pb2.TrustBundle:
+        bundle: identity_pb2.TrustBundle = self._call(self._identity.GetTrustBundle,
+                                                      identity_pb2.GetTrustBundleRequest())
+        return bundle
+
+    def rotate_root(self) -> identity_pb2.TrustBundle:
+        bundle: identity_pb2.TrustBundle = self._call(self._identity.RotateRoot,
+                                                      identity_pb2.RotateRootRequest())
+        return bundle
 
     def mesh_settings(self) -> proxies_pb2.MeshSettings:
         settings: proxies_pb2.MeshSettings = self._call(self._proxies.GetMeshSettings,

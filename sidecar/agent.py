@@ -22,7 +22,13 @@ from pathlib import Path
 
 import grpc
 
-from controlplane.api.flotilla.v1 import agent_pb2, agent_pb2_grpc, nodes_pb2
+from controlplane.api.flotilla.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    identity_pb2,
+    identity_pb2_grpc,
+    nodes_pb2,
+)
 from controlplane.convert import dict_of
 from sidecar import envoy
 from sidecar.drivers.base import Driver, DriverError, Sidecar
@@ -77,6 +83,9 @@ class Agent:
             ("grpc.max_reconnect_backoff_ms", 1000),
         ])
         self._stub = agent_pb2_grpc.AgentServiceStub(self._channel)
+        self._identity = identity_pb2_grpc.IdentityServiceStub(self._channel)
+        #: Whether Envoys use the certificates (the mesh runs mTLS).
+        self._mtls = False
         self._runners: dict[str, InstanceRunner] = {}
         #: Runners told to stop whose workload may still be winding down.
         self._retiring: dict[str, InstanceRunner] = {}
@@ -222,20 +231,35 @@ class Agent:
             node=self.config.name, namespace=namespace, instance_id=instance_id,
             csr_pem=csr_pem), timeout=10)
         return Signed(reply.certificate_pem, reply.trust_bundle_pem, reply.identity,
-                      reply.serial)
+                      reply.serial, reply.root)
+
+    def _trust(self) -> identity_pb2.TrustBundle | None:
+        """The mesh's roots now (a rotation changes them); None while the
+        control plane is away (certificates in hand stay in use)."""
+        try:
+            bundle: identity_pb2.TrustBundle = self._identity.GetTrustBundle(
+                identity_pb2.GetTrustBundleRequest(), timeout=5)
+        except grpc.RpcError:
+            return None
+        return bundle
 
     def _certificate_loop(self) -> None:
         """Every instance here holds a leaf that is not past half its life."""
         while not self._stopping.is_set():
             self._certificates_due.wait(1.0)
             self._certificates_due.clear()
+            trust = self._trust()
+            if trust is not None:
+                self._mtls = trust.mtls
             before = {i: m.serial for i, r in self.runners().items()
                       if (m := self.certificates.current(i)) is not None}
+            rebundled = trust is not None and self.certificates.set_bundle(trust.bundle_pem)
             self.certificates.keep({i: r.assignment.namespace
-                                    for i, r in self.runners().items()})
+                                    for i, r in self.runners().items()},
+                                   trust.active_root if trust is not None else "")
             after = {i: m.serial for i in self.runners()
                      if (m := self.certificates.current(i)) is not None}
-            if after != before:
+            if after != before or rebundled:
                 if self._sds is not None:
                     self._sds.changed()
                 self._report_now.set()
@@ -247,9 +271,12 @@ class Agent:
     def _verify_served(self) -> None:
         """Rotation is done when the instance's Envoy serves the new serial
         (its admin /certs), not when the leaf is issued."""
+        if not self._mtls:
+            return  # Envoys do not use the certificates: nothing to see there
         for instance_id, runner in self.runners().items():
             material = self.certificates.current(instance_id)
-            if material is None or material.served == material.serial:
+            if material is None or (material.served == material.serial
+                                    and material.trusted == material.bundle_serials()):
                 continue
             driver = self.drivers.get(runner.assignment.driver)
             try:
@@ -257,15 +284,17 @@ class Agent:
                 if running is None or not running.admin:
                     continue
                 host, _, port = running.admin.rpartition(":")
-                served = envoy.Admin(host, int(port), timeout=1.0).served_serial()
+                served, trusted = envoy.Admin(host, int(port), timeout=1.0).served()
+                if not served and not trusted:  # an Envoy with no TLS to do
+                    served, trusted = material.serial, material.bundle_serials()
             except (DriverError, OSError, ValueError, envoy.EnvoyError):
                 continue  # not up yet: the next pass looks again
             late = time.time() - material.issued_at > self.SERVE_GRACE
             error = "" if served == material.serial or not late else (
                 f"its Envoy still serves certificate {served or 'none'}, not the renewed "
                 f"{material.serial} ({time.time() - material.issued_at:.0f}s after issue)")
-            if served != material.served or error != material.error:
-                self.certificates.served(instance_id, served, error)
+            if (served, trusted, error) != (material.served, material.trusted, material.error):
+                self.certificates.served(instance_id, served, trusted, error)
                 self._report_now.set()
 
     # --- reports (the heartbeat) -----------------------------------------------------
@@ -288,7 +317,10 @@ class Agent:
                 cert = self.certificates.current(instance_id)
                 if cert is not None:
                     report.cert_serial, report.cert_error = cert.serial, cert.error
-                    report.cert_served = cert.served
+                    report.cert_served, report.cert_root = cert.served, cert.root
+                    # The roots it trusts: as its Envoy serves them, with mTLS.
+                    report.cert_trusts.extend(sorted(
+                        cert.trusted if self._mtls else cert.bundle_serials()))
                     report.cert_not_after.FromSeconds(int(cert.not_after))
                 reports.append(report)
             try:

@@ -138,6 +138,10 @@ def command(binary: Path, config_path: Path | None = None,
                    "--drain-time-s", "2", "--drain-strategy", "immediate"]
 
 
+def _serial(value: object) -> str:
+    return str(value).lower().lstrip("0")
+
+
 class Admin:
     """Envoy's admin API on ``address:port``."""
 
@@ -168,17 +172,22 @@ class Admin:
         data: dict[str, Any] = json.loads(body)
         return data
 
-    def served_serial(self) -> str:
-        """The serial (hex) of the SPIFFE certificate Envoy serves; "" if none."""
+    def served(self) -> tuple[str, frozenset[str]]:
+        """What Envoy serves (admin /certs): the serial of its SPIFFE leaf ("" if
+        none) and the serials of the roots every TLS context of it trusts."""
         status, body = self.get("/certs")
         if status != 200:
             raise EnvoyError(f"Envoy admin /certs answered {status}")
-        for cert in json.loads(body).get("certificates", []):
-            for chain in cert.get("cert_chain", []):
+        leaf, trusted = "", None
+        for context in json.loads(body).get("certificates", []):
+            for chain in context.get("cert_chain", []):
                 if any(str(san.get("uri", "")).startswith("spiffe://")
                        for san in chain.get("subject_alt_names", [])):
-                    return str(chain.get("serial_number", "")).lower().lstrip("0")
-        return ""
+                    leaf = _serial(chain.get("serial_number", ""))
+            roots = {_serial(ca.get("serial_number", "")) for ca in context.get("ca_cert", [])}
+            if roots:
+                trusted = roots if trusted is None else trusted & roots
+        return leaf, frozenset(trusted or ())
 
     def drain(self, timeout: float = 3.0) -> None:
         """Stop taking new inbound connections, then wait (up to ``timeout``)

@@ -32,6 +32,8 @@ class Signed:
     bundle_pem: str
     identity: str
     serial: str
+    #: The serial of the root that signed it.
+    root: str = ""
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,15 @@ class Material:
     error: str = ""
     #: The serial the instance's Envoy was seen serving (its admin /certs).
     served: str = ""
+    #: The root that signed it.
+    root: str = ""
+    #: The roots the instance's Envoy was seen trusting.
+    trusted: frozenset[str] = frozenset()
+
+    def bundle_serials(self) -> frozenset[str]:
+        """The roots in the bundle this node holds for it."""
+        found = x509.load_pem_x509_certificates(self.bundle_pem.encode())
+        return frozenset(format(c.serial_number, "x") for c in found)
 
     @property
     def renew_at(self) -> float:
@@ -82,20 +93,32 @@ class Certificates:
         with self._lock:
             return self._held.get(instance_id)
 
-    def served(self, instance_id: str, serial: str, error: str = "") -> None:
+    def served(self, instance_id: str, serial: str, trusted: frozenset[str],
+               error: str = "") -> None:
         """Record what the instance's Envoy serves (and why that is wrong, if)."""
         with self._lock:
             held = self._held.get(instance_id)
             if held is not None:
-                self._held[instance_id] = replace(held, served=serial, error=error)
+                self._held[instance_id] = replace(held, served=serial, trusted=trusted,
+                                                  error=error)
+
+    def set_bundle(self, bundle_pem: str) -> bool:
+        """The mesh's trusted roots changed: every instance trusts the new set
+        (served over SDS at once). True when anything changed."""
+        with self._lock:
+            stale = {i: m for i, m in self._held.items() if m.bundle_pem != bundle_pem}
+            for instance_id, material in stale.items():
+                self._held[instance_id] = replace(material, bundle_pem=bundle_pem)
+        return bool(stale)
 
     def forget(self, instance_id: str) -> None:
         with self._lock:
             self._held.pop(instance_id, None)
 
-    def keep(self, instances: dict[str, str]) -> None:
+    def keep(self, instances: dict[str, str], active_root: str = "") -> None:
         """Make sure every instance (id -> namespace) has a leaf that is not
-        past half its life; forget the others."""
+        past half its life (and is signed by ``active_root``, when given);
+        forget the others."""
         with self._lock:
             for gone in set(self._held) - set(instances):
                 del self._held[gone]
@@ -103,7 +126,8 @@ class Certificates:
         now = self._clock()
         for instance_id, namespace in instances.items():
             material = held.get(instance_id)
-            if material is None or now >= material.renew_at:
+            if material is None or now >= material.renew_at or (
+                    active_root and material.root != active_root):
                 self.renew(namespace, instance_id)
 
     def renew(self, namespace: str, instance_id: str) -> Material | None:
@@ -121,7 +145,7 @@ class Certificates:
         cert = x509.load_pem_x509_certificate(signed.cert_pem.encode())
         material = Material(
             key_pem=key_pem, cert_pem=signed.cert_pem, bundle_pem=signed.bundle_pem,
-            identity=signed.identity, serial=signed.serial,
+            identity=signed.identity, serial=signed.serial, root=signed.root,
             issued_at=self._clock(), not_after=cert.not_valid_after_utc.timestamp(),
         )
         with self._lock:

@@ -273,3 +273,46 @@ def affected_proxies(client: Client, doc: dict[str, Any]) -> None:
                  else "yes (ACKed)" if proxy.synced_version >= version else "not yet")
         table.add_row(proxy.id, f"{proxy.namespace}/{proxy.service}", proxy.node or "-", state)
     out.print(table)
+
+
+@cli.group()
+def ca() -> None:
+    """The mesh's certificate authority: its roots and their rotation."""
+
+
+def _print_bundle(bundle: Any) -> None:
+    roots = ", ".join(f"{r}{' (signs)' if r == bundle.active_root else ''}"
+                      for r in bundle.roots)
+    out.print(f"roots: {roots}", markup=False)
+    out.print(f"rotation: {bundle.rotation or 'none'}", markup=False)
+
+
+@ca.command("status")
+@click.pass_context
+def ca_status(ctx: click.Context) -> None:
+    """The trusted roots, which one signs, and any rotation in progress."""
+    _print_bundle(client_of(ctx).trust_bundle())
+
+
+@ca.command("rotate")
+@click.option("--wait", is_flag=True, help="Return once the old root is gone.")
+@click.option("--wait-timeout", type=click.FloatRange(min=0), default=300.0, show_default=True)
+@click.pass_context
+def ca_rotate(ctx: click.Context, wait: bool, wait_timeout: float) -> None:
+    """Rotate the root: the new root joins every proxy's trust bundle, then
+    signs every leaf anew, and the old root leaves last; no request fails."""
+    client = client_of(ctx)
+    bundle = client.rotate_root()
+    _print_bundle(bundle)
+    if not wait:
+        return
+    deadline = time.monotonic() + wait_timeout
+    while bundle.rotation and time.monotonic() < deadline:
+        time.sleep(0.5)
+        bundle = client.trust_bundle()
+    if bundle.rotation:
+        raise errors.FailedPrecondition(
+            f"the rotation is still {bundle.rotation} after {wait_timeout:g}s: see which "
+            "instances lag with `flotilla get instances -o yaml` (status.certificate)")
+    out.print(f"rotated: root {bundle.active_root} signs every leaf; the old root is gone",
+              markup=False)

@@ -14,6 +14,7 @@ import datetime
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from controlplane.errors import FailedPrecondition, NotFound, PermissionDenied, UserError
 from controlplane.identity.ca import (
@@ -34,8 +35,10 @@ KEEP_PER_INSTANCE = 2
 class Issuer:
     def __init__(self, store: SqliteStore, trust_domain: str,
                  leaf_ttl: datetime.timedelta = datetime.timedelta(hours=24),
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *, mtls: bool = False) -> None:
         self._store = store
+        #: Whether proxies serve the leaves (then rotation waits for them).
+        self.mtls = mtls
         self._ttl = leaf_ttl
         self._clock = clock
         self._lock = threading.Lock()
@@ -50,6 +53,7 @@ class Issuer:
 
     def _load_or_create(self, trust_domain: str) -> CertificateAuthority:
         stored = self._store.get_private(PRIVATE_KEY)
+        self.rotation: dict[str, str] = dict(stored.get("rotation") or {}) if stored else {}
         if stored:
             if stored["trustDomain"] != trust_domain:
                 raise FailedPrecondition(
@@ -64,10 +68,52 @@ class Issuer:
 
     def _save(self, ca: CertificateAuthority) -> None:
         self._store.put_private(PRIVATE_KEY, {
-            "trustDomain": ca.trust_domain, "roots": [r.as_dict() for r in ca.roots]})
+            "trustDomain": ca.trust_domain, "roots": [r.as_dict() for r in ca.roots],
+            "rotation": self.rotation})
 
     def bundle(self) -> str:
         return self.ca.bundle()
+
+    # --- root rotation ---------------------------------------------------------------
+    #
+    # trusting:  roots = [old (signs), new]; every proxy must trust new
+    # reissuing: roots = [new (signs), old]; every proxy must serve a leaf of new
+    # done:      roots = [new]
+
+    def rotate(self) -> None:
+        with self._lock:
+            if self.rotation:
+                raise FailedPrecondition(
+                    f"a root rotation is already in progress ({self.rotation['phase']}); "
+                    "wait for it to finish (`flotilla ca status`)")
+            new = new_root(self.ca.trust_domain, self._now())
+            self.rotation = {"phase": "trusting", "new": new.serial, "old": self.ca.active.serial}
+            self.ca = CertificateAuthority(self.ca.trust_domain, [self.ca.active, new])
+            self._save(self.ca)
+
+    def advance(self) -> str:
+        """Move a rotation on when every proxy is ready for the next phase;
+        returns the phase it is in ("" when none)."""
+        with self._lock:
+            if not self.rotation:
+                return ""
+            new, phase = self.rotation["new"], self.rotation["phase"]
+            reports: list[dict[str, Any]] = [
+                dict(i.status["certificate"]) for i in self._store.list("Instance")
+                if i.spec.get("node") and i.status.get("certificate")]
+            if phase == "trusting" and all(new in (r.get("trusts") or ()) for r in reports):
+                roots = sorted(self.ca.roots, key=lambda r: r.serial != new)
+                self.ca = CertificateAuthority(self.ca.trust_domain, roots)
+                self.rotation = {**self.rotation, "phase": "reissuing"}
+                self._save(self.ca)
+            elif phase == "reissuing" and all(
+                    r.get("root") == new and (not self.mtls or r.get("served") == r.get("serial"))
+                    for r in reports):
+                self.ca = CertificateAuthority(self.ca.trust_domain,
+                                               [r for r in self.ca.roots if r.serial == new])
+                self.rotation = {}
+                self._save(self.ca)
+            return self.rotation.get("phase", "")
 
     def sign_for_instance(self, node: str, namespace: str, instance_id: str,
                           csr_pem: str) -> Leaf:

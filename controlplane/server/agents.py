@@ -89,7 +89,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         not_after.FromDatetime(leaf.not_after)
         return agent_pb2.SignCertificateResponse(
             certificate_pem=leaf.cert_pem, trust_bundle_pem=self._issuer.bundle(),
-            identity=leaf.identity, serial=leaf.serial, not_after=not_after)
+            identity=leaf.identity, serial=leaf.serial, not_after=not_after, root=leaf.root)
 
     def WatchAssignments(self, request: agent_pb2.WatchAssignmentsRequest,
                          context: grpc.ServicerContext) -> Iterator[agent_pb2.Assignments]:
@@ -127,6 +127,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                     "serial": report.cert_serial,
                     "notAfter": report.cert_not_after.ToJsonString(),
                     "served": report.cert_served,
+                    "root": report.cert_root,
+                    "trusts": sorted(report.cert_trusts),
                     **({"error": report.cert_error} if report.cert_error else {}),
                 }
             self._store.write_status(key, status)

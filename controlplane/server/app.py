@@ -24,6 +24,8 @@ from grpc_reflection.v1alpha import reflection
 from controlplane.api.flotilla.v1 import (
     agent_pb2,
     agent_pb2_grpc,
+    identity_pb2,
+    identity_pb2_grpc,
     instances_pb2,
     instances_pb2_grpc,
     nodes_pb2,
@@ -39,6 +41,7 @@ from controlplane.controllers.reconciler import Reconciler
 from controlplane.identity.issuer import Issuer
 from controlplane.server.agents import AgentServicer
 from controlplane.server.cluster import InstanceServicer, NodeServicer
+from controlplane.server.identity import IdentityServicer
 from controlplane.server.resources import ResourceServicer
 from controlplane.server.xds import AggregatedDiscoveryServicer, ProxyServicer
 from controlplane.store import SqliteStore
@@ -59,6 +62,7 @@ SERVICE_NAMES = tuple(
         (instances_pb2, "InstanceService"),
         (proxies_pb2, "ProxyService"),
         (agent_pb2, "AgentService"),
+        (identity_pb2, "IdentityService"),
     )
 )
 
@@ -105,7 +109,9 @@ class ControlPlane:
         self.xds = XdsCache()
         self.reconciler = Reconciler(self.store, self.nodes, proxies_synced=self.xds.all_synced)
         self.issuer = Issuer(self.store, config.trust_domain,
-                             datetime.timedelta(seconds=config.cert_ttl))
+                             datetime.timedelta(seconds=config.cert_ttl), mtls=config.mtls)
+        self._identity = IdentityServicer(self.issuer)
+        identity_pb2_grpc.add_IdentityServiceServicer_to_server(self._identity, self._server)
         self._agents = AgentServicer(self.store, self.nodes, self.issuer)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(self._agents, self._server)
         nodes_pb2_grpc.add_NodeServiceServicer_to_server(
@@ -139,6 +145,7 @@ class ControlPlane:
         self._feeder.start()
         self._server.start()
         self.reconciler.start()
+        self._identity.start()
         for name in ("", *SERVICE_NAMES):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return f"{host}:{self.port}"
@@ -160,6 +167,7 @@ class ControlPlane:
         self._resources.shutdown()
         self._agents.shutdown()
         self._ads.shutdown()
+        self._identity.stop()
         self.reconciler.stop()
         self._feeder.stop()
         done.wait()

@@ -275,3 +275,39 @@ def test_denied_grpc_is_permission_denied_and_denied_tcp_is_closed(mesh: Mesh) -
 
     assert raw("frontend").startswith(b"HTTP/1.")
     assert raw("intruder") == b""  # the connection closes without an answer
+
+
+def test_root_rotation_under_load_drops_nothing(mesh: Mesh) -> None:
+    before = mesh.server.client().trust_bundle()
+    failures: list[str] = []
+    done = 0
+    stop = threading.Event()
+
+    def load() -> None:
+        nonlocal done
+        deadline = time.monotonic() + 240
+        while not stop.is_set() and time.monotonic() < deadline:
+            for via in (mesh.upstream, mesh.apps[("frontend", "raw")]):
+                try:
+                    mesh.call(via=via)
+                    done += 1
+                except OSError as error:
+                    failures.append(f"{via}: {error}")
+            stop.wait(0.05)
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    try:
+        rotated = run_cli("ca", "rotate", "--wait", "--wait-timeout", "180", server=mesh.server)
+        time.sleep(2)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+    after = mesh.server.client().trust_bundle()
+    assert after.roots == [after.active_root] and after.active_root not in before.roots
+    assert failures == [] and done > 50
+    with mesh.server.client() as client:
+        for instance in client.list("Instance", "default")[0]:
+            cert = instance["status"]["certificate"]
+            assert cert["root"] == after.active_root and cert["served"] == cert["serial"]

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from controlplane.api.flotilla.v1 import nodes_pb2 as flotilla_dot_v1_dot_nodes__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66lotilla/v1/agent.proto\x12\x0b\x66lotilla.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17\x66lotilla/v1/nodes.proto\"\xe2\x01\n\x0bJoinRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x34\n\x06labels\x18\x03 \x03(\x0b\x32$.flotilla.v1.JoinRequest.LabelsEntry\x12\'\n\x08\x63\x61pacity\x18\x04 \x01(\x0b\x32\x15.flotilla.v1.Capacity\x12\x0f\n\x07\x64rivers\x18\x05 \x03(\t\x12\x15\n\rlogs_endpoint\x18\x06 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"P\n\x0cJoinResponse\x12\x1f\n\x04node\x18\x01 \x01(\x0b\x32\x11.flotilla.v1.Node\x12\x1f\n\x17report_interval_seconds\x18\x02 \x01(\x01\"\x8e\x01\n\nAssignment\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x10\n\x08revision\x18\x04 \x01(\x03\x12%\n\x04spec\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06\x64river\x18\x06 \x01(\t\"\'\n\x17WatchAssignmentsRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\";\n\x0b\x41ssignments\x12,\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x17.flotilla.v1.Assignment\"\x8d\x02\n\x0eInstanceReport\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x0c\n\x04port\x18\x05 \x01(\r\x12\x10\n\x08restarts\x18\x06 \x01(\x05\x12\x11\n\texit_code\x18\x07 \x01(\x05\x12\x11\n\tnamespace\x18\x08 \x01(\t\x12\x13\n\x0b\x63\x65rt_serial\x18\t \x01(\t\x12\x32\n\x0e\x63\x65rt_not_after\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncert_error\x18\x0b \x01(\t\x12\x13\n\x0b\x63\x65rt_served\x18\x0c \x01(\t\"M\n\rReportRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12.\n\tinstances\x18\x02 \x03(\x0b\x32\x1b.flotilla.v1.InstanceReport\"\x10\n\x0eReportResponse\"_\n\x16SignCertificateRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x04 \x01(\t\"\x9d\x01\n\x17SignCertificateResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\x12\x18\n\x10trust_bundle_pem\x18\x02 \x01(\t\x12\x10\n\x08identity\x18\x03 \x01(\t\x12\x0e\n\x06serial\x18\x04 \x01(\t\x12-\n\tnot_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"@\n\x0bLogsRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0c\n\x04tail\x18\x02 \x01(\x05\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"\x18\n\x08LogChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\")\n\x12ProxyConfigRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"/\n\x13ProxyConfigResponse\x12\x18\n\x10\x63onfig_dump_json\x18\x01 \x01(\t2\xc2\x02\n\x0c\x41gentService\x12;\n\x04Join\x12\x18.flotilla.v1.JoinRequest\x1a\x19.flotilla.v1.JoinResponse\x12\\\n\x0fSignCertificate\x12#.flotilla.v1.SignCertificateRequest\x1a$.flotilla.v1.SignCertificateResponse\x12T\n\x10WatchAssignments\x12$.flotilla.v1.WatchAssignmentsRequest\x1a\x18.flotilla.v1.Assignments0\x01\x12\x41\n\x06Report\x12\x1a.flotilla.v1.ReportRequest\x1a\x1b.flotilla.v1.ReportResponse2\x99\x01\n\nLogService\x12\x39\n\x04Logs\x12\x18.flotilla.v1.LogsRequest\x1a\x15.flotilla.v1.LogChunk0\x01\x12P\n\x0bProxyConfig\x12\x1f.flotilla.v1.ProxyConfigRequest\x1a .flotilla.v1.ProxyConfigResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66lotilla/v1/agent.proto\x12\x0b\x66lotilla.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17\x66lotilla/v1/nodes.proto\"\xe2\x01\n\x0bJoinRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x34\n\x06labels\x18\x03 \x03(\x0b\x32$.flotilla.v1.JoinRequest.LabelsEntry\x12\'\n\x08\x63\x61pacity\x18\x04 \x01(\x0b\x32\x15.flotilla.v1.Capacity\x12\x0f\n\x07\x64rivers\x18\x05 \x03(\t\x12\x15\n\rlogs_endpoint\x18\x06 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"P\n\x0cJoinResponse\x12\x1f\n\x04node\x18\x01 \x01(\x0b\x32\x11.flotilla.v1.Node\x12\x1f\n\x17report_interval_seconds\x18\x02 \x01(\x01\"\x8e\x01\n\nAssignment\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x10\n\x08revision\x18\x04 \x01(\x03\x12%\n\x04spec\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06\x64river\x18\x06 \x01(\t\"\'\n\x17WatchAssignmentsRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\";\n\x0b\x41ssignments\x12,\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x17.flotilla.v1.Assignment\"\xb5\x02\n\x0eInstanceReport\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x0c\n\x04port\x18\x05 \x01(\r\x12\x10\n\x08restarts\x18\x06 \x01(\x05\x12\x11\n\texit_code\x18\x07 \x01(\x05\x12\x11\n\tnamespace\x18\x08 \x01(\t\x12\x13\n\x0b\x63\x65rt_serial\x18\t \x01(\t\x12\x32\n\x0e\x63\x65rt_not_after\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncert_error\x18\x0b \x01(\t\x12\x13\n\x0b\x63\x65rt_served\x18\x0c \x01(\t\x12\x11\n\tcert_root\x18\r \x01(\t\x12\x13\n\x0b\x63\x65rt_trusts\x18\x0e \x03(\t\"M\n\rReportRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12.\n\tinstances\x18\x02 \x03(\x0b\x32\x1b.flotilla.v1.InstanceReport\"\x10\n\x0eReportResponse\"_\n\x16SignCertificateRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x04 \x01(\t\"\xab\x01\n\x17SignCertificateResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\x12\x18\n\x10trust_bundle_pem\x18\x02 \x01(\t\x12\x10\n\x08identity\x18\x03 \x01(\t\x12\x0e\n\x06serial\x18\x04 \x01(\t\x12-\n\tnot_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04root\x18\x06 \x01(\t\"@\n\x0bLogsRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0c\n\x04tail\x18\x02 \x01(\x05\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"\x18\n\x08LogChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\")\n\x12ProxyConfigRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"/\n\x13ProxyConfigResponse\x12\x18\n\x10\x63onfig_dump_json\x18\x01 \x01(\t2\xc2\x02\n\x0c\x41gentService\x12;\n\x04Join\x12\x18.flotilla.v1.JoinRequest\x1a\x19.flotilla.v1.JoinResponse\x12\\\n\x0fSignCertificate\x12#.flotilla.v1.SignCertificateRequest\x1a$.flotilla.v1.SignCertificateResponse\x12T\n\x10WatchAssignments\x12$.flotilla.v1.WatchAssignmentsRequest\x1a\x18.flotilla.v1.Assignments0\x01\x12\x41\n\x06Report\x12\x1a.flotilla.v1.ReportRequest\x1a\x1b.flotilla.v1.ReportResponse2\x99\x01\n\nLogService\x12\x39\n\x04Logs\x12\x18.flotilla.v1.LogsRequest\x1a\x15.flotilla.v1.LogChunk0\x01\x12P\n\x0bProxyConfig\x12\x1f.flotilla.v1.ProxyConfigRequest\x1a .flotilla.v1.ProxyConfigResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,25 +49,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ASSIGNMENTS']._serialized_start=625
   _globals['_ASSIGNMENTS']._serialized_end=684
   _globals['_INSTANCEREPORT']._serialized_start=687
-  _globals['_INSTANCEREPORT']._serialized_end=956
-  _globals['_REPORTREQUEST']._serialized_start=958
-  _globals['_REPORTREQUEST']._serialized_end=1035
-  _globals['_REPORTRESPONSE']._serialized_start=1037
-  _globals['_REPORTRESPONSE']._serialized_end=1053
-  _globals['_SIGNCERTIFICATEREQUEST']._serialized_start=1055
-  _globals['_SIGNCERTIFICATEREQUEST']._serialized_end=1150
-  _globals['_SIGNCERTIFICATERESPONSE']._serialized_start=1153
-  _globals['_SIGNCERTIFICATERESPONSE']._serialized_end=1310
-  _globals['_LOGSREQUEST']._serialized_start=1312
-  _globals['_LOGSREQUEST']._serialized_end=1376
-  _globals['_LOGCHUNK']._serialized_start=1378
-  _globals['_LOGCHUNK']._serialized_end=1402
-  _globals['_PROXYCONFIGREQUEST']._serialized_start=1404
-  _globals['_PROXYCONFIGREQUEST']._serialized_end=1445
-  _globals['_PROXYCONFIGRESPONSE']._serialized_start=1447
-  _globals['_PROXYCONFIGRESPONSE']._serialized_end=1494
-  _globals['_AGENTSERVICE']._serialized_start=1497
-  _globals['_AGENTSERVICE']._serialized_end=1819
-  _globals['_LOGSERVICE']._serialized_start=1822
-  _globals['_LOGSERVICE']._serialized_end=1975
+  _globals['_INSTANCEREPORT']._serialized_end=996
+  _globals['_REPORTREQUEST']._serialized_start=998
+  _globals['_REPORTREQUEST']._serialized_end=1075
+  _globals['_REPORTRESPONSE']._serialized_start=1077
+  _globals['_REPORTRESPONSE']._serialized_end=1093
+  _globals['_SIGNCERTIFICATEREQUEST']._serialized_start=1095
+  _globals['_SIGNCERTIFICATEREQUEST']._serialized_end=1190
+  _globals['_SIGNCERTIFICATERESPONSE']._serialized_start=1193
+  _globals['_SIGNCERTIFICATERESPONSE']._serialized_end=1364
+  _globals['_LOGSREQUEST']._serialized_start=1366
+  _globals['_LOGSREQUEST']._serialized_end=1430
+  _globals['_LOGCHUNK']._serialized_start=1432
+  _globals['_LOGCHUNK']._serialized_end=1456
+  _globals['_PROXYCONFIGREQUEST']._serialized_start=1458
+  _globals['_PROXYCONFIGREQUEST']._serialized_end=1499
+  _globals['_PROXYCONFIGRESPONSE']._serialized_start=1501
+  _globals['_PROXYCONFIGRESPONSE']._serialized_end=1548
+  _globals['_AGENTSERVICE']._serialized_start=1551
+  _globals['_AGENTSERVICE']._serialized_end=1873
+  _globals['_LOGSERVICE']._serialized_start=1876
+  _globals['_LOGSERVICE']._serialized_end=2029
 # @@protoc_insertion_point(module_scope)

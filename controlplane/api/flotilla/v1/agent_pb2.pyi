@@ -71,7 +71,7 @@ class Assignments(_message.Message):
     def __init__(self, assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ...) -> None: ...
 
 class InstanceReport(_message.Message):
-    __slots__ = ("instance_id", "state", "reason", "address", "port", "restarts", "exit_code", "namespace", "cert_serial", "cert_not_after", "cert_error", "cert_served")
+    __slots__ = ("instance_id", "state", "reason", "address", "port", "restarts", "exit_code", "namespace", "cert_serial", "cert_not_after", "cert_error", "cert_served", "cert_root", "cert_trusts")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +84,8 @@ class InstanceReport(_message.Message):
     CERT_NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
     CERT_ERROR_FIELD_NUMBER: _ClassVar[int]
     CERT_SERVED_FIELD_NUMBER: _ClassVar[int]
+    CERT_ROOT_FIELD_NUMBER: _ClassVar[int]
+    CERT_TRUSTS_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     state: str
     reason: str
@@ -96,7 +98,9 @@ class InstanceReport(_message.Message):
     cert_not_after: _timestamp_pb2.Timestamp
     cert_error: str
     cert_served: str
-    def __init__(self, instance_id: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., address: _Optional[str] = ..., port: _Optional[int] = ..., restarts: _Optional[int] = ..., exit_code: _Optional[int] = ..., namespace: _Optional[str] = ..., cert_serial: _Optional[str] = ..., cert_not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cert_error: _Optional[str] = ..., cert_served: _Optional[str] = ...) -> None: ...
+    cert_root: str
+    cert_trusts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, instance_id: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., address: _Optional[str] = ..., port: _Optional[int] = ..., restarts: _Optional[int] = ..., exit_code: _Optional[int] = ..., namespace: _Optional[str] = ..., cert_serial: _Optional[str] = ..., cert_not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cert_error: _Optional[str] = ..., cert_served: _Optional[str] = ..., cert_root: _Optional[str] = ..., cert_trusts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ReportRequest(_message.Message):
     __slots__ = ("node", "instances")
@@ -123,18 +127,20 @@ class SignCertificateRequest(_message.Message):
     def __init__(self, node: _Optional[str] = ..., namespace: _Optional[str] = ..., instance_id: _Optional[str] = ..., csr_pem: _Optional[str] = ...) -> None: ...
 
 class SignCertificateResponse(_message.Message):
-    __slots__ = ("certificate_pem", "trust_bundle_pem", "identity", "serial", "not_after")
+    __slots__ = ("certificate_pem", "trust_bundle_pem", "identity", "serial", "not_after", "root")
     CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
     TRUST_BUNDLE_PEM_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     SERIAL_FIELD_NUMBER: _ClassVar[int]
     NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    ROOT_FIELD_NUMBER: _ClassVar[int]
     certificate_pem: str
     trust_bundle_pem: str
     identity: str
     serial: str
     not_after: _timestamp_pb2.Timestamp
-    def __init__(self, certificate_pem: _Optional[str] = ..., trust_bundle_pem: _Optional[str] = ..., identity: _Optional[str] = ..., serial: _Optional[str] = ..., not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    root: str
+    def __init__(self, certificate_pem: _Optional[str] = ..., trust_bundle_pem: _Optional[str] = ..., identity: _Optional[str] = ..., serial: _Optional[str] = ..., not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., root: _Optional[str] = ...) -> None: ...
 
 class LogsRequest(_message.Message):
     __slots__ = ("instance_id", "tail", "follow")

@@ -1,0 +1,62 @@
+"""IdentityService: the trust bundle agents serve their Envoys, and root
+rotation; a thread moves a rotation on as proxies catch up."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import grpc
+
+from controlplane.api.flotilla.v1 import identity_pb2, identity_pb2_grpc
+from controlplane.errors import UserError
+from controlplane.identity.issuer import Issuer
+from controlplane.server.status import abort
+
+log = logging.getLogger("flotilla.identity")
+
+
+def bundle_of(issuer: Issuer) -> identity_pb2.TrustBundle:
+    return identity_pb2.TrustBundle(
+        bundle_pem=issuer.bundle(), active_root=issuer.ca.active.serial,
+        roots=[r.serial for r in issuer.ca.roots], rotation=issuer.rotation.get("phase", ""),
+        mtls=issuer.mtls)
+
+
+class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
+    def __init__(self, issuer: Issuer) -> None:
+        self._issuer = issuer
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._advance, name="root-rotation", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _advance(self) -> None:
+        phase = self._issuer.rotation.get("phase", "")
+        while not self._stop.wait(0.5):
+            try:
+                now = self._issuer.advance()
+            except Exception:  # keep watching; the next pass retries
+                log.exception("advancing the root rotation")
+                continue
+            if now != phase:
+                log.info("root rotation: %s", now or "done")
+                phase = now
+
+    def GetTrustBundle(self, request: identity_pb2.GetTrustBundleRequest,
+                       context: grpc.ServicerContext) -> identity_pb2.TrustBundle:
+        return bundle_of(self._issuer)
+
+    def RotateRoot(self, request: identity_pb2.RotateRootRequest,
+                   context: grpc.ServicerContext) -> identity_pb2.TrustBundle:
+        try:
+            self._issuer.rotate()
+        except UserError as error:
+            abort(context, error)
+        log.info("root rotation: trusting (new root %s)", self._issuer.rotation["new"])
+        return bundle_of(self._issuer)
