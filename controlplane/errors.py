@@ -9,7 +9,8 @@
     │   ├── NotFound              NOT_FOUND
     │   ├── FailedPrecondition    FAILED_PRECONDITION (e.g. still referenced)
     │   ├── OutOfRange            OUT_OF_RANGE (watch from compacted history)
-    │   └── PermissionDenied      PERMISSION_DENIED
+    │   ├── PermissionDenied      PERMISSION_DENIED
+    │   └── Unauthenticated       UNAUTHENTICATED (no or a wrong join token)
     ├── TemporaryError            retry with backoff
     └── PermanentError            recorded on the object's status
 
@@ -79,6 +80,10 @@ class OutOfRange(UserError):
 
 class PermissionDenied(UserError):
     code = "PERMISSION_DENIED"
+
+
+class Unauthenticated(UserError):
+    code = "UNAUTHENTICATED"
 
 
 class TemporaryError(FlotillaError):

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -30,6 +31,7 @@ from controlplane.api.flotilla.v1 import (
     nodes_pb2,
 )
 from controlplane.convert import dict_of
+from controlplane.identity.tokens import METADATA
 from sidecar import envoy
 from sidecar.drivers.base import Driver, DriverError, Sidecar
 from sidecar.identity import Certificates, Signed
@@ -56,6 +58,8 @@ class AgentConfig:
     #: The Envoy binary for sidecars (checked to be the pinned version); None
     #: runs instances without sidecars.
     envoy: str | None = None
+    #: The cluster's join token, shown on every call to the control plane.
+    join_token: str = ""
 
 
 def detect_capacity() -> tuple[int, int]:
@@ -77,11 +81,15 @@ class Agent:
         self.drivers = dict(drivers)
         # Reconnect quickly after the control plane comes back: reports are
         # the heartbeat, and a long channel back-off would outlast the grace.
-        self._channel = grpc.insecure_channel(config.server, options=[
+        self._raw_channel = grpc.insecure_channel(config.server, options=[
             ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.min_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 1000),
         ])
+        self._channel = grpc.intercept_channel(self._raw_channel,
+                                               _WithToken(config.join_token))
+        #: Why the agent gave up (a refused join token), when it did.
+        self.failure = ""
         self._stub = agent_pb2_grpc.AgentServiceStub(self._channel)
         self._identity = identity_pb2_grpc.IdentityServiceStub(self._channel)
         #: Whether Envoys use the certificates (the mesh runs mTLS).
@@ -134,7 +142,7 @@ class Agent:
         self._logs.stop(1.0).wait()
         if self._sds is not None:
             self._sds.stop()
-        self._channel.close()
+        self._raw_channel.close()
         if stop_workloads:
             runners = list(self.runners().values()) + list(self._retiring.values())
             for runner in runners:
@@ -180,6 +188,11 @@ class Agent:
                     self._converge([_assignment(a) for a in message.assignments])
             except grpc.RpcError as error:
                 if self._stopping.is_set():
+                    return
+                if error.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    self.failure = f"the control plane refused this agent: {error.details()}"
+                    log.error("%s", self.failure)
+                    self._stopping.set()
                     return
                 log.warning("control plane %s: %s; retrying in %.1fs (workloads keep running)",
                             self.config.server, error.code().name, delay)
@@ -385,6 +398,24 @@ class _LogServicer(agent_pb2_grpc.LogServiceServicer):
                           f"the Envoy of instance {request.instance_id} does not answer on its "
                           f"admin API {running.admin}: {error}")
         return agent_pb2.ProxyConfigResponse(config_dump_json=json.dumps(dump))
+
+
+class _WithToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Adds the join token to every call."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = [(METADATA, token)] if token else []
+
+    def _with(self, details: Any) -> Any:
+        return details._replace(metadata=[*(details.metadata or []), *self._metadata])
+
+    def intercept_unary_unary(self, continuation: Any, client_call_details: Any,
+                              request: Any) -> Any:
+        return continuation(self._with(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation: Any, client_call_details: Any,
+                               request: Any) -> Any:
+        return continuation(self._with(client_call_details), request)
 
 
 def _assignment(message: agent_pb2.Assignment) -> Assignment:

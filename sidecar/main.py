@@ -51,7 +51,7 @@ def local_address(drivers: Sequence[str]) -> str:
 
 def build_agent(*, server: str, name: str, address: str, labels: Mapping[str, str],
                 cpu: int | None, memory: int | None, drivers: Sequence[str],
-                data_dir: Path, sidecars: bool = True) -> Agent:
+                data_dir: Path, sidecars: bool = True, join_token: str = "") -> Agent:
     data_dir.mkdir(parents=True, exist_ok=True)
     offered: dict[str, Driver] = {}
     if not drivers or "process" in drivers:
@@ -72,5 +72,5 @@ def build_agent(*, server: str, name: str, address: str, labels: Mapping[str, st
         binary = str(path)
     config = AgentConfig(server=server, name=name, address=address, data_dir=data_dir,
                          labels=dict(labels), cpu_millis=cpu or 0, memory_mib=memory or 0,
-                         envoy=binary)
+                         envoy=binary, join_token=join_token)
     return Agent(config, offered)

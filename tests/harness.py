@@ -125,7 +125,8 @@ class AgentProcess:
         log = open(self.data_dir / "agent.log", "ab")  # noqa: SIM115
         args = [sys.executable, "-m", "controlplane", "--server", self.server.address, "agent",
                 "--name", self.name, "--address", self.address, "--cpu", str(self.cpu),
-                "--memory", str(self.memory), "--data-dir", str(self.data_dir)]
+                "--memory", str(self.memory), "--data-dir", str(self.data_dir),
+                "--join-token-file", str(self.server.data_dir / "join-token")]
         for label in self.labels:
             args += ["--label", label]
         for driver in self.drivers:

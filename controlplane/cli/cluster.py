@@ -95,18 +95,35 @@ def drain(ctx: click.Context, node: str) -> None:
               help="[default: ~/.local/share/flotilla/agent-NAME]")
 @click.option("--sidecars/--no-sidecars", default=True, show_default=True,
               help="Run every instance with its Envoy sidecar (the mesh).")
+@click.option("--join-token", envvar="FLOTILLA_JOIN_TOKEN", default=None,
+              help="The cluster's join token (env FLOTILLA_JOIN_TOKEN); the server keeps it in "
+              "its data dir's join-token file.")
+@click.option("--join-token-file", type=click.Path(path_type=Path, dir_okay=False),
+              default=None, help="Read the join token from this file.")
 @click.pass_context
 def agent(ctx: click.Context, name: str, address: str, labels: tuple[str, ...],
           cpu: int | None, memory: int | None, drivers: tuple[str, ...],
-          data_dir: Path | None, sidecars: bool) -> None:
+          data_dir: Path | None, sidecars: bool, join_token: str | None,
+          join_token_file: Path | None) -> None:
     """Run the node agent: join the control plane and run what it assigns."""
     from sidecar.main import build_agent
 
+    if join_token_file is not None:
+        try:
+            join_token = join_token_file.read_text().strip()
+        except OSError as error:
+            raise click.BadParameter(f"cannot read {join_token_file}: {error.strerror}",
+                                     param_hint="--join-token-file") from None
+    if not join_token:
+        raise click.UsageError("the agent needs the cluster's join token: --join-token TOKEN "
+                               "or --join-token-file PATH (the server writes it to the "
+                               "join-token file in its data dir)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     node = build_agent(
         server=ctx.find_root().obj["server"], name=name, address=address,
         labels=parse_selector(",".join(labels)), cpu=cpu, memory=memory, drivers=drivers,
         data_dir=data_dir or default_data_dir(f"agent-{name}"), sidecars=sidecars,
+        join_token=join_token,
     )
     stop = threading.Event()
 
@@ -118,5 +135,8 @@ def agent(ctx: click.Context, name: str, address: str, labels: tuple[str, ...],
     node.start()
     out.print(f"flotilla agent {name} ({address}, drivers {', '.join(sorted(node.drivers))}) "
               f"joining {node.config.server}")
-    stop.wait()
+    while not stop.wait(0.5) and not node.failure:
+        pass
     node.stop()
+    if node.failure:
+        raise errors.Unauthenticated(node.failure)

@@ -367,7 +367,8 @@ def dev(listen: str, data_dir: Path | None, address: str | None,
 
     def start_agent(server: str) -> Callable[[], None]:
         agent = build_agent(server=server, name="dev", address=address, labels={}, cpu=None,
-                            memory=None, drivers=drivers, data_dir=data / "agent")
+                            memory=None, drivers=drivers, data_dir=data / "agent",
+                            join_token=(data / "join-token").read_text().strip())
         agent.start()
         out.print(f"flotilla dev: control plane on {server}, store {data / 'flotilla.db'} "
                   f"(SQLite), catalog: embedded, agent 'dev' on {address} with drivers "

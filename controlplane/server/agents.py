@@ -17,6 +17,7 @@ from controlplane.api.flotilla.v1 import agent_pb2, agent_pb2_grpc, nodes_pb2
 from controlplane.controllers.nodes import NodeRegistry
 from controlplane.errors import UserError
 from controlplane.identity.issuer import Issuer
+from controlplane.identity.tokens import JoinTokens, token_of
 from controlplane.model import ObjectKey, Resource, node_state
 from controlplane.server.status import abort
 from controlplane.store import SqliteStore
@@ -55,10 +56,19 @@ def assignments_of(store: SqliteStore, node: str) -> agent_pb2.Assignments:
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
-    def __init__(self, store: SqliteStore, nodes: NodeRegistry, issuer: Issuer) -> None:
+    def __init__(self, store: SqliteStore, nodes: NodeRegistry, issuer: Issuer,
+                 tokens: JoinTokens) -> None:
         self._store = store
         self._nodes = nodes
         self._issuer = issuer
+        self._tokens = tokens
+
+    def _admit(self, context: grpc.ServicerContext) -> None:
+        """Every agent call carries the join token."""
+        try:
+            self._tokens.check(token_of(context.invocation_metadata()))
+        except UserError as error:
+            abort(context, error)
         self._stopping = threading.Event()
 
     def shutdown(self) -> None:
@@ -67,6 +77,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
     def Join(self, request: agent_pb2.JoinRequest,
              context: grpc.ServicerContext) -> agent_pb2.JoinResponse:
+        self._admit(context)
         try:
             node = self._nodes.join(
                 request.name, request.address, dict(request.labels),
@@ -80,6 +91,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
     def SignCertificate(self, request: agent_pb2.SignCertificateRequest,
                         context: grpc.ServicerContext) -> agent_pb2.SignCertificateResponse:
+        self._admit(context)
         try:
             leaf = self._issuer.sign_for_instance(request.node, request.namespace or "default",
                                                   request.instance_id, request.csr_pem)
@@ -93,6 +105,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
     def WatchAssignments(self, request: agent_pb2.WatchAssignmentsRequest,
                          context: grpc.ServicerContext) -> Iterator[agent_pb2.Assignments]:
+        self._admit(context)
         sent: bytes | None = None
         seen = -1
         while context.is_active() and not self._stopping.is_set():
@@ -110,6 +123,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
     def Report(self, request: agent_pb2.ReportRequest,
                context: grpc.ServicerContext) -> agent_pb2.ReportResponse:
+        self._admit(context)
         try:
             self._nodes.heartbeat(request.node)
         except UserError as error:

@@ -39,6 +39,7 @@ from controlplane.errors import UserError
 from controlplane.controllers.nodes import NodeRegistry
 from controlplane.controllers.reconciler import Reconciler
 from controlplane.identity.issuer import Issuer
+from controlplane.identity.tokens import JoinTokens
 from controlplane.server.agents import AgentServicer
 from controlplane.server.cluster import InstanceServicer, NodeServicer
 from controlplane.server.identity import IdentityServicer
@@ -112,7 +113,8 @@ class ControlPlane:
                              datetime.timedelta(seconds=config.cert_ttl), mtls=config.mtls)
         self._identity = IdentityServicer(self.issuer)
         identity_pb2_grpc.add_IdentityServiceServicer_to_server(self._identity, self._server)
-        self._agents = AgentServicer(self.store, self.nodes, self.issuer)
+        self.tokens = JoinTokens(self.store, config.data_dir)
+        self._agents = AgentServicer(self.store, self.nodes, self.issuer, self.tokens)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(self._agents, self._server)
         nodes_pb2_grpc.add_NodeServiceServicer_to_server(
             NodeServicer(self.store, self.nodes), self._server)
@@ -210,7 +212,8 @@ def run(config: ServerConfig, announce: bool = True,
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     if announce:
-        print(f"flotilla server listening on {address} (data dir {config.data_dir})", flush=True)
+        print(f"flotilla server listening on {address} (data dir {config.data_dir}); agents "
+              f"join with the token in {plane.tokens.path}", flush=True)
     stop_alongside = alongside(address) if alongside is not None else None
     plane.wait()
     if stop_alongside is not None:

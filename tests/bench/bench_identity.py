@@ -30,6 +30,7 @@ from controlplane.model import Resource
 from controlplane.xds.cache import XdsCache
 from controlplane.xds.intentions import ranked
 from controlplane.xds.mesh import SIDECAR, Endpoint, MeshView, Proxy, ServiceView
+from sidecar.agent import _WithToken
 from sidecar.identity import Certificates, Signed
 from sidecar.sds import SdsServer
 from tests.bench.bench_xds import (
@@ -67,7 +68,9 @@ def through_server(count: int, threads: int) -> tuple[float, list[float]]:
     with tempfile.TemporaryDirectory(prefix="flotilla-bench-ca-") as tmp:
         server = ServerProcess(Path(tmp) / "server").start()
         try:
-            channel = grpc.insecure_channel(server.address)
+            token = (server.data_dir / "join-token").read_text().strip()
+            channel = grpc.intercept_channel(grpc.insecure_channel(server.address),
+                                             _WithToken(token))
             stub = agent_pb2_grpc.AgentServiceStub(channel)
             stub.Join(agent_pb2.JoinRequest(name="n1", address="127.0.0.2", drivers=["process"],
                                             capacity=nodes_pb2.Capacity(cpu_millis=64_000,

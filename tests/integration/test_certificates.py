@@ -40,12 +40,14 @@ def placed(tmp_path: Path) -> Iterator[tuple[ServerProcess, str]]:
         server.stop()
 
 
-def sign(server: ServerProcess, node: str, instance: str, csr: str
+def sign(server: ServerProcess, node: str, instance: str, csr: str, token: str | None = None
          ) -> agent_pb2.SignCertificateResponse:
+    token = (server.data_dir / "join-token").read_text().strip() if token is None else token
     with grpc.insecure_channel(server.address) as channel:
         reply: agent_pb2.SignCertificateResponse = agent_pb2_grpc.AgentServiceStub(
             channel).SignCertificate(agent_pb2.SignCertificateRequest(
-                node=node, namespace="default", instance_id=instance, csr_pem=csr), timeout=10)
+                node=node, namespace="default", instance_id=instance, csr_pem=csr), timeout=10,
+            metadata=[("flotilla-join-token", token)] if token else None)
         return reply
 
 
@@ -61,6 +63,10 @@ def test_a_node_gets_leaves_only_for_what_it_runs(placed: tuple[ServerProcess, s
     lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
     assert 3600 <= lifetime.total_seconds() <= 3600 + 120
 
+    for token in ("", "flotilla-wrong"):
+        with pytest.raises(grpc.RpcError) as unknown:
+            sign(server, "n1", instance, csr, token)
+        assert unknown.value.code() == grpc.StatusCode.UNAUTHENTICATED
     with pytest.raises(grpc.RpcError) as denied:
         sign(server, "n2", instance, csr)
     assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -135,4 +141,23 @@ def test_agents_keep_a_leaf_per_instance_and_renew_it_at_half_life(tmp_path: Pat
         assert renewed["serial"][:16] in listed.stdout and "n1" in listed.stdout
     finally:
         agent.cleanup()
+        server.stop()
+
+
+def test_an_agent_needs_the_join_token(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "server").start()
+    try:
+        assert oct((server.data_dir / "join-token").stat().st_mode & 0o777) == "0o600"
+        base = [sys.executable, "-m", "controlplane", "--server", server.address, "agent",
+                "--name", "n1", "--address", "127.0.0.2", "--data-dir", str(tmp_path / "n1")]
+        missing = subprocess.run(base, capture_output=True, text=True, timeout=60)
+        assert missing.returncode == 2 and "join token" in missing.stderr
+        wrong = subprocess.run([*base, "--join-token", "flotilla-guess"], capture_output=True,
+                               text=True, timeout=60)
+        assert wrong.returncode == 1
+        assert "the control plane refused this agent: the join token is wrong" in wrong.stderr
+        assert "Traceback" not in wrong.stderr
+        with server.client() as client:
+            assert client.list("Node", "")[0] == []  # it never joined
+    finally:
         server.stop()

@@ -41,7 +41,7 @@ def test_an_agent_with_the_wrong_envoy_refuses_to_start(server: ServerProcess,
     done = subprocess.run(
         [sys.executable, "-m", "controlplane", "--server", server.address, "agent", "--name",
          "n1", "--address", "127.0.0.2", "--driver", "process", "--data-dir",
-         str(tmp_path / "agent")],
+         str(tmp_path / "agent"), "--join-token-file", str(server.data_dir / "join-token")],
         capture_output=True, text=True, timeout=60, env={**os.environ, "FLOTILLA_ENVOY": str(fake)},
     )
     assert done.returncode != 0
