@@ -62,6 +62,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self._nodes = nodes
         self._issuer = issuer
         self._tokens = tokens
+        self._stopping = threading.Event()
 
     def _admit(self, context: grpc.ServicerContext) -> None:
         """Every agent call carries the join token."""
@@ -69,7 +70,6 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             self._tokens.check(token_of(context.invocation_metadata()))
         except UserError as error:
             abort(context, error)
-        self._stopping = threading.Event()
 
     def shutdown(self) -> None:
         self._stopping.set()

@@ -28,18 +28,18 @@ def test_examples_cover_every_kind() -> None:
 def test_apply_get_describe_delete_round_trip(server: ServerProcess) -> None:
     first = run_cli("apply", "-f", str(EXAMPLES), server=server)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.count(" created") == 8
+    assert first.stdout.count(" created") == 9
 
     again = run_cli("apply", "-f", str(EXAMPLES), server=server)
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count(" unchanged") == 8 and " created" not in again.stdout
+    assert again.stdout.count(" unchanged") == 9 and " created" not in again.stdout
 
     listed = run_cli("get", "all", "-o", "json", server=server)
     assert listed.returncode == 0, listed.stderr
     items = json.loads(listed.stdout)["items"]
     assert sorted({i["kind"] for i in items}) == sorted(ALL_KINDS)
     versions = [i["metadata"]["resourceVersion"] for i in items]
-    assert len(set(versions)) == 8 and min(versions) >= 1  # one write each (and statuses)
+    assert len(set(versions)) == 9 and min(versions) >= 1  # one write each (and statuses)
 
     for kind in ALL_KINDS:
         table = run_cli("get", kind, server=server)
@@ -64,7 +64,7 @@ def test_apply_get_describe_delete_round_trip(server: ServerProcess) -> None:
     assert "still referenced by" in refused.stderr
     deleted = run_cli("delete", "-f", str(EXAMPLES), server=server)
     assert deleted.returncode == 0, deleted.stderr
-    assert deleted.stdout.count(" deleted") == 8
+    assert deleted.stdout.count(" deleted") == 9
     empty = json.loads(run_cli("get", "all", "-o", "json", server=server).stdout)
     assert empty["items"] == []
 

@@ -105,7 +105,8 @@ def serving(cache: XdsCache) -> Iterator[Ads]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
     servicer = AggregatedDiscoveryServicer(cache)
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(servicer, server)
-    proxies_pb2_grpc.add_ProxyServiceServicer_to_server(ProxyServicer(cache), server)
+    proxies_pb2_grpc.add_ProxyServiceServicer_to_server(
+        ProxyServicer(cache, proxies_pb2.MeshSettings()), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     harness = Ads(cache, f"127.0.0.1:{port}")
