@@ -18,6 +18,8 @@ from controlplane.identity.ca import new_key_and_csr
 from tests.harness import AgentProcess, ServerProcess, eventually, run_cli
 
 WEB = Path(__file__).resolve().parents[1] / "apps" / "web.py"
+WEB_SERVICE = {"apiVersion": "flotilla.dev/v1", "kind": "Service", "metadata": {"name": "web"},
+               "spec": {"command": [sys.executable, str(WEB)], "port": 8080}}
 
 
 @pytest.fixture
@@ -27,10 +29,7 @@ def placed(tmp_path: Path) -> Iterator[tuple[ServerProcess, str]]:
     agent = AgentProcess(server, "n1", "127.0.0.2", tmp_path / "n1").start()
     try:
         with server.client() as client:
-            client.apply([({"apiVersion": "flotilla.dev/v1", "kind": "Service",
-                            "metadata": {"name": "web"},
-                            "spec": {"command": [sys.executable, str(WEB)], "port": 8080}},
-                           "web")])
+            client.apply([(WEB_SERVICE, "web")])
             instance = eventually(lambda: [i for i in client.list("Instance", "default")[0]
                                            if i["spec"].get("node") == "n1"], 30,
                                   "an instance on n1")[0]
@@ -120,10 +119,7 @@ def test_agents_keep_a_leaf_per_instance_and_renew_it_at_half_life(tmp_path: Pat
     agent = AgentProcess(server, "n1", "127.0.0.2", tmp_path / "n1").start()
     try:
         with server.client() as client:
-            client.apply([({"apiVersion": "flotilla.dev/v1", "kind": "Service",
-                            "metadata": {"name": "web"},
-                            "spec": {"command": [sys.executable, str(WEB)], "port": 8080}},
-                           "web")])
+            client.apply([(WEB_SERVICE, "web")])
 
             def certificate() -> dict[str, str] | None:
                 found = client.list("Instance", "default")[0]
