@@ -178,42 +178,44 @@ def served_serial(admin: str) -> str:
     return ""
 
 
+#: The issue's bar: three minutes at 20 req/s with a 1 m TTL (renewed every ~30 s).
+ROTATION_LOAD_SECONDS = 180.0
+
+
 def test_rotation_is_verified_on_the_proxy_and_drops_nothing(mesh: Mesh) -> None:
     backend = mesh.backends[0]
     name = str(backend["metadata"]["name"])  # type: ignore[index]
     state = json.loads((mesh.agent.data_dir / "instances" / name / "state.json").read_text())
     admin = f"127.0.0.1:{state['admin_port']}"
-    first = eventually(lambda: served_serial(admin), 30, "a served certificate")
+    eventually(lambda: served_serial(admin), 30, "a served certificate")
     failures: list[str] = []
-    stop = threading.Event()
-
-    def load() -> None:
-        deadline = time.monotonic() + 120
-        while not stop.is_set() and time.monotonic() < deadline:
-            try:
-                mesh.call()
-            except OSError as error:
-                failures.append(str(error))
-            stop.wait(0.05)
-
-    thread = threading.Thread(target=load, daemon=True)
-    thread.start()
-    try:
-        rotated = eventually(lambda: (s := served_serial(admin)) != first and s, 75,
-                             "Envoy serving a renewed certificate")
-    finally:
-        stop.set()
-        thread.join(timeout=10)
+    done = 0
+    served: list[str] = []
+    end = time.monotonic() + ROTATION_LOAD_SECONDS
+    next_sample = 0.0
+    while time.monotonic() < end:  # 20 requests a second, the served serial every second
+        try:
+            mesh.call()
+            done += 1
+        except OSError as error:
+            failures.append(str(error))
+        if time.monotonic() >= next_sample:
+            next_sample = time.monotonic() + 1.0
+            serial = served_serial(admin)
+            if serial and (not served or served[-1] != serial):
+                served.append(serial)
+        time.sleep(0.05)
+    assert failures == [], failures[:5]
+    assert done >= ROTATION_LOAD_SECONDS * 10
+    assert len(served) >= 3, f"Envoy served {served}: the serial should change at least twice"
     with mesh.server.client() as client:
         def verified() -> bool:
             cert = client.get("Instance", name)["status"].get("certificate", {})
             return bool(cert) and cert.get("served") == cert["serial"] and not cert.get("error")
 
-        eventually(verified, 20, "the agent to see its Envoy serve the renewed serial")
+        eventually(verified, 40, "the agent to see its Envoy serve the current serial")
         reported = client.get("Instance", name)["status"]["certificate"]["serial"]
     assert int(served_serial(admin), 16) == int(reported, 16)
-    assert int(rotated, 16) != int(first, 16)
-    assert failures == []
 
 
 def test_intentions_decide_who_may_call_and_what(mesh: Mesh, tmp_path: Path) -> None:
