@@ -156,6 +156,13 @@ class Client:
                                                       identity_pb2.GetTrustBundleRequest())
         return bundle
 
+    def sign_client(self, namespace: str, name: str, csr_pem: str
+                    ) -> agent_pb2.SignCertificateResponse:
+        reply: agent_pb2.SignCertificateResponse = self._call(
+            self._identity.SignClientCertificate, identity_pb2.SignClientCertificateRequest(
+                namespace=namespace, name=name, csr_pem=csr_pem))
+        return reply
+
     def rotate_root(self) -> identity_pb2.TrustBundle:
         bundle: identity_pb2.TrustBundle = self._call(self._identity.RotateRoot,
                                                       identity_pb2.RotateRootRequest())

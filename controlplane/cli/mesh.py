@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from pathlib import Path
@@ -15,6 +16,7 @@ from controlplane import errors
 from controlplane.api.flotilla.v1 import proxies_pb2
 from controlplane.cli.main import OUTPUT, _emit, cli, client_of, out
 from controlplane.client import Client
+from controlplane.identity.ca import new_key_and_csr
 from controlplane.model import Resource
 from controlplane.xds.intentions import DENY, Request, decide, matches, qualify, ranked
 from controlplane.xds.mesh import PROXYLESS, SIDECAR, Proxy, proxy_metadata
@@ -197,6 +199,12 @@ def bootstrap(ctx: click.Context, proxyless: bool, name: str, namespace: str,
         "node": {"id": proxy.id, "cluster": name, "metadata": proxy_metadata(proxy),
                  "locality": {}},
     }
+    client = client_of(ctx)
+    if client.mesh_settings().mtls:
+        if path is None:
+            raise click.UsageError("the mesh runs mTLS: give -o FILE, the client's key and "
+                                   "certificates are written next to it")
+        document["certificate_providers"] = _client_certificate(client, namespace, name, path)
     text = json.dumps(document, indent=2) + "\n"
     if path is None:
         out.print(text, markup=False, end="")
@@ -205,7 +213,33 @@ def bootstrap(ctx: click.Context, proxyless: bool, name: str, namespace: str,
         path.write_text(text)
     except OSError as error:
         raise errors.UserError(f"cannot write {path}: {error.strerror}") from None
-    out.print(f"wrote {path}: export GRPC_XDS_BOOTSTRAP={path} and dial xds:///SERVICE")
+    out.print(f"wrote {path}: export GRPC_XDS_BOOTSTRAP={path} and dial xds:///SERVICE"
+              + (" with grpc.xds_channel_credentials (the mesh runs mTLS)"
+                 if "certificate_providers" in document else ""))
+
+
+def _client_certificate(client: Client, namespace: str, name: str,
+                        path: Path) -> dict[str, Any]:
+    """A key made here, a certificate for it from the mesh CA, and the bundle,
+    as files next to ``path``; the gRPC certificate provider that reads them.
+    The certificate lives --cert-ttl: run this again to renew it."""
+    key_pem, csr_pem = new_key_and_csr(f"spiffe://{client.mesh_settings().trust_domain}"
+                                       f"/ns/{namespace}/svc/{name}")
+    signed = client.sign_client(namespace, name, csr_pem)
+    files = {"private_key_file": path.with_suffix(".key"),
+             "certificate_file": path.with_suffix(".crt"),
+             "ca_certificate_file": path.with_suffix(".ca.crt")}
+    try:
+        fd = os.open(files["private_key_file"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as key_file:
+            key_file.write(key_pem)
+        files["certificate_file"].write_text(signed.certificate_pem)
+        files["ca_certificate_file"].write_text(signed.trust_bundle_pem)
+    except OSError as error:
+        raise errors.UserError(f"cannot write next to {path}: {error.strerror}") from None
+    return {"default": {"plugin_name": "file_watcher", "config": {
+        **{key: str(value.resolve()) for key, value in files.items()},
+        "refresh_interval": "60s"}}}
 
 
 @cli.group()

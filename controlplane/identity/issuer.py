@@ -25,6 +25,7 @@ from controlplane.identity.ca import (
     new_root,
     spiffe_id,
 )
+from controlplane.manifests.types import check_dns_label
 from controlplane.model import ObjectKey, Resource
 from controlplane.store import SqliteStore
 
@@ -132,6 +133,21 @@ class Issuer:
                 raise UserError(f"cannot sign the CSR: {error}") from None
         self._record(leaf, node, instance)
         return leaf
+
+    def sign_for_client(self, namespace: str, name: str, csr_pem: str) -> Leaf:
+        """A leaf for a client outside the sidecars (a proxyless gRPC client),
+        named by the caller of the API."""
+        try:
+            check_dns_label(namespace)
+            check_dns_label(name)
+        except ValueError as error:
+            raise UserError(f"a client is named like a service: {error}") from None
+        identity = spiffe_id(self.ca.trust_domain, namespace, name)
+        with self._lock:
+            try:
+                return self.ca.sign(csr_pem, identity, self._ttl, self._now())
+            except CertificateError as error:
+                raise UserError(f"cannot sign the CSR: {error}") from None
 
     def _record(self, leaf: Leaf, node: str, instance: Resource) -> None:
         record = Resource(

@@ -8,7 +8,9 @@ import threading
 
 import grpc
 
-from controlplane.api.flotilla.v1 import identity_pb2, identity_pb2_grpc
+from google.protobuf import timestamp_pb2
+
+from controlplane.api.flotilla.v1 import agent_pb2, identity_pb2, identity_pb2_grpc
 from controlplane.errors import UserError
 from controlplane.identity.issuer import Issuer
 from controlplane.server.status import abort
@@ -51,6 +53,19 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     def GetTrustBundle(self, request: identity_pb2.GetTrustBundleRequest,
                        context: grpc.ServicerContext) -> identity_pb2.TrustBundle:
         return bundle_of(self._issuer)
+
+    def SignClientCertificate(self, request: identity_pb2.SignClientCertificateRequest,
+                              context: grpc.ServicerContext) -> agent_pb2.SignCertificateResponse:
+        try:
+            leaf = self._issuer.sign_for_client(request.namespace or "default", request.name,
+                                                request.csr_pem)
+        except UserError as error:
+            abort(context, error)
+        not_after = timestamp_pb2.Timestamp()
+        not_after.FromDatetime(leaf.not_after)
+        return agent_pb2.SignCertificateResponse(
+            certificate_pem=leaf.cert_pem, trust_bundle_pem=self._issuer.bundle(),
+            identity=leaf.identity, serial=leaf.serial, not_after=not_after, root=leaf.root)
 
     def RotateRoot(self, request: identity_pb2.RotateRootRequest,
                    context: grpc.ServicerContext) -> identity_pb2.TrustBundle:

@@ -286,7 +286,7 @@ class Builder:
         for (ns, name), service in sorted(self.view.services.items()):
             if service.protocol == "tcp":
                 continue  # gRPC clients call http/2 services only
-            self._add_service(items, service)
+            self._add_service(items, service, proxyless=True)
             items[LISTENER].append(self._shared_item(ns, name, "api", self._api_listener))
             if ns == proxy.namespace:
                 items[LISTENER].append(self._shared_item(ns, name, "api-short",
@@ -295,9 +295,14 @@ class Builder:
 
     # --- shared per service ----------------------------------------------------
 
-    def _add_service(self, items: dict[str, list[Item]], service: ServiceView) -> None:
+    def _add_service(self, items: dict[str, list[Item]], service: ServiceView,
+                     proxyless: bool = False) -> None:
         ns, name = service.key
-        items[CLUSTER].append(self._shared_item(ns, name, "cluster", self._cluster))
+        if proxyless and self.view.mtls_domain:
+            items[CLUSTER].append(self._shared_item(ns, name, "cluster-proxyless",
+                                                    self._proxyless_cluster))
+        else:
+            items[CLUSTER].append(self._shared_item(ns, name, "cluster", self._cluster))
         items[ENDPOINT].append(self._shared_item(ns, name, "endpoints", self._endpoints))
         if service.protocol != "tcp":
             items[ROUTE].append(self._shared_item(ns, name, "route", self._route_config))
@@ -348,6 +353,24 @@ class Builder:
                 max_ejection_percent=wrappers_pb2.UInt32Value(
                     value=int(outlier.get("maxEjectionPercent", 10))),
             ))
+        return cluster
+
+    def _proxyless_cluster(self, service: ServiceView, name: str) -> cluster_pb2.Cluster:
+        """gRPC has no SDS: its certificates come from the files its bootstrap's
+        certificate provider watches (`flotilla bootstrap --proxyless`)."""
+        cluster = self._cluster(service, name)
+        provider = common_pb2.CertificateProviderPluginInstance
+        context = tls_pb2.UpstreamTlsContext(common_tls_context=tls_pb2.CommonTlsContext(
+            tls_certificate_provider_instance=provider(instance_name="default",
+                                                       certificate_name="default"),
+            validation_context=common_pb2.CertificateValidationContext(
+                ca_certificate_provider_instance=provider(instance_name="default",
+                                                          certificate_name="ROOTCA"),
+                match_subject_alt_names=[string_pb2.StringMatcher(exact=spiffe(
+                    self.view.mtls_domain, service.namespace, service.name))]),
+        ))
+        cluster.transport_socket.CopyFrom(base_pb2.TransportSocket(name=_TLS,
+                                                                   typed_config=_any(context)))
         return cluster
 
     def _endpoints(self, service: ServiceView, name: str) -> endpoint_pb2.ClusterLoadAssignment:

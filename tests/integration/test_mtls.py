@@ -313,3 +313,37 @@ def test_root_rotation_under_load_drops_nothing(mesh: Mesh) -> None:
         for instance in client.list("Instance", "default")[0]:
             cert = instance["status"]["certificate"]
             assert cert["root"] == after.active_root and cert["served"] == cert["serial"]
+
+
+def test_a_proxyless_grpc_client_calls_over_mtls_under_intentions(mesh: Mesh,
+                                                                  tmp_path: Path) -> None:
+    import subprocess
+
+    script = (
+        "import grpc, sys\n"
+        "import grpc.experimental\n"
+        "credentials = grpc.xds_channel_credentials(\n"
+        "    grpc.experimental.insecure_channel_credentials())\n"
+        "channel = grpc.secure_channel('xds:///echo', credentials)\n"
+        "echo = channel.unary_unary('/flotilla.examples.Echo/Echo')\n"
+        "try:\n"
+        "    print(' '.join(echo(b'', timeout=15).decode() for _ in range(5)))\n"
+        "except grpc.RpcError as error:\n"
+        "    print(error.code().name)\n"
+    )
+    results = {}
+    for name in ("frontend", "intruder"):  # as allowed and as denied by the intentions
+        path = tmp_path / f"{name}.json"
+        written = run_cli("bootstrap", "--proxyless", "--name", name, "-o", str(path),
+                          server=mesh.server)
+        assert written.returncode == 0, written.stderr
+        assert "xds_channel_credentials" in written.stdout
+        assert oct(path.with_suffix(".key").stat().st_mode & 0o777) == "0o600"
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              timeout=90, env={**__import__("os").environ,
+                                               "GRPC_XDS_BOOTSTRAP": str(path)})
+        assert done.returncode == 0, done.stderr[-2000:]
+        results[name] = done.stdout.split()
+    assert len(results["frontend"]) == 5 and all(r.startswith("echo-")
+                                                 for r in results["frontend"])
+    assert results["intruder"] == ["PERMISSION_DENIED"]

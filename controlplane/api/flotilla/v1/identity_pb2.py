@@ -22,21 +22,24 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from controlplane.api.flotilla.v1 import agent_pb2 as flotilla_dot_v1_dot_agent__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66lotilla/v1/identity.proto\x12\x0b\x66lotilla.v1\"\x17\n\x15GetTrustBundleRequest\"e\n\x0bTrustBundle\x12\x12\n\nbundle_pem\x18\x01 \x01(\t\x12\x13\n\x0b\x61\x63tive_root\x18\x02 \x01(\t\x12\r\n\x05roots\x18\x03 \x03(\t\x12\x10\n\x08rotation\x18\x04 \x01(\t\x12\x0c\n\x04mtls\x18\x05 \x01(\x08\"\x13\n\x11RotateRootRequest2\xa9\x01\n\x0fIdentityService\x12N\n\x0eGetTrustBundle\x12\".flotilla.v1.GetTrustBundleRequest\x1a\x18.flotilla.v1.TrustBundle\x12\x46\n\nRotateRoot\x12\x1e.flotilla.v1.RotateRootRequest\x1a\x18.flotilla.v1.TrustBundleb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66lotilla/v1/identity.proto\x12\x0b\x66lotilla.v1\x1a\x17\x66lotilla/v1/agent.proto\"\x17\n\x15GetTrustBundleRequest\"e\n\x0bTrustBundle\x12\x12\n\nbundle_pem\x18\x01 \x01(\t\x12\x13\n\x0b\x61\x63tive_root\x18\x02 \x01(\t\x12\r\n\x05roots\x18\x03 \x03(\t\x12\x10\n\x08rotation\x18\x04 \x01(\t\x12\x0c\n\x04mtls\x18\x05 \x01(\x08\"\x13\n\x11RotateRootRequest\"P\n\x1cSignClientCertificateRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x03 \x01(\t2\x93\x02\n\x0fIdentityService\x12N\n\x0eGetTrustBundle\x12\".flotilla.v1.GetTrustBundleRequest\x1a\x18.flotilla.v1.TrustBundle\x12\x46\n\nRotateRoot\x12\x1e.flotilla.v1.RotateRootRequest\x1a\x18.flotilla.v1.TrustBundle\x12h\n\x15SignClientCertificate\x12).flotilla.v1.SignClientCertificateRequest\x1a$.flotilla.v1.SignCertificateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flotilla.v1.identity_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETTRUSTBUNDLEREQUEST']._serialized_start=43
-  _globals['_GETTRUSTBUNDLEREQUEST']._serialized_end=66
-  _globals['_TRUSTBUNDLE']._serialized_start=68
-  _globals['_TRUSTBUNDLE']._serialized_end=169
-  _globals['_ROTATEROOTREQUEST']._serialized_start=171
-  _globals['_ROTATEROOTREQUEST']._serialized_end=190
-  _globals['_IDENTITYSERVICE']._serialized_start=193
-  _globals['_IDENTITYSERVICE']._serialized_end=362
+  _globals['_GETTRUSTBUNDLEREQUEST']._serialized_start=68
+  _globals['_GETTRUSTBUNDLEREQUEST']._serialized_end=91
+  _globals['_TRUSTBUNDLE']._serialized_start=93
+  _globals['_TRUSTBUNDLE']._serialized_end=194
+  _globals['_ROTATEROOTREQUEST']._serialized_start=196
+  _globals['_ROTATEROOTREQUEST']._serialized_end=215
+  _globals['_SIGNCLIENTCERTIFICATEREQUEST']._serialized_start=217
+  _globals['_SIGNCLIENTCERTIFICATEREQUEST']._serialized_end=297
+  _globals['_IDENTITYSERVICE']._serialized_start=300
+  _globals['_IDENTITYSERVICE']._serialized_end=575
 # @@protoc_insertion_point(module_scope)

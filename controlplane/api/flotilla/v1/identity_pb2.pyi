@@ -1,3 +1,4 @@
+from controlplane.api.flotilla.v1 import agent_pb2 as _agent_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -27,3 +28,13 @@ class TrustBundle(_message.Message):
 class RotateRootRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class SignClientCertificateRequest(_message.Message):
+    __slots__ = ("namespace", "name", "csr_pem")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    name: str
+    csr_pem: str
+    def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., csr_pem: _Optional[str] = ...) -> None: ...

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from controlplane.api.flotilla.v1 import agent_pb2 as flotilla_dot_v1_dot_agent__pb2
 from controlplane.api.flotilla.v1 import identity_pb2 as flotilla_dot_v1_dot_identity__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -44,6 +45,11 @@ class IdentityServiceStub:
                 request_serializer=flotilla_dot_v1_dot_identity__pb2.RotateRootRequest.SerializeToString,
                 response_deserializer=flotilla_dot_v1_dot_identity__pb2.TrustBundle.FromString,
                 _registered_method=True)
+        self.SignClientCertificate = channel.unary_unary(
+                '/flotilla.v1.IdentityService/SignClientCertificate',
+                request_serializer=flotilla_dot_v1_dot_identity__pb2.SignClientCertificateRequest.SerializeToString,
+                response_deserializer=flotilla_dot_v1_dot_agent__pb2.SignCertificateResponse.FromString,
+                _registered_method=True)
 
 
 class IdentityServiceServicer:
@@ -63,6 +69,12 @@ class IdentityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SignClientCertificate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IdentityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +87,11 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     servicer.RotateRoot,
                     request_deserializer=flotilla_dot_v1_dot_identity__pb2.RotateRootRequest.FromString,
                     response_serializer=flotilla_dot_v1_dot_identity__pb2.TrustBundle.SerializeToString,
+            ),
+            'SignClientCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignClientCertificate,
+                    request_deserializer=flotilla_dot_v1_dot_identity__pb2.SignClientCertificateRequest.FromString,
+                    response_serializer=flotilla_dot_v1_dot_agent__pb2.SignCertificateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +148,33 @@ class IdentityService:
             '/flotilla.v1.IdentityService/RotateRoot',
             flotilla_dot_v1_dot_identity__pb2.RotateRootRequest.SerializeToString,
             flotilla_dot_v1_dot_identity__pb2.TrustBundle.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignClientCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flotilla.v1.IdentityService/SignClientCertificate',
+            flotilla_dot_v1_dot_identity__pb2.SignClientCertificateRequest.SerializeToString,
+            flotilla_dot_v1_dot_agent__pb2.SignCertificateResponse.FromString,
             options,
             channel_credentials,
             insecure,
