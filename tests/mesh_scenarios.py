@@ -157,8 +157,10 @@ def test_proxyless_grpc_client_reaches_every_backend(mesh: Mesh) -> None:
     assert written.returncode == 0, written.stderr
     assert json.loads(path.read_text())["xds_servers"][0]["server_uri"] == mesh.server.address
     script = (
-        "import grpc, sys\n"
-        "channel = grpc.insecure_channel('xds:///backend')\n"
+        "import grpc, grpc.experimental\n"
+        "credentials = grpc.xds_channel_credentials(\n"
+        "    grpc.experimental.insecure_channel_credentials())\n"
+        "channel = grpc.secure_channel('xds:///backend', credentials)\n"
         "echo = channel.unary_unary('/flotilla.examples.Echo/Echo')\n"
         "print(' '.join(echo(b'', timeout=10).decode() for _ in range(30)))\n"
     )

@@ -310,8 +310,8 @@ def delete(ctx: click.Context, kind: str | None, names: tuple[str, ...],
 @click.option("--cert-ttl", default="24h", show_default=True,
               callback=lambda ctx, param, value: _cert_ttl(value),
               help="How long a service certificate lives (at least 1m); rotated at half-life.")
-@click.option("--mtls/--no-mtls", default=False, show_default=True,
-              help="Mutual TLS between sidecars (proxyless gRPC clients cannot join then).")
+@click.option("--mtls/--no-mtls", default=True, show_default=True,
+              help="Mutual TLS between sidecars, with intentions enforced as RBAC.")
 @click.option("--default-intention", type=click.Choice(["allow", "deny"]), default="allow",
               show_default=True, help="What a call no intention decides gets (with --mtls).")
 def server(listen: str, data_dir: Path | None, durable: bool, node_grace: float,

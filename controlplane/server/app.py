@@ -86,7 +86,7 @@ class ServerConfig:
     #: Seconds a leaf certificate is valid (rotated at half-life).
     cert_ttl: float = 24 * 3600.0
     #: Mutual TLS on every hop between sidecars (certificates from the mesh CA).
-    mtls: bool = False
+    mtls: bool = True
     #: What a call no intention decides gets (enforced with mTLS).
     default_intention: str = "allow"
 

@@ -103,7 +103,10 @@ def cluster(tmp_path: Path, docker_client: docker.DockerClient,
             flotilla_images: None) -> Iterator[Cluster]:  # noqa: F811 - the imported fixture
     suffix = uuid.uuid4().hex[:8]
     nodes = tuple(f"e2e-{suffix}-n{address[-1]}" for address in ADDRESSES)
-    server = ServerProcess(tmp_path / "server", extra_args=("--node-grace", str(GRACE)))
+    # Scheduling, not the mesh: the tests call instances on their published
+    # ports in plaintext, so sidecars do not require mesh certificates here.
+    server = ServerProcess(tmp_path / "server",
+                           extra_args=("--node-grace", str(GRACE), "--no-mtls"))
     found = Cluster(server.start(), [], nodes, docker_client)
     try:
         for name, address in zip(nodes, ADDRESSES, strict=True):
