@@ -289,7 +289,7 @@ class Agent:
         for instance_id, runner in self.runners().items():
             material = self.certificates.current(instance_id)
             if material is None or (material.served == material.serial
-                                    and material.trusted == material.bundle_serials()):
+                                    and material.trusted == material.bundle_serials):
                 continue
             driver = self.drivers.get(runner.assignment.driver)
             try:
@@ -299,7 +299,7 @@ class Agent:
                 host, _, port = running.admin.rpartition(":")
                 served, trusted = envoy.Admin(host, int(port), timeout=1.0).served()
                 if not served and not trusted:  # an Envoy with no TLS to do
-                    served, trusted = material.serial, material.bundle_serials()
+                    served, trusted = material.serial, material.bundle_serials
             except (DriverError, OSError, ValueError, envoy.EnvoyError):
                 continue  # not up yet: the next pass looks again
             late = time.time() - material.issued_at > self.SERVE_GRACE
@@ -333,7 +333,7 @@ class Agent:
                     report.cert_served, report.cert_root = cert.served, cert.root
                     # The roots it trusts: as its Envoy serves them, with mTLS.
                     report.cert_trusts.extend(sorted(
-                        cert.trusted if self._mtls else cert.bundle_serials()))
+                        cert.trusted if self._mtls else cert.bundle_serials))
                     report.cert_not_after.FromSeconds(int(cert.not_after))
                 reports.append(report)
             try:

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -55,8 +56,10 @@ class Material:
     #: The roots the instance's Envoy was seen trusting.
     trusted: frozenset[str] = frozenset()
 
+    @cached_property
     def bundle_serials(self) -> frozenset[str]:
-        """The roots in the bundle this node holds for it."""
+        """The roots in the bundle this node holds for it (parsed once per
+        Material: a new bundle makes a new Material)."""
         found = x509.load_pem_x509_certificates(self.bundle_pem.encode())
         return frozenset(format(c.serial_number, "x") for c in found)
 

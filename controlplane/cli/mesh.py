@@ -16,7 +16,7 @@ from controlplane import errors
 from controlplane.api.flotilla.v1 import proxies_pb2
 from controlplane.cli.main import OUTPUT, _emit, cli, client_of, out
 from controlplane.client import Client
-from controlplane.identity.ca import new_key_and_csr
+from controlplane.identity.ca import new_key_and_csr, spiffe_id
 from controlplane.model import Resource
 from controlplane.xds.intentions import DENY, Request, decide, matches, qualify, ranked
 from controlplane.xds.mesh import PROXYLESS, SIDECAR, Proxy, proxy_metadata
@@ -200,11 +200,13 @@ def bootstrap(ctx: click.Context, proxyless: bool, name: str, namespace: str,
                  "locality": {}},
     }
     client = client_of(ctx)
-    if client.mesh_settings().mtls:
+    settings = client.mesh_settings()
+    if settings.mtls:
         if path is None:
             raise click.UsageError("the mesh runs mTLS: give -o FILE, the client's key and "
                                    "certificates are written next to it")
-        document["certificate_providers"] = _client_certificate(client, namespace, name, path)
+        document["certificate_providers"] = _client_certificate(
+            client, settings.trust_domain, namespace, name, path)
     text = json.dumps(document, indent=2) + "\n"
     if path is None:
         out.print(text, markup=False, end="")
@@ -218,13 +220,12 @@ def bootstrap(ctx: click.Context, proxyless: bool, name: str, namespace: str,
                  if "certificate_providers" in document else ""))
 
 
-def _client_certificate(client: Client, namespace: str, name: str,
+def _client_certificate(client: Client, trust_domain: str, namespace: str, name: str,
                         path: Path) -> dict[str, Any]:
     """A key made here, a certificate for it from the mesh CA, and the bundle,
     as files next to ``path``; the gRPC certificate provider that reads them.
     The certificate lives --cert-ttl: run this again to renew it."""
-    key_pem, csr_pem = new_key_and_csr(f"spiffe://{client.mesh_settings().trust_domain}"
-                                       f"/ns/{namespace}/svc/{name}")
+    key_pem, csr_pem = new_key_and_csr(spiffe_id(trust_domain, namespace, name))
     signed = client.sign_client(namespace, name, csr_pem)
     files = {"private_key_file": path.with_suffix(".key"),
              "certificate_file": path.with_suffix(".crt"),

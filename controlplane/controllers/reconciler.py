@@ -34,7 +34,8 @@ _SUFFIX = "bcdfghjklmnpqrstvwxz2456789"
 DRAIN_TIMEOUT = 10.0
 
 
-def _never_synced(version: int) -> bool:
+def _no_proxies(version: int) -> bool:
+    """Without an xDS server there is no proxy to wait for."""
     return True
 
 
@@ -45,7 +46,7 @@ class Reconciler:
 
     def __init__(self, store: SqliteStore, nodes: NodeRegistry, *,
                  rng: random.Random | None = None, resync: float = 5.0,
-                 proxies_synced: Callable[[int], bool] = _never_synced,
+                 proxies_synced: Callable[[int], bool] = _no_proxies,
                  drain_timeout: float = DRAIN_TIMEOUT) -> None:
         self._store = store
         self._nodes = nodes

@@ -25,6 +25,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from controlplane.model import spiffe_id
+
+__all__ = ["spiffe_id"]  # re-exported: callers of the CA name identities with it
+
 ROOT_LIFETIME = datetime.timedelta(days=3650)
 #: How far back a certificate's validity starts: clocks of nodes differ.
 BACKDATE = datetime.timedelta(minutes=1)
@@ -33,10 +37,6 @@ MIN_TTL = datetime.timedelta(minutes=1)
 
 class CertificateError(ValueError):
     """A CSR or identity that cannot be signed; the message says why."""
-
-
-def spiffe_id(trust_domain: str, namespace: str, service: str) -> str:
-    return f"spiffe://{trust_domain}/ns/{namespace}/svc/{service}"
 
 
 def parse_spiffe_id(uri: str) -> tuple[str, str, str]:

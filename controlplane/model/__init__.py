@@ -19,6 +19,7 @@ from controlplane.model.resources import (
     Resource,
     WatchEvent,
     node_state,
+    spiffe_id,
 )
 
 __all__ = [
@@ -36,4 +37,5 @@ __all__ = [
     "Resource",
     "WatchEvent",
     "node_state",
+    "spiffe_id",
 ]

@@ -26,6 +26,11 @@ SERVICE_LABEL = "flotilla.dev/service"
 NODE_NAMESPACE = "cluster"
 
 
+def spiffe_id(trust_domain: str, namespace: str, service: str) -> str:
+    """A service's identity in the mesh (its certificates' URI SAN)."""
+    return f"spiffe://{trust_domain}/ns/{namespace}/svc/{service}"
+
+
 def node_state(spec: Mapping[str, Any], status: Mapping[str, Any]) -> str:
     """A Node's state from its spec and status: ``ready``, ``down``, or
     ``draining`` for a ready node an operator drains."""

@@ -16,6 +16,7 @@ from controlplane import convert
 from controlplane.api.flotilla.v1 import agent_pb2, agent_pb2_grpc, nodes_pb2
 from controlplane.controllers.nodes import NodeRegistry
 from controlplane.errors import UserError
+from controlplane.identity.ca import Leaf
 from controlplane.identity.issuer import Issuer
 from controlplane.identity.tokens import JoinTokens, token_of
 from controlplane.model import ObjectKey, Resource, node_state
@@ -53,6 +54,14 @@ def assignments_of(store: SqliteStore, node: str) -> agent_pb2.Assignments:
         )
         for i in sorted(instances, key=lambda r: r.name)
     ])
+
+
+def leaf_response(leaf: Leaf, bundle_pem: str) -> agent_pb2.SignCertificateResponse:
+    not_after = timestamp_pb2.Timestamp()
+    not_after.FromDatetime(leaf.not_after)
+    return agent_pb2.SignCertificateResponse(
+        certificate_pem=leaf.cert_pem, trust_bundle_pem=bundle_pem, identity=leaf.identity,
+        serial=leaf.serial, not_after=not_after, root=leaf.root)
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
@@ -97,11 +106,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                                                   request.instance_id, request.csr_pem)
         except UserError as error:
             abort(context, error)
-        not_after = timestamp_pb2.Timestamp()
-        not_after.FromDatetime(leaf.not_after)
-        return agent_pb2.SignCertificateResponse(
-            certificate_pem=leaf.cert_pem, trust_bundle_pem=self._issuer.bundle(),
-            identity=leaf.identity, serial=leaf.serial, not_after=not_after, root=leaf.root)
+        return leaf_response(leaf, self._issuer.bundle())
 
     def WatchAssignments(self, request: agent_pb2.WatchAssignmentsRequest,
                          context: grpc.ServicerContext) -> Iterator[agent_pb2.Assignments]:

@@ -8,11 +8,10 @@ import threading
 
 import grpc
 
-from google.protobuf import timestamp_pb2
-
 from controlplane.api.flotilla.v1 import agent_pb2, identity_pb2, identity_pb2_grpc
 from controlplane.errors import UserError
 from controlplane.identity.issuer import Issuer
+from controlplane.server.agents import leaf_response
 from controlplane.server.status import abort
 
 log = logging.getLogger("flotilla.identity")
@@ -61,11 +60,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
                                                 request.csr_pem)
         except UserError as error:
             abort(context, error)
-        not_after = timestamp_pb2.Timestamp()
-        not_after.FromDatetime(leaf.not_after)
-        return agent_pb2.SignCertificateResponse(
-            certificate_pem=leaf.cert_pem, trust_bundle_pem=self._issuer.bundle(),
-            identity=leaf.identity, serial=leaf.serial, not_after=not_after, root=leaf.root)
+        return leaf_response(leaf, self._issuer.bundle())
 
     def RotateRoot(self, request: identity_pb2.RotateRootRequest,
                    context: grpc.ServicerContext) -> identity_pb2.TrustBundle:

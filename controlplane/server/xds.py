@@ -27,7 +27,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import json_format, timestamp_pb2
 
 from controlplane.api.flotilla.v1 import proxies_pb2, proxies_pb2_grpc
-from controlplane.xds.cache import WAKE, ProxyState, XdsCache
+from controlplane.xds.cache import ProxyState, XdsCache
 from controlplane.xds.mesh import ProxyError, proxy_of
 from controlplane.xds.snapshot import CLUSTER, LISTENER, SHORT, TYPES, Snapshot, version_of
 

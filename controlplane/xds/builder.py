@@ -51,6 +51,7 @@ from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
 from controlplane.manifests.types import parse_duration
+from controlplane.model import spiffe_id
 from controlplane.xds import rbac
 from controlplane.xds.mesh import GATEWAY, PROXYLESS, SIDECAR, MeshView, Proxy, ServiceView
 from controlplane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, Item, Snapshot, snapshot
@@ -138,10 +139,6 @@ def _outbound_tls(sni: str, identity: str, protocol: str) -> base_pb2.TransportS
         ),
     )
     return base_pb2.TransportSocket(name=_TLS, typed_config=_any(context))
-
-
-def spiffe(trust_domain: str, namespace: str, name: str) -> str:
-    return f"spiffe://{trust_domain}/ns/{namespace}/svc/{name}"
 
 
 _ROUTER = hcm_pb2.HttpFilter(name="envoy.filters.http.router",
@@ -332,7 +329,7 @@ class Builder:
                 cluster.typed_extension_protocol_options[key].CopyFrom(value)
         if self.view.mtls_domain:
             cluster.transport_socket.CopyFrom(_outbound_tls(
-                name, spiffe(self.view.mtls_domain, service.namespace, service.name),
+                name, spiffe_id(self.view.mtls_domain, service.namespace, service.name),
                 service.protocol))
         breaker = policy.get("circuitBreaker")
         if breaker:
@@ -366,7 +363,7 @@ class Builder:
             validation_context=common_pb2.CertificateValidationContext(
                 ca_certificate_provider_instance=provider(instance_name="default",
                                                           certificate_name="ROOTCA"),
-                match_subject_alt_names=[string_pb2.StringMatcher(exact=spiffe(
+                match_subject_alt_names=[string_pb2.StringMatcher(exact=spiffe_id(
                     self.view.mtls_domain, service.namespace, service.name))]),
         ))
         cluster.transport_socket.CopyFrom(base_pb2.TransportSocket(name=_TLS,

@@ -61,7 +61,6 @@ class XdsCache:
         self._lock = threading.Lock()
         self._builder = Builder(MeshView())
         self._states: list[ProxyState] = []
-        self._changed = threading.Condition(self._lock)
 
     @property
     def view(self) -> MeshView:
@@ -72,14 +71,12 @@ class XdsCache:
             state = ProxyState(proxy, protocol)
             self._install(state, self._builder)
             self._states.append(state)
-            self._changed.notify_all()
             return state
 
     def disconnect(self, state: ProxyState) -> None:
         with self._lock:
             if state in self._states:
                 self._states.remove(state)
-            self._changed.notify_all()
 
     def set_view(self, view: MeshView) -> int:
         """Rebuild the snapshot of every proxy whose inputs changed; returns
@@ -93,7 +90,6 @@ class XdsCache:
                     self._unchanged(state, view.version)
                 else:
                     changed += self._install(state, builder)
-            self._changed.notify_all()
         return changed
 
     def set_version(self, version: int) -> None:
@@ -103,7 +99,6 @@ class XdsCache:
             self._builder = Builder(replace(self._builder.view, version=version))
             for state in self._states:
                 self._unchanged(state, version)
-            self._changed.notify_all()
 
     def all_synced(self, version: int) -> bool:
         """Has every connected proxy ACKed the config of store ``version``?"""
@@ -124,11 +119,6 @@ class XdsCache:
             state.in_sync = in_sync and current
             if state.in_sync:
                 state.synced_version = max(state.synced_version, state.view_version)
-            self._changed.notify_all()
-
-    def wait_changed(self, timeout: float) -> None:
-        with self._lock:
-            self._changed.wait(timeout)
 
     @staticmethod
     def _unchanged(state: ProxyState, version: int) -> None:

@@ -5,10 +5,8 @@ gateway's Envoy run by an agent as a process on that address."""
 
 from __future__ import annotations
 
-import signal
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import docker
