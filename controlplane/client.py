@@ -146,6 +146,9 @@ class Client:
     def drain(self, node: str) -> None:
         self._call(self._nodes.DrainNode, nodes_pb2.DrainNodeRequest(name=node))
 
+    def revoke(self, node: str, undo: bool = False) -> None:
+        self._call(self._nodes.RevokeNode, nodes_pb2.RevokeNodeRequest(name=node, undo=undo))
+
     def proxies(self) -> builtins.list[proxies_pb2.ProxyStatus]:
         """Every proxy connected to the xDS server, and what it has ACKed."""
         reply = self._call(self._proxies.ListProxies, proxies_pb2.ListProxiesRequest())

@@ -19,9 +19,9 @@ from collections.abc import Iterator, Mapping
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import grpc
+from google.rpc import code_pb2
 
 from controlplane.api.flotilla.v1 import (
     agent_pb2,
@@ -31,10 +31,10 @@ from controlplane.api.flotilla.v1 import (
     nodes_pb2,
 )
 from controlplane.convert import dict_of
-from controlplane.identity.tokens import METADATA
 from sidecar import envoy
 from sidecar.drivers.base import Driver, DriverError, Sidecar
-from sidecar.identity import Certificates, Signed
+from sidecar.identity import Certificates, Refusal, Request, Signed
+from sidecar.link import ControlPlaneLink, Refused
 from sidecar.sds import SdsServer
 from sidecar.runner import Assignment, Backoff, InstanceRunner
 
@@ -58,7 +58,7 @@ class AgentConfig:
     #: The Envoy binary for sidecars (checked to be the pinned version); None
     #: runs instances without sidecars.
     envoy: str | None = None
-    #: The cluster's join token, shown on every call to the control plane.
+    #: The cluster's join token, proven (not shown) when joining.
     join_token: str = ""
 
 
@@ -81,17 +81,13 @@ class Agent:
         self.drivers = dict(drivers)
         # Reconnect quickly after the control plane comes back: reports are
         # the heartbeat, and a long channel back-off would outlast the grace.
-        self._raw_channel = grpc.insecure_channel(config.server, options=[
+        self.link = ControlPlaneLink(config.server, config.join_token, options=[
             ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.min_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 1000),
         ])
-        self._channel = grpc.intercept_channel(self._raw_channel,
-                                               _WithToken(config.join_token))
         #: Why the agent gave up (a refused join token), when it did.
         self.failure = ""
-        self._stub = agent_pb2_grpc.AgentServiceStub(self._channel)
-        self._identity = identity_pb2_grpc.IdentityServiceStub(self._channel)
         #: Whether Envoys use the certificates (the mesh runs mTLS).
         self._mtls = False
         self._runners: dict[str, InstanceRunner] = {}
@@ -109,6 +105,7 @@ class Agent:
         self._threads = [
             threading.Thread(target=self._follow_assignments, name="assignments", daemon=True),
             threading.Thread(target=self._report_loop, name="reports", daemon=True),
+            threading.Thread(target=self._link_loop, name="link", daemon=True),
         ]
         #: Service certificates of the instances here, served to their Envoys
         #: over SDS (with sidecars only).
@@ -142,7 +139,7 @@ class Agent:
         self._logs.stop(1.0).wait()
         if self._sds is not None:
             self._sds.stop()
-        self._raw_channel.close()
+        self.link.close()
         if stop_workloads:
             runners = list(self.runners().values()) + list(self._retiring.values())
             for runner in runners:
@@ -166,7 +163,7 @@ class Agent:
 
     def _join(self) -> None:
         cpu, memory = detect_capacity()
-        reply = self._stub.Join(agent_pb2.JoinRequest(
+        reply = self.link.join(agent_pb2.JoinRequest(
             name=self.config.name, address=self.config.address, labels=dict(self.config.labels),
             capacity=nodes_pb2.Capacity(cpu_millis=self.config.cpu_millis or cpu,
                                         memory_mib=self.config.memory_mib or memory),
@@ -181,24 +178,38 @@ class Agent:
                 self._join()
                 log.info("joined %s as node %s (%s)", self.config.server, self.config.name,
                          self.config.address)
-                self._stream = self._stub.WatchAssignments(
+                self._stream = self.link.agent.WatchAssignments(
                     agent_pb2.WatchAssignmentsRequest(node=self.config.name))
                 for message in self._stream:
                     delay = 0.2
                     self._converge([_assignment(a) for a in message.assignments])
+            except Refused as error:
+                self._give_up(str(error))
+                return
             except grpc.RpcError as error:
                 if self._stopping.is_set():
                     return
-                if error.code() == grpc.StatusCode.UNAUTHENTICATED:
-                    self.failure = f"the control plane refused this agent: {error.details()}"
-                    log.error("%s", self.failure)
-                    self._stopping.set()
+                if error.code() in (grpc.StatusCode.UNAUTHENTICATED,
+                                    grpc.StatusCode.PERMISSION_DENIED):
+                    self._give_up(f"the control plane refused this agent: {error.details()}")
                     return
                 log.warning("control plane %s: %s; retrying in %.1fs (workloads keep running)",
                             self.config.server, error.code().name, delay)
             if self._stopping.wait(delay):
                 return
             delay = min(delay * 2, 2.0)
+
+    def _give_up(self, why: str) -> None:
+        """Stop talking to the control plane (workloads keep running: an
+        operator decides what happens to them)."""
+        self.failure = why
+        log.error("%s", why)
+        self._stopping.set()
+
+    def _link_loop(self) -> None:
+        """Keep the node's certificate and the trust bundle current."""
+        while not self._stopping.wait(1.0):
+            self.link.refresh()
 
     def _converge(self, assignments: list[Assignment]) -> None:
         """Make the runners match the assignment set: start runners for new
@@ -239,18 +250,27 @@ class Agent:
 
     # --- certificates -------------------------------------------------------------
 
-    def _sign(self, namespace: str, instance_id: str, csr_pem: str) -> Signed:
-        reply = self._stub.SignCertificate(agent_pb2.SignCertificateRequest(
-            node=self.config.name, namespace=namespace, instance_id=instance_id,
-            csr_pem=csr_pem), timeout=10)
-        return Signed(reply.certificate_pem, reply.trust_bundle_pem, reply.identity,
-                      reply.serial, reply.root)
+    def _sign(self, requests: list[Request]) -> list[Signed | Exception]:
+        """Leaves for instances here, all in one call."""
+        reply = self.link.agent.SignCertificates(agent_pb2.SignCertificatesRequest(
+            node=self.config.name, requests=[
+                agent_pb2.SignCertificateRequest(namespace=namespace, instance_id=instance_id,
+                                                 csr_pem=csr_pem)
+                for namespace, instance_id, csr_pem in requests]), timeout=10)
+        results: list[Signed | Exception] = []
+        for result in reply.results:
+            leaf = result.certificate
+            results.append(
+                Signed(leaf.certificate_pem, leaf.trust_bundle_pem, leaf.identity, leaf.serial,
+                       leaf.root) if result.HasField("certificate")
+                else Refusal(f"{code_pb2.Code.Name(result.code)}: {result.error}"))
+        return results
 
     def _trust(self) -> identity_pb2.TrustBundle | None:
         """The mesh's roots now (a rotation changes them); None while the
         control plane is away (certificates in hand stay in use)."""
         try:
-            bundle: identity_pb2.TrustBundle = self._identity.GetTrustBundle(
+            bundle: identity_pb2.TrustBundle = self.link.identity.GetTrustBundle(
                 identity_pb2.GetTrustBundleRequest(), timeout=5)
         except grpc.RpcError:
             return None
@@ -337,7 +357,7 @@ class Agent:
                     report.cert_not_after.FromSeconds(int(cert.not_after))
                 reports.append(report)
             try:
-                self._stub.Report(agent_pb2.ReportRequest(node=self.config.name,
+                self.link.agent.Report(agent_pb2.ReportRequest(node=self.config.name,
                                                           instances=reports), timeout=5)
             except grpc.RpcError:
                 pass  # the assignments thread reports and retries the connection
@@ -398,24 +418,6 @@ class _LogServicer(agent_pb2_grpc.LogServiceServicer):
                           f"the Envoy of instance {request.instance_id} does not answer on its "
                           f"admin API {running.admin}: {error}")
         return agent_pb2.ProxyConfigResponse(config_dump_json=json.dumps(dump))
-
-
-class _WithToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
-    """Adds the join token to every call."""
-
-    def __init__(self, token: str) -> None:
-        self._metadata = [(METADATA, token)] if token else []
-
-    def _with(self, details: Any) -> Any:
-        return details._replace(metadata=[*(details.metadata or []), *self._metadata])
-
-    def intercept_unary_unary(self, continuation: Any, client_call_details: Any,
-                              request: Any) -> Any:
-        return continuation(self._with(client_call_details), request)
-
-    def intercept_unary_stream(self, continuation: Any, client_call_details: Any,
-                               request: Any) -> Any:
-        return continuation(self._with(client_call_details), request)
 
 
 def _assignment(message: agent_pb2.Assignment) -> Assignment:

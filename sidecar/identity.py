@@ -19,8 +19,8 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+
+from controlplane.identity.ca import new_key_and_csr
 
 log = logging.getLogger("flotilla.agent")
 
@@ -70,19 +70,28 @@ class Material:
         return self.issued_at + (self.not_after - self.issued_at) / 2
 
 
-#: (namespace, instance id, CSR PEM) -> the signed leaf; raises on refusal.
-Signer = Callable[[str, str, str], Signed]
+class Refusal(Exception):
+    """The control plane would not sign for an instance; the message says why."""
 
 
-def new_key_and_csr() -> tuple[str, str]:
-    """A fresh key and a CSR for it that names nothing: the control plane
-    decides the identity from the instance."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(
-        key, hashes.SHA256())
-    return (key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                              serialization.NoEncryption()).decode(),
-            csr.public_bytes(serialization.Encoding.PEM).decode())
+#: What to sign: (namespace, instance id, CSR PEM).
+Request = tuple[str, str, str]
+#: Signs several requests in one call to the control plane: for each, the
+#: signed leaf or why it was refused. Raises when the call itself fails.
+Signer = Callable[[list[Request]], list["Signed | Exception"]]
+
+
+def one_by_one(sign: Callable[[str, str, str], Signed]) -> Signer:
+    """A Signer from a function that signs one request (raising on refusal)."""
+    def many(requests: list[Request]) -> list[Signed | Exception]:
+        results: list[Signed | Exception] = []
+        for request in requests:
+            try:
+                results.append(sign(*request))
+            except Exception as error:  # noqa: BLE001 - a refusal, kept per request
+                results.append(error)
+        return results
+    return many
 
 
 class Certificates:
@@ -127,24 +136,37 @@ class Certificates:
                 del self._held[gone]
             held = dict(self._held)
         now = self._clock()
-        for instance_id, namespace in instances.items():
-            material = held.get(instance_id)
-            if material is None or now >= material.renew_at or (
-                    active_root and material.root != active_root):
-                self.renew(namespace, instance_id)
+        due = [(namespace, instance_id) for instance_id, namespace in instances.items()
+               if (material := held.get(instance_id)) is None or now >= material.renew_at
+               or (active_root and material.root != active_root)]
+        if due:
+            self.renew(due)
 
-    def renew(self, namespace: str, instance_id: str) -> Material | None:
-        key_pem, csr_pem = new_key_and_csr()
+    def renew(self, due: list[tuple[str, str]]) -> None:
+        """New leaves for these (namespace, instance id) pairs, signed in one
+        call; a refusal (or a failed call) is kept on the instance and retried."""
+        keys = [new_key_and_csr() for _ in due]
+        requests = [(namespace, instance_id, csr)
+                    for (namespace, instance_id), (_, csr) in zip(due, keys)]
         try:
-            signed = self._sign(namespace, instance_id, csr_pem)
-        except Exception as error:  # noqa: BLE001 - any refusal is kept and retried
-            detail = f"renewing its certificate failed: {error}"
-            log.warning("%s: %s", instance_id, detail)
-            with self._lock:
-                held = self._held.get(instance_id)
-                if held is not None:
-                    self._held[instance_id] = replace(held, error=detail)
-            return None
+            results = self._sign(requests)
+        except Exception as error:  # noqa: BLE001 - the control plane is away: retried
+            results = [error] * len(requests)
+        for (_, instance_id), (key_pem, _), result in zip(due, keys, results):
+            if isinstance(result, Exception):
+                self._failed(instance_id, result)
+            else:
+                self._keep(instance_id, key_pem, result)
+
+    def _failed(self, instance_id: str, error: Exception) -> None:
+        detail = f"renewing its certificate failed: {error}"
+        log.warning("%s: %s", instance_id, detail)
+        with self._lock:
+            held = self._held.get(instance_id)
+            if held is not None:
+                self._held[instance_id] = replace(held, error=detail)
+
+    def _keep(self, instance_id: str, key_pem: str, signed: Signed) -> Material:
         cert = x509.load_pem_x509_certificate(signed.cert_pem.encode())
         material = Material(
             key_pem=key_pem, cert_pem=signed.cert_pem, bundle_pem=signed.bundle_pem,

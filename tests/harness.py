@@ -18,7 +18,9 @@ from typing import TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from controlplane.api.flotilla.v1 import agent_pb2, nodes_pb2
 from controlplane.client import Client
+from sidecar.link import ControlPlaneLink
 
 STARTUP_DEADLINE = 30.0
 T = TypeVar("T")
@@ -55,6 +57,7 @@ class ServerProcess:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     extra_args: tuple[str, ...] = ()
+    agent_port: int = field(default_factory=free_port)
 
     @property
     def address(self) -> str:
@@ -64,6 +67,7 @@ class ServerProcess:
         log = open(self.data_dir.parent / f"server-{self.port}.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "controlplane", "server", "--listen", self.address,
+             "--agent-listen", f"127.0.0.1:{self.agent_port}",
              "--data-dir", str(self.data_dir), *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT,
         )
@@ -87,6 +91,24 @@ class ServerProcess:
 
     def client(self) -> Client:
         return Client(self.address)
+
+    @property
+    def join_token(self) -> str:
+        return (self.data_dir / "join-token").read_text().strip()
+
+    def join(self, node: str, address: str = "127.0.0.9", token: str | None = None
+             ) -> ControlPlaneLink:
+        """A node joined as an agent would (no agent runs): its link's stubs
+        call the agent port with the node's certificate. Close it."""
+        link = ControlPlaneLink(self.address, self.join_token if token is None else token)
+        try:
+            link.join(agent_pb2.JoinRequest(
+                name=node, address=address, drivers=["process"],
+                capacity=nodes_pb2.Capacity(cpu_millis=64_000, memory_mib=64_000)))
+        except BaseException:
+            link.close()
+            raise
+        return link
 
     def log(self) -> str:
         path = self.data_dir.parent / f"server-{self.port}.log"

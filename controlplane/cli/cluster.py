@@ -80,6 +80,23 @@ def drain(ctx: click.Context, node: str) -> None:
 
 
 @cli.command()
+@click.argument("node")
+@click.option("--undo", is_flag=True,
+              help="Let NODE join again with the join token (certificates issued before the "
+              "revocation stay refused).")
+@click.pass_context
+def revoke(ctx: click.Context, node: str, undo: bool) -> None:
+    """Refuse NODE's agent from now on (its certificate and joins under its
+    name); its instances move to other nodes."""
+    client_of(ctx).revoke(node, undo)
+    if undo:
+        out.print(f"Node {node} may join again")
+    else:
+        out.print(f"Node {node} revoked: its agent is refused and its instances move to "
+                  "other nodes")
+
+
+@cli.command()
 @click.option("--name", required=True, help="This node's name (a DNS label).")
 @click.option("--address", default="127.0.0.1", show_default=True,
               help="The address instances are published on and reachable at.")

@@ -298,6 +298,9 @@ def delete(ctx: click.Context, kind: str | None, names: tuple[str, ...],
 @cli.command()
 @click.option("--listen", envvar="FLOTILLA_LISTEN", default=DEFAULT_SERVER, show_default=True,
               help="host:port for the gRPC API (env FLOTILLA_LISTEN).")
+@click.option("--agent-listen", envvar="FLOTILLA_AGENT_LISTEN", default="",
+              help="host:port where agents talk mutual TLS with their node certificates "
+              "[default: the --listen host, next port].")
 @click.option("--data-dir", envvar="FLOTILLA_DATA_DIR", type=click.Path(path_type=Path),
               default=None, help="Where the store lives (env FLOTILLA_DATA_DIR) "
               "[default: ~/.local/share/flotilla/server].")
@@ -314,15 +317,24 @@ def delete(ctx: click.Context, kind: str | None, names: tuple[str, ...],
               help="Mutual TLS between sidecars, with intentions enforced as RBAC.")
 @click.option("--default-intention", type=click.Choice(["allow", "deny"]), default="allow",
               show_default=True, help="What a call no intention decides gets (with --mtls).")
-def server(listen: str, data_dir: Path | None, durable: bool, node_grace: float,
-           trust_domain: str, cert_ttl: float, mtls: bool, default_intention: str) -> None:
+@click.option("--catalog", envvar="FLOTILLA_CATALOG", default="", metavar="consul://HOST:PORT",
+              callback=lambda ctx, param, value: _catalog(value),
+              help="Publish every serving instance to this Consul agent (env FLOTILLA_CATALOG) "
+              "[default: the embedded catalog only].")
+@click.option("--catalog-token", envvar="CONSUL_HTTP_TOKEN", default="", show_default=False,
+              help="The Consul ACL token for --catalog (env CONSUL_HTTP_TOKEN).")
+def server(listen: str, agent_listen: str, data_dir: Path | None, durable: bool,
+           node_grace: float, trust_domain: str, cert_ttl: float, mtls: bool,
+           default_intention: str, catalog: str, catalog_token: str) -> None:
     """Run the control plane."""
     from controlplane.server.app import ServerConfig, run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     run(ServerConfig(data_dir=data_dir or default_data_dir("server"), listen=listen,
-                     durable=durable, node_grace=node_grace, trust_domain=trust_domain,
-                     cert_ttl=cert_ttl, mtls=mtls, default_intention=default_intention))
+                     agent_listen=agent_listen, durable=durable, node_grace=node_grace,
+                     trust_domain=trust_domain, cert_ttl=cert_ttl, mtls=mtls,
+                     default_intention=default_intention, catalog=catalog,
+                     catalog_token=catalog_token))
 
 
 def _trust_domain(value: str) -> str:
@@ -331,6 +343,19 @@ def _trust_domain(value: str) -> str:
             label and label.replace("-", "").isalnum() and label.islower() for label in labels):
         raise click.BadParameter(f"{value!r} is not a trust domain: use a lowercase DNS name "
                                  "such as flotilla.local or mesh.example.com")
+    return value
+
+
+def _catalog(value: str) -> str:
+    if not value:
+        return value
+    from controlplane.catalog.consul import parse_url
+    from controlplane.errors import UserError
+
+    try:
+        parse_url(value)
+    except UserError as error:
+        raise click.BadParameter(str(error)) from None
     return value
 
 

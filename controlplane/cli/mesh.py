@@ -181,13 +181,19 @@ def certs(ctx: click.Context, namespace: str | None, output: str) -> None:
               help="Where bare xds:///NAME targets resolve.")
 @click.option("-o", "--output", "path", type=click.Path(path_type=Path), default=None,
               help="Write it to this file [default: stdout].")
+@click.option("--keep-renewed", is_flag=True,
+              help="Stay running: renew the client's certificate at half-life and follow root "
+              "rotations (the mesh runs mTLS; gRPC reloads the files).")
 @click.pass_context
 def bootstrap(ctx: click.Context, proxyless: bool, name: str, namespace: str,
-              path: Path | None) -> None:
+              path: Path | None, keep_renewed: bool) -> None:
     """Write an xDS bootstrap for a client outside the mesh's sidecars."""
     if not proxyless:
         raise click.UsageError("only --proxyless bootstraps are written by hand: sidecars and "
                                "gateways get theirs from their agent")
+    if keep_renewed and path is None:
+        raise click.UsageError("--keep-renewed needs -o FILE: the certificate files are kept "
+                               "next to it")
     proxy = Proxy(id=f"{name}~{uuid.uuid4().hex[:8]}", kind=PROXYLESS, namespace=namespace,
                   name=name)
     document = {
@@ -201,12 +207,17 @@ def bootstrap(ctx: click.Context, proxyless: bool, name: str, namespace: str,
     }
     client = client_of(ctx)
     settings = client.mesh_settings()
+    files: ClientFiles | None = None
     if settings.mtls:
         if path is None:
             raise click.UsageError("the mesh runs mTLS: give -o FILE, the client's key and "
                                    "certificates are written next to it")
-        document["certificate_providers"] = _client_certificate(
-            client, settings.trust_domain, namespace, name, path)
+        files = ClientFiles(client, spiffe_id(settings.trust_domain, namespace, name), path)
+        files.renew()
+        document["certificate_providers"] = files.provider()
+    elif keep_renewed:
+        raise click.UsageError("--keep-renewed: the mesh runs without mTLS, so the client "
+                               "has no certificate to renew")
     text = json.dumps(document, indent=2) + "\n"
     if path is None:
         out.print(text, markup=False, end="")
@@ -217,30 +228,78 @@ def bootstrap(ctx: click.Context, proxyless: bool, name: str, namespace: str,
         raise errors.UserError(f"cannot write {path}: {error.strerror}") from None
     out.print(f"wrote {path}: export GRPC_XDS_BOOTSTRAP={path} and dial xds:///SERVICE"
               + (" with grpc.xds_channel_credentials (the mesh runs mTLS)"
-                 if "certificate_providers" in document else ""))
+                 if files is not None else ""))
+    if keep_renewed and files is not None:
+        out.print(f"keeping {files.certificate} renewed (until interrupted)")
+        files.keep_renewed()
 
 
-def _client_certificate(client: Client, trust_domain: str, namespace: str, name: str,
-                        path: Path) -> dict[str, Any]:
-    """A key made here, a certificate for it from the mesh CA, and the bundle,
-    as files next to ``path``; the gRPC certificate provider that reads them.
-    The certificate lives --cert-ttl: run this again to renew it."""
-    key_pem, csr_pem = new_key_and_csr(spiffe_id(trust_domain, namespace, name))
-    signed = client.sign_client(namespace, name, csr_pem)
-    files = {"private_key_file": path.with_suffix(".key"),
-             "certificate_file": path.with_suffix(".crt"),
-             "ca_certificate_file": path.with_suffix(".ca.crt")}
-    try:
-        fd = os.open(files["private_key_file"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as key_file:
-            key_file.write(key_pem)
-        files["certificate_file"].write_text(signed.certificate_pem)
-        files["ca_certificate_file"].write_text(signed.trust_bundle_pem)
-    except OSError as error:
-        raise errors.UserError(f"cannot write next to {path}: {error.strerror}") from None
-    return {"default": {"plugin_name": "file_watcher", "config": {
-        **{key: str(value.resolve()) for key, value in files.items()},
-        "refresh_interval": "60s"}}}
+class ClientFiles:
+    """A proxyless client's key (made here), its certificate from the mesh CA
+    and the trust bundle, as files next to the bootstrap for gRPC's
+    file_watcher certificate provider; renewed at half-life and when the
+    mesh's roots change (``keep_renewed``)."""
+
+    def __init__(self, client: Client, identity: str, path: Path) -> None:
+        self._client = client
+        self.identity = identity
+        self.key = path.with_suffix(".key")
+        self.certificate = path.with_suffix(".crt")
+        self.bundle = path.with_suffix(".ca.crt")
+        self._renew_at = 0.0
+        self._root = ""
+        self._ttl = 60.0
+
+    def provider(self) -> dict[str, Any]:
+        files = {"private_key_file": self.key, "certificate_file": self.certificate,
+                 "ca_certificate_file": self.bundle}
+        # gRPC re-reads the files this often: well within half a certificate's life.
+        refresh = max(1, min(60, int(self._ttl / 10)))
+        return {"default": {"plugin_name": "file_watcher", "config": {
+            **{key: str(value.resolve()) for key, value in files.items()},
+            "refresh_interval": f"{refresh}s"}}}
+
+    def renew(self) -> None:
+        _, _, rest = self.identity.partition("/ns/")
+        namespace, _, name = rest.partition("/svc/")
+        key_pem, csr_pem = new_key_and_csr(self.identity)
+        signed = self._client.sign_client(namespace, name, csr_pem)
+        now = time.time()
+        self._ttl = max(1.0, signed.not_after.seconds - now)
+        self._renew_at, self._root = now + self._ttl / 2, signed.root
+        # The key and certificate change together: new files, then renamed over the old.
+        self._write({self.key: key_pem, self.certificate: signed.certificate_pem,
+                     self.bundle: signed.trust_bundle_pem})
+
+    def _write(self, contents: dict[Path, str]) -> None:
+        try:
+            for target, text in contents.items():
+                fd = os.open(f"{target}.new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(text)
+            for target in contents:
+                os.replace(f"{target}.new", target)
+        except OSError as error:
+            raise errors.UserError(f"cannot write {target}: {error.strerror}") from None
+
+    def keep_renewed(self, poll: float = 1.0) -> None:
+        """Until interrupted: the bundle as the mesh trusts it now, and a
+        certificate not past half its life and signed by the active root."""
+        away = False
+        while True:
+            time.sleep(poll)
+            try:
+                trust = self._client.trust_bundle()
+                if trust.bundle_pem != self.bundle.read_text():
+                    self._write({self.bundle: trust.bundle_pem})
+                if time.time() >= self._renew_at or trust.active_root != self._root:
+                    self.renew()
+                    out.print(f"renewed {self.certificate} (root {self._root[:12]})")
+                away = False
+            except errors.TemporaryError as error:
+                if not away:
+                    out.print(f"warning: {error}; keeping the current certificate")
+                away = True
 
 
 @cli.group()

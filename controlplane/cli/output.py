@@ -94,7 +94,7 @@ COLUMNS: dict[str, list[Column]] = {
         ("SERIAL", lambda d: d["spec"]["serial"][:16]),
         ("EXPIRES", lambda d: d["spec"]["notAfter"]),
         ("NODE", lambda d: d["spec"]["node"]),
-        ("INSTANCE", lambda d: d["spec"]["instance"]),
+        ("INSTANCE", lambda d: d["spec"].get("instance") or "-"),
     ],
 }
 

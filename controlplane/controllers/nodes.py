@@ -11,13 +11,14 @@ Thread-safety: every method may be called from any thread.
 
 from __future__ import annotations
 
+import datetime
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from controlplane.errors import FieldViolation, InvalidManifest, NotFound
+from controlplane.errors import FieldViolation, InvalidManifest, NotFound, Unauthenticated
 from controlplane.manifests.types import check_dns_label, check_labels
 from controlplane.model import NODE_NAMESPACE, ObjectKey, Resource
 from controlplane.store import SqliteStore
@@ -66,6 +67,8 @@ class NodeRegistry:
             "drivers": sorted(drivers),
             "logsEndpoint": logs_endpoint,
             "drain": bool(current and current.spec.get("drain")),
+            **({"revokedAt": current.spec["revokedAt"]}
+               if current and current.spec.get("revokedAt") else {}),
         }
         base = current or Resource(kind="Node", namespace=NODE_NAMESPACE, name=name)
         self._store.apply([replace(base, spec=spec, resource_version=0)])
@@ -98,6 +101,35 @@ class NodeRegistry:
                 })
                 downed.append(node.name)
         return downed
+
+    def check_admitted(self, name: str) -> Resource | None:
+        """The node (None before its first join); UNAUTHENTICATED when an
+        operator revoked it."""
+        node = self._store.get(node_key(name))
+        if node is not None and node.spec.get("revoked"):
+            raise Unauthenticated(
+                f"node {name} is revoked: its agent is refused until an operator runs "
+                f"`flotilla revoke {name} --undo`")
+        return node
+
+    def revoke(self, name: str, undo: bool = False) -> Resource:
+        """Refuse the node's agent (its certificates, and joins under its
+        name); its instances move to other nodes. ``undo`` lets it join again
+        (certificates issued before the revocation stay refused)."""
+        node = self._store.get(node_key(name))
+        if node is None:
+            raise NotFound(f"node {name} not found")
+        spec = dict(node.spec)
+        if undo:
+            spec["revoked"] = False
+        elif not spec.get("revoked"):
+            spec["revoked"] = True
+            spec["revokedAt"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
+        if spec != node.spec:
+            self._store.apply([replace(node, spec=spec, resource_version=0)])
+        found = self._store.get(node_key(name))
+        assert found is not None
+        return found
 
     def drain(self, name: str) -> Resource:
         node = self._store.get(node_key(name))

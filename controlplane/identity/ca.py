@@ -5,6 +5,9 @@
 - A leaf names one service: URI SAN
   ``spiffe://<trust-domain>/ns/<namespace>/svc/<service>``, client and server
   auth, signed by the active root from a CSR whose key never left its node.
+  Node agents (``.../node/<name>``) and the control plane's agent port
+  (``.../control-plane``, with a DNS name no service or node can take) get
+  leaves from the same CA.
 - The trust bundle is every root still trusted: during a root rotation the
   new root is added first, leaves are reissued from it, the old one leaves
   last.
@@ -33,6 +36,9 @@ ROOT_LIFETIME = datetime.timedelta(days=3650)
 #: How far back a certificate's validity starts: clocks of nodes differ.
 BACKDATE = datetime.timedelta(minutes=1)
 MIN_TTL = datetime.timedelta(minutes=1)
+#: The name agents verify the control plane's agent port by: a DNS name with
+#: dots, which no service or node (DNS labels) can take.
+CONTROL_PLANE_NAME = "control-plane.flotilla.internal"
 
 
 class CertificateError(ValueError):
@@ -47,6 +53,19 @@ def parse_spiffe_id(uri: str) -> tuple[str, str, str]:
         raise CertificateError(f"{uri!r} is not a service identity "
                                "(spiffe://<trust-domain>/ns/<namespace>/svc/<service>)")
     return parts[0], parts[2], parts[4]
+
+
+def parse_identity(uri: str) -> tuple[str, str, str]:
+    """(trust domain, kind, name) of any identity the CA signs: kind is
+    ``svc`` (name ``namespace/service``), ``node`` or ``control-plane``."""
+    prefix = "spiffe://"
+    parts = uri[len(prefix):].split("/") if uri.startswith(prefix) else []
+    if len(parts) == 3 and parts[1] == "node" and all(parts):
+        return parts[0], "node", parts[2]
+    if len(parts) == 2 and parts[1] == "control-plane" and parts[0]:
+        return parts[0], "control-plane", parts[1]
+    domain, namespace, service = parse_spiffe_id(uri)
+    return domain, "svc", f"{namespace}/{service}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,16 +135,16 @@ def new_root(trust_domain: str, now: datetime.datetime) -> Root:
     )
 
 
-def new_key_and_csr(identity: str) -> tuple[str, str]:
-    """(key PEM, CSR PEM) for ``identity``: what an agent makes on its node."""
+def new_key_and_csr(identity: str = "") -> tuple[str, str]:
+    """(key PEM, CSR PEM) for ``identity`` (or for whatever the CA decides,
+    when empty): what an agent makes on its node."""
     key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([]))
-        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity)]),
-                       critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+    if identity:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity)]),
+            critical=False)
+    csr = builder.sign(key, hashes.SHA256())
     return (key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                               serialization.NoEncryption()).decode(),
             csr.public_bytes(serialization.Encoding.PEM).decode())
@@ -148,10 +167,11 @@ class CertificateAuthority:
         return "".join(root.cert_pem for root in self.roots)
 
     def sign(self, csr_pem: str, identity: str, ttl: datetime.timedelta,
-             now: datetime.datetime) -> Leaf:
+             now: datetime.datetime, dns_names: tuple[str, ...] = ()) -> Leaf:
         """A leaf for ``identity`` from a CSR; the CSR may name the identity
-        (then it must be that one) or nothing."""
-        domain, _, service = parse_spiffe_id(identity)
+        (then it must be that one) or nothing. ``dns_names`` are for a server
+        clients verify by name (the control plane's agent port)."""
+        domain, _, name = parse_identity(identity)
         if domain != self.trust_domain:
             raise CertificateError(f"identity {identity} is outside trust domain "
                                    f"{self.trust_domain}")
@@ -178,7 +198,8 @@ class CertificateAuthority:
         ttl = max(ttl, MIN_TTL)
         cert = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, service)]))
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
+                                                        name.rpartition("/")[2])]))
             .issuer_name(root.subject)
             .public_key(key)
             .serial_number(x509.random_serial_number())
@@ -191,8 +212,9 @@ class CertificateAuthority:
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
                                                   ExtendedKeyUsageOID.CLIENT_AUTH]),
                            critical=False)
-            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity)]),
-                           critical=True)
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(identity), *map(x509.DNSName, dns_names)]),
+                critical=True)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
                 signer.public_key()), critical=False)
             .sign(signer, hashes.SHA256())

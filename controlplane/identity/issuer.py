@@ -6,6 +6,11 @@ service only while its node runs an instance of that service (else
 PermissionDenied); the identity comes from the instance, never from the CSR.
 Each leaf is recorded as a ``Certificate`` object (public data only) for
 `flotilla certs`; an instance keeps its two newest records.
+
+Node agents get leaves too (``sign_for_node``, their identity towards the
+control plane), and the control plane makes its own key and leaf for the
+agent port (``server_certificate``), renewed at half-life or when the active
+root changes.
 """
 
 from __future__ import annotations
@@ -18,19 +23,30 @@ from typing import Any
 
 from controlplane.errors import FailedPrecondition, NotFound, PermissionDenied, UserError
 from controlplane.identity.ca import (
+    CONTROL_PLANE_NAME,
     CertificateAuthority,
     CertificateError,
     Leaf,
     Root,
+    new_key_and_csr,
     new_root,
     spiffe_id,
 )
 from controlplane.manifests.types import check_dns_label
-from controlplane.model import ObjectKey, Resource
+from controlplane.model import (
+    NODE_NAMESPACE,
+    ObjectKey,
+    Resource,
+    control_plane_spiffe_id,
+    node_spiffe_id,
+)
 from controlplane.store import SqliteStore
 
 PRIVATE_KEY = "ca"
 KEEP_PER_INSTANCE = 2
+#: Label of a Certificate record naming what holds it.
+INSTANCE_LABEL = "flotilla.dev/instance"
+NODE_LABEL = "flotilla.dev/node"
 
 
 class Issuer:
@@ -46,7 +62,12 @@ class Issuer:
         self._pending: list[Resource] = []
         self._pending_lock = threading.Lock()
         self._recorder: threading.Thread | None = None
+        #: Keys of the Certificate records each holder has, oldest first
+        #: (read from the store at the first flush).
+        self._records: dict[tuple[str, tuple[tuple[str, str], ...]], list[ObjectKey]] | None \
+            = None
         self._next_sweep = 0.0
+        self._server_cert: tuple[str, Leaf] | None = None
         self.ca = self._load_or_create(trust_domain)
 
     def _now(self) -> datetime.datetime:
@@ -126,13 +147,39 @@ class Issuer:
                 f"node {node} does not run instance {namespace}/{instance_id}; a node gets "
                 "certificates only for the instances it runs")
         identity = spiffe_id(self.ca.trust_domain, namespace, str(instance.spec["service"]))
+        leaf = self._sign(csr_pem, identity)
+        self._record(leaf, node, instance.namespace, instance.name, INSTANCE_LABEL)
+        return leaf
+
+    def sign_for_node(self, node: str, csr_pem: str) -> Leaf:
+        """A node agent's leaf (its identity towards the control plane); the
+        caller has authenticated the node."""
+        leaf = self._sign(csr_pem, node_spiffe_id(self.ca.trust_domain, node))
+        self._record(leaf, node, NODE_NAMESPACE, node, NODE_LABEL)
+        return leaf
+
+    def server_certificate(self) -> tuple[str, Leaf]:
+        """(key PEM, leaf) for the agent port: made here, renewed at
+        half-life or when the active root changes."""
+        with self._lock:
+            current = self._server_cert
+            if current is not None:
+                leaf = current[1]
+                half = leaf.not_after - self._ttl / 2
+                if leaf.root == self.ca.active.serial and self._now() < half:
+                    return current
+            key, csr = new_key_and_csr(control_plane_spiffe_id(self.ca.trust_domain))
+            leaf = self.ca.sign(csr, control_plane_spiffe_id(self.ca.trust_domain), self._ttl,
+                                self._now(), dns_names=(CONTROL_PLANE_NAME,))
+            self._server_cert = (key, leaf)
+            return self._server_cert
+
+    def _sign(self, csr_pem: str, identity: str) -> Leaf:
         with self._lock:
             try:
-                leaf = self.ca.sign(csr_pem, identity, self._ttl, self._now())
+                return self.ca.sign(csr_pem, identity, self._ttl, self._now())
             except CertificateError as error:
                 raise UserError(f"cannot sign the CSR: {error}") from None
-        self._record(leaf, node, instance)
-        return leaf
 
     def sign_for_client(self, namespace: str, name: str, csr_pem: str) -> Leaf:
         """A leaf for a client outside the sidecars (a proxyless gRPC client),
@@ -142,20 +189,16 @@ class Issuer:
             check_dns_label(name)
         except ValueError as error:
             raise UserError(f"a client is named like a service: {error}") from None
-        identity = spiffe_id(self.ca.trust_domain, namespace, name)
-        with self._lock:
-            try:
-                return self.ca.sign(csr_pem, identity, self._ttl, self._now())
-            except CertificateError as error:
-                raise UserError(f"cannot sign the CSR: {error}") from None
+        return self._sign(csr_pem, spiffe_id(self.ca.trust_domain, namespace, name))
 
-    def _record(self, leaf: Leaf, node: str, instance: Resource) -> None:
+    def _record(self, leaf: Leaf, node: str, namespace: str, owner: str, label: str) -> None:
+        """Record a leaf held by ``owner`` (an instance, or a node)."""
         record = Resource(
-            kind="Certificate", namespace=instance.namespace,
-            name=f"{instance.name}-{leaf.serial[:12]}",
-            labels={"flotilla.dev/instance": instance.name},
+            kind="Certificate", namespace=namespace, name=f"{owner}-{leaf.serial[:12]}",
+            labels={label: owner},
             spec={"identity": leaf.identity, "serial": leaf.serial, "node": node,
-                  "instance": instance.name, "root": leaf.root,
+                  **({"instance": owner} if label == INSTANCE_LABEL else {}),
+                  "root": leaf.root,
                   "notAfter": leaf.not_after.isoformat().replace("+00:00", "Z")},
         )
         with self._pending_lock:
@@ -179,17 +222,29 @@ class Issuer:
         if not batch:
             return
         newest = {(r.namespace, r.name): r for r in batch}
+        if self._records is None:  # once: what the store holds, oldest first
+            self._records = {}
+            for record in sorted(self._store.list("Certificate"), key=lambda c: c.create_time):
+                self._records.setdefault(_holder(record), []).append(record.key)
         self._store.apply(list(newest.values()))
-        now = self._now().isoformat().replace("+00:00", "Z")
         doomed = []
-        for namespace, instance in {(r.namespace, str(r.spec["instance"])) for r in batch}:
-            found = sorted(self._store.list("Certificate", namespace,
-                                            {"flotilla.dev/instance": instance}),
-                           key=lambda c: c.create_time, reverse=True)
-            doomed += [c.key for c in found[KEEP_PER_INSTANCE:]]
+        for record in newest.values():
+            held = self._records.setdefault(_holder(record), [])
+            held.append(record.key)
+            doomed += held[:-KEEP_PER_INSTANCE]
+            del held[:-KEEP_PER_INSTANCE]
         if time.monotonic() >= self._next_sweep:  # expired records of gone instances
             self._next_sweep = time.monotonic() + 60
-            doomed += [c.key for c in self._store.list("Certificate")
-                       if str(c.spec.get("notAfter", "")) < now]
+            now = self._now().isoformat().replace("+00:00", "Z")
+            expired = {c.key for c in self._store.list("Certificate")
+                       if str(c.spec.get("notAfter", "")) < now}
+            for held in self._records.values():
+                held[:] = [key for key in held if key not in expired]
+            doomed += expired
         if doomed:
             self._store.delete(sorted(set(doomed)), ignore_not_found=True)
+
+
+def _holder(record: Resource) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """What holds a Certificate record: its namespace and owner label."""
+    return record.namespace, tuple(sorted(record.labels.items()))

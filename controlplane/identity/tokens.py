@@ -2,29 +2,34 @@
 
 The control plane makes one on first start, keeps only its hash (sealed, in
 the store) and writes the token to ``<data dir>/join-token`` (mode 0600) for
-the operator to hand to agents (``flotilla agent --join-token``). Every call
-an agent makes carries it (gRPC metadata ``flotilla-join-token``); a wrong or
-missing one is UNAUTHENTICATED.
+the operator to hand to agents (``flotilla agent --join-token``).
+
+The token never travels: an agent's Join carries a *proof*, an HMAC-SHA256
+of the request keyed with the token's SHA-256 (which is all the server
+keeps), and the server proves the same over its answer, so the agent trusts
+the trust bundle it gets only from a server that knows the token (kubeadm's
+signed cluster-info, in one step). A Join with a wrong proof is
+UNAUTHENTICATED; every later call is authenticated by the node certificate
+the Join returned.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import secrets
+import time
 from pathlib import Path
 
 from controlplane.errors import Unauthenticated
+from controlplane.identity.proof import digest_of as _digest
+from controlplane.identity.proof import proof
 from controlplane.store import SqliteStore
 
 PRIVATE_KEY = "join-tokens"
-METADATA = "flotilla-join-token"
 FILE_NAME = "join-token"
-
-
-def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+#: Seconds a Join's timestamp may be off the server's clock.
+MAX_SKEW = 600.0
 
 
 class JoinTokens:
@@ -45,21 +50,19 @@ class JoinTokens:
         self._store.put_private(PRIVATE_KEY, {"digests": [*self._digests, digest]})
         return digest
 
-    def check(self, token: str | None) -> None:
-        if not token:
+    def verify(self, given: str, payload: bytes, timestamp: float) -> str:
+        """The digest of the token ``given`` proves ``payload`` with (the key
+        to prove the answer with); UNAUTHENTICATED when none does."""
+        if not given:
             raise Unauthenticated(
                 "no join token: start the agent with --join-token (the token is in the "
                 f"server's {FILE_NAME} file)")
-        digest = _digest(token.strip())
-        if not any(hmac.compare_digest(digest, known) for known in self._digests):
-            raise Unauthenticated(
-                "the join token is wrong: use the one in the server's "
-                f"{FILE_NAME} file")
-
-
-def token_of(metadata: object) -> str | None:
-    """The join token in a call's invocation metadata."""
-    for key, value in metadata or ():  # type: ignore[attr-defined]
-        if key == METADATA:
-            return str(value)
-    return None
+        for digest in self._digests:
+            if hmac.compare_digest(proof(digest, payload), given):
+                if abs(time.time() - timestamp) > MAX_SKEW:
+                    raise Unauthenticated(
+                        f"the join request is {abs(time.time() - timestamp):.0f}s off the "
+                        "server's clock: set the node's clock right (NTP)")
+                return digest
+        raise Unauthenticated(
+            f"the join token is wrong: use the one in the server's {FILE_NAME} file")

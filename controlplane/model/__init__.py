@@ -20,6 +20,8 @@ from controlplane.model.resources import (
     WatchEvent,
     node_state,
     spiffe_id,
+    node_spiffe_id,
+    control_plane_spiffe_id,
 )
 
 __all__ = [
@@ -38,4 +40,6 @@ __all__ = [
     "WatchEvent",
     "node_state",
     "spiffe_id",
+    "node_spiffe_id",
+    "control_plane_spiffe_id",
 ]

@@ -31,9 +31,21 @@ def spiffe_id(trust_domain: str, namespace: str, service: str) -> str:
     return f"spiffe://{trust_domain}/ns/{namespace}/svc/{service}"
 
 
+def node_spiffe_id(trust_domain: str, node: str) -> str:
+    """A node agent's identity towards the control plane."""
+    return f"spiffe://{trust_domain}/node/{node}"
+
+
+def control_plane_spiffe_id(trust_domain: str) -> str:
+    """The control plane's identity on its agent port."""
+    return f"spiffe://{trust_domain}/control-plane"
+
+
 def node_state(spec: Mapping[str, Any], status: Mapping[str, Any]) -> str:
-    """A Node's state from its spec and status: ``ready``, ``down``, or
-    ``draining`` for a ready node an operator drains."""
+    """A Node's state from its spec and status: ``ready``, ``down``,
+    ``draining`` for a ready node an operator drains, or ``revoked``."""
+    if spec.get("revoked"):
+        return "revoked"
     state = str(status.get("state", "ready"))
     return "draining" if state == "ready" and spec.get("drain") else state
 

@@ -2,23 +2,33 @@
 
 Assignments are level-triggered: each message on the stream is the node's
 complete desired set, sent first and then whenever it changes.
+
+Join comes to the main port with a proof of the join token and leaves with a
+node certificate; every other call comes to the agent port over mutual TLS,
+and the node it acts for is the one its certificate names (a revoked node,
+or a certificate issued before its revocation, is UNAUTHENTICATED).
 """
 
 from __future__ import annotations
 
+import datetime
+import functools
 import threading
 from collections.abc import Iterator
 
 import grpc
+from cryptography import x509
 from google.protobuf import timestamp_pb2
+from google.rpc import code_pb2
 
 from controlplane import convert
 from controlplane.api.flotilla.v1 import agent_pb2, agent_pb2_grpc, nodes_pb2
 from controlplane.controllers.nodes import NodeRegistry
-from controlplane.errors import UserError
-from controlplane.identity.ca import Leaf
+from controlplane.errors import PermissionDenied, Unauthenticated, UserError
+from controlplane.identity.ca import BACKDATE, CertificateError, Leaf, parse_identity
 from controlplane.identity.issuer import Issuer
-from controlplane.identity.tokens import JoinTokens, token_of
+from controlplane.identity.proof import prove, unproven
+from controlplane.identity.tokens import JoinTokens
 from controlplane.model import ObjectKey, Resource, node_state
 from controlplane.server.status import abort
 from controlplane.store import SqliteStore
@@ -32,7 +42,7 @@ _REPORTED = ("state", "reason", "address", "port", "restarts", "exit_code")
 def node_to_pb(node: Resource) -> nodes_pb2.Node:
     capacity = node.spec.get("capacity") or {}
     states = {"ready": nodes_pb2.Node.READY, "down": nodes_pb2.Node.DOWN,
-              "draining": nodes_pb2.Node.DRAINING}
+              "draining": nodes_pb2.Node.DRAINING, "revoked": nodes_pb2.Node.REVOKED}
     return nodes_pb2.Node(
         name=node.name, address=node.spec.get("address", ""),
         labels=dict(node.spec.get("labels") or {}),
@@ -56,12 +66,22 @@ def assignments_of(store: SqliteStore, node: str) -> agent_pb2.Assignments:
     ])
 
 
+def _timestamp(when: datetime.datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(when)
+    return stamp
+
+
 def leaf_response(leaf: Leaf, bundle_pem: str) -> agent_pb2.SignCertificateResponse:
-    not_after = timestamp_pb2.Timestamp()
-    not_after.FromDatetime(leaf.not_after)
     return agent_pb2.SignCertificateResponse(
         certificate_pem=leaf.cert_pem, trust_bundle_pem=bundle_pem, identity=leaf.identity,
-        serial=leaf.serial, not_after=not_after, root=leaf.root)
+        serial=leaf.serial, not_after=_timestamp(leaf.not_after), root=leaf.root)
+
+
+@functools.lru_cache(maxsize=1024)
+def _issued_at(cert_pem: bytes) -> datetime.datetime:
+    """When a peer's certificate was issued (its validity starts BACKDATE earlier)."""
+    return x509.load_pem_x509_certificate(cert_pem).not_valid_before_utc + BACKDATE
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
@@ -72,13 +92,41 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self._issuer = issuer
         self._tokens = tokens
         self._stopping = threading.Event()
+        #: The agent port, told to joining agents (set once the server binds).
+        self.agent_port = 0
 
-    def _admit(self, context: grpc.ServicerContext) -> None:
-        """Every agent call carries the join token."""
+    def _peer_node(self, context: grpc.ServicerContext) -> str:
+        """The node the call's client certificate names, admitted now."""
+        auth = context.auth_context()
+        peer = b"".join(auth.get("peer_spiffe_id") or [])
+        if not peer:
+            raise Unauthenticated(
+                "agent calls go to the agent port over mutual TLS with the node's certificate "
+                "(the agent gets it by joining)")
         try:
-            self._tokens.check(token_of(context.invocation_metadata()))
+            domain, kind, name = parse_identity(peer.decode())
+        except CertificateError as error:
+            raise Unauthenticated(f"the client certificate names no node: {error}") from None
+        if kind != "node" or domain != self._issuer.ca.trust_domain:
+            raise PermissionDenied(f"{peer.decode()} is not a node of this cluster")
+        node = self._nodes.check_admitted(name)
+        revoked_at = node.spec.get("revokedAt") if node is not None else None
+        certificate = b"".join(auth.get("x509_pem_cert") or [])
+        if revoked_at and certificate and \
+                _issued_at(certificate) <= datetime.datetime.fromisoformat(revoked_at):
+            raise Unauthenticated(f"node {name}'s certificate was revoked: the agent joins "
+                                  "again for a new one")
+        return name
+
+    def _admit(self, context: grpc.ServicerContext, node: str) -> None:
+        """The call comes from ``node``'s agent (its certificate), not revoked."""
+        try:
+            peer = self._peer_node(context)
         except UserError as error:
             abort(context, error)
+        if node and node != peer:
+            abort(context, PermissionDenied(
+                f"node {peer}'s certificate cannot act for node {node}"))
 
     def shutdown(self) -> None:
         self._stopping.set()
@@ -86,21 +134,39 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
     def Join(self, request: agent_pb2.JoinRequest,
              context: grpc.ServicerContext) -> agent_pb2.JoinResponse:
-        self._admit(context)
         try:
+            digest = self._tokens.verify(request.proof, unproven(request), request.timestamp)
+            self._nodes.check_admitted(request.name)
+            if not request.csr_pem:
+                raise UserError("a join carries a CSR for the node's key (csr_pem)")
             node = self._nodes.join(
                 request.name, request.address, dict(request.labels),
                 request.capacity.cpu_millis, request.capacity.memory_mib, list(request.drivers),
                 request.logs_endpoint,
             )
+            leaf = self._issuer.sign_for_node(request.name, request.csr_pem)
         except UserError as error:
             abort(context, error)
-        return agent_pb2.JoinResponse(node=node_to_pb(node),
-                                      report_interval_seconds=REPORT_INTERVAL)
+        reply = agent_pb2.JoinResponse(
+            node=node_to_pb(node), report_interval_seconds=REPORT_INTERVAL,
+            node_certificate_pem=leaf.cert_pem, trust_bundle_pem=self._issuer.bundle(),
+            agent_port=self.agent_port)
+        reply.proof = prove(digest, reply)
+        return reply
+
+    def RenewNodeCertificate(self, request: agent_pb2.RenewNodeCertificateRequest,
+                             context: grpc.ServicerContext) -> agent_pb2.NodeCertificate:
+        try:
+            leaf = self._issuer.sign_for_node(self._peer_node(context), request.csr_pem)
+        except UserError as error:
+            abort(context, error)
+        return agent_pb2.NodeCertificate(
+            certificate_pem=leaf.cert_pem, trust_bundle_pem=self._issuer.bundle(),
+            serial=leaf.serial, not_after=_timestamp(leaf.not_after), root=leaf.root)
 
     def SignCertificate(self, request: agent_pb2.SignCertificateRequest,
                         context: grpc.ServicerContext) -> agent_pb2.SignCertificateResponse:
-        self._admit(context)
+        self._admit(context, request.node)
         try:
             leaf = self._issuer.sign_for_instance(request.node, request.namespace or "default",
                                                   request.instance_id, request.csr_pem)
@@ -108,14 +174,31 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             abort(context, error)
         return leaf_response(leaf, self._issuer.bundle())
 
+    def SignCertificates(self, request: agent_pb2.SignCertificatesRequest,
+                         context: grpc.ServicerContext) -> agent_pb2.SignCertificatesResponse:
+        self._admit(context, request.node)
+        bundle = self._issuer.bundle()
+        results = []
+        for item in request.requests:
+            try:
+                leaf = self._issuer.sign_for_instance(request.node, item.namespace or "default",
+                                                      item.instance_id, item.csr_pem)
+            except UserError as error:
+                results.append(agent_pb2.SignCertificateResult(
+                    code=getattr(code_pb2, error.code), error=str(error)))
+                continue
+            results.append(agent_pb2.SignCertificateResult(
+                certificate=leaf_response(leaf, bundle)))
+        return agent_pb2.SignCertificatesResponse(results=results)
+
     def WatchAssignments(self, request: agent_pb2.WatchAssignmentsRequest,
                          context: grpc.ServicerContext) -> Iterator[agent_pb2.Assignments]:
-        self._admit(context)
         sent: bytes | None = None
         seen = -1
         while context.is_active() and not self._stopping.is_set():
             head = self._store.resource_version
             if head != seen:
+                self._admit(context, request.node)  # again: the node may be revoked since
                 seen = head
                 current = assignments_of(self._store, request.node)
                 raw = current.SerializeToString(deterministic=True)
@@ -128,7 +211,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
     def Report(self, request: agent_pb2.ReportRequest,
                context: grpc.ServicerContext) -> agent_pb2.ReportResponse:
-        self._admit(context)
+        self._admit(context, request.node)
         try:
             self._nodes.heartbeat(request.node)
         except UserError as error:

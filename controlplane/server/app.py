@@ -36,6 +36,8 @@ from controlplane.api.flotilla.v1 import (
     resources_pb2_grpc,
 )
 from controlplane.errors import UserError
+from controlplane.catalog.consul import ConsulCatalog
+from controlplane.catalog.registry import Registry
 from controlplane.controllers.nodes import NodeRegistry
 from controlplane.controllers.reconciler import Reconciler
 from controlplane.identity.issuer import Issuer
@@ -72,6 +74,9 @@ SERVICE_NAMES = tuple(
 class ServerConfig:
     data_dir: Path
     listen: str = DEFAULT_LISTEN
+    #: Where agents talk mutual TLS with their node certificates; "" for the
+    #: listen host on the next port (any free port when listen's is 0).
+    agent_listen: str = ""
     #: fsync every commit (survives power loss, not just process death).
     durable: bool = False
     #: Every xDS stream holds a worker for its life: room for a few hundred.
@@ -89,6 +94,11 @@ class ServerConfig:
     mtls: bool = True
     #: What a call no intention decides gets (enforced with mTLS).
     default_intention: str = "allow"
+    #: The service catalog serving instances are published to
+    #: (``consul://HOST:PORT``); "" for the embedded catalog only.
+    catalog: str = ""
+    #: The ACL token for ``catalog`` ("" for none).
+    catalog_token: str = ""
 
 
 class ControlPlane:
@@ -109,6 +119,9 @@ class ControlPlane:
         self.nodes = NodeRegistry(self.store, grace=config.node_grace)
         self.xds = XdsCache()
         self.reconciler = Reconciler(self.store, self.nodes, proxies_synced=self.xds.all_synced)
+        self.registry = (Registry(self.store, ConsulCatalog.from_url(config.catalog,
+                                                                   config.catalog_token))
+                         if config.catalog else None)
         self.issuer = Issuer(self.store, config.trust_domain,
                              datetime.timedelta(seconds=config.cert_ttl), mtls=config.mtls)
         self._identity = IdentityServicer(self.issuer)
@@ -134,23 +147,55 @@ class ControlPlane:
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
         self.port = 0
+        self.agent_port = 0
         self._stop_requested = threading.Event()
         self._stopped = False
 
     def start(self) -> str:
         """Bind and serve; returns the address actually listened on."""
-        host = self.config.listen.rpartition(":")[0]
+        host, _, port = self.config.listen.rpartition(":")
         self.port = self._server.add_insecure_port(self.config.listen)
         if self.port == 0:
             raise UserError(f"cannot listen on {self.config.listen}: the address is in use "
                             "or not local; pick another with --listen")
+        agent_listen = self.config.agent_listen or \
+            f"{host}:{int(port) + 1 if port.isdigit() and int(port) else 0}"
+        self.agent_port = self._server.add_secure_port(agent_listen, self._agent_credentials())
+        if self.agent_port == 0:
+            raise UserError(f"cannot listen on {agent_listen} for agents: the address is in "
+                            "use or not local; pick another with --agent-listen")
+        self._agents.agent_port = self.agent_port
         self._feeder.start()
         self._server.start()
         self.reconciler.start()
+        if self.registry is not None:
+            self.registry.start()
         self._identity.start()
         for name in ("", *SERVICE_NAMES):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return f"{host}:{self.port}"
+
+    def _agent_credentials(self) -> grpc.ServerCredentials:
+        """The agent port's TLS: the control plane's own leaf, and client
+        certificates required and verified against the trust bundle; both
+        follow renewals and root rotations (looked at on each handshake)."""
+        served: list[tuple[str, str]] = []
+
+        def configuration() -> grpc.ServerCertificateConfiguration:
+            key, leaf = self.issuer.server_certificate()
+            bundle = self.issuer.bundle()
+            served[:] = [(leaf.serial, bundle)]
+            return grpc.ssl_server_certificate_configuration(
+                [(key.encode(), leaf.cert_pem.encode())], bundle.encode())
+
+        def fetch() -> grpc.ServerCertificateConfiguration | None:
+            _, leaf = self.issuer.server_certificate()
+            if served == [(leaf.serial, self.issuer.bundle())]:
+                return None
+            return configuration()
+
+        return grpc.dynamic_ssl_server_credentials(configuration(), fetch,
+                                                   require_client_authentication=True)
 
     def request_stop(self) -> None:
         """Ask ``wait()`` to return; safe from a signal handler."""
@@ -171,6 +216,8 @@ class ControlPlane:
         self._ads.shutdown()
         self._identity.stop()
         self.reconciler.stop()
+        if self.registry is not None:
+            self.registry.stop()
         self._feeder.stop()
         done.wait()
         self.store.close()
@@ -212,8 +259,9 @@ def run(config: ServerConfig, announce: bool = True,
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     if announce:
-        print(f"flotilla server listening on {address} (data dir {config.data_dir}); agents "
-              f"join with the token in {plane.tokens.path}", flush=True)
+        print(f"flotilla server listening on {address} (agents on port {plane.agent_port}, "
+              f"data dir {config.data_dir}); agents join with the token in "
+              f"{plane.tokens.path}", flush=True)
     stop_alongside = alongside(address) if alongside is not None else None
     plane.wait()
     if stop_alongside is not None:

@@ -55,6 +55,13 @@ class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
         except UserError as error:
             abort(context, error)
 
+    def RevokeNode(self, request: nodes_pb2.RevokeNodeRequest,
+                   context: grpc.ServicerContext) -> nodes_pb2.Node:
+        try:
+            return node_to_pb(self._nodes.revoke(request.name, request.undo))
+        except UserError as error:
+            abort(context, error)
+
 
 class InstanceServicer(instances_pb2_grpc.InstanceServiceServicer):
     def __init__(self, store: SqliteStore) -> None:

@@ -6,7 +6,8 @@ identity a proxy announces in its bootstrap. Both are pure.
 
 An instance is an endpoint when it is placed on a ready node, reports
 ``healthy`` (or ``running`` without a health check), has a published
-address and port, and is not draining.
+address and port, and is not draining (:mod:`controlplane.model.endpoints`,
+the rule the Consul catalog shares).
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from controlplane.model import Resource, node_state
+from controlplane.model import Resource
+from controlplane.model.endpoints import ready_nodes as ready_nodes
+from controlplane.model.endpoints import serving_address
 from controlplane.xds.intentions import Ranked
-
-#: Instance states that make an instance an endpoint.
-SERVING = ("healthy", "running")
 
 SIDECAR = "sidecar"
 GATEWAY = "gateway"
@@ -144,13 +144,11 @@ def proxy_metadata(proxy: Proxy) -> dict[str, Any]:
     return {"flotilla": meta}
 
 
-def instance_endpoint(instance: Resource, ready_nodes: set[str]) -> Endpoint | None:
-    spec, status = instance.spec, instance.status
-    node = str(spec.get("node") or "")
-    if (node not in ready_nodes or spec.get("draining") or status.get("state") not in SERVING
-            or not status.get("address") or not status.get("port")):
+def instance_endpoint(instance: Resource, ready: set[str]) -> Endpoint | None:
+    served = serving_address(instance, ready)
+    if served is None:
         return None
-    return Endpoint(str(status["address"]), int(status["port"]), instance.name, node)
+    return Endpoint(served[0], served[1], instance.name, str(instance.spec["node"]))
 
 
 def service_view(service: Resource, instances: Iterable[Resource],
@@ -176,10 +174,6 @@ def service_view(service: Resource, instances: Iterable[Resource],
 def gateway_view(gateway: Resource) -> GatewayView:
     return GatewayView(gateway.namespace, gateway.name,
                        tuple(gateway.spec.get("listeners") or ()))
-
-
-def ready_nodes(nodes: Iterable[Resource]) -> set[str]:
-    return {n.name for n in nodes if node_state(n.spec, n.status) == "ready"}
 
 
 def mesh_view(resources: Iterable[Resource], version: int = 0) -> MeshView:

@@ -6,9 +6,9 @@
   ``dev.flotilla.test=1``, and removes them afterwards.
 - ``busybox_image``: a tiny image imported from ``/bin/busybox``
   (busybox-static) and its applet links; removed at session end.
-- ``consul_binary``, ``consul_dev``, ``consul_agent``: a throwaway
-  ``consul agent -dev`` per test on loopback ports of its own; ``consul_dev``
-  can restart it on the same ports.
+- ``consul_binary``, ``consul_agent``: a throwaway ``consul agent -dev`` per
+  test on loopback ports of its own (``tests.consul.ConsulAgent``; its
+  ``restart()`` brings it back empty on the same ports).
 
 A part that is missing skips its tests on a developer machine and fails them
 under CI (env ``CI`` set), where the suite must prove the real thing works.
@@ -21,32 +21,26 @@ creates is stopped or removed by its finalizer.
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
-import socket
 import struct
 import subprocess
 import tarfile
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-import consul
 import docker
 import docker.errors
 import pytest
 import requests
 from docker.models.containers import Container
 
+from tests.consul import ConsulAgent, find_consul, flotilla_cache
+
 TEST_LABEL = "dev.flotilla.test"
 TEST_LABELS = {TEST_LABEL: "1"}
-CONSUL_READY_SECONDS = 30.0
 
 
 def missing(reason: str) -> NoReturn:
@@ -54,10 +48,6 @@ def missing(reason: str) -> NoReturn:
     if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
         pytest.fail(f"{reason} (CI is set, so the e2e suite must run)", pytrace=False)
     pytest.skip(reason)
-
-
-def flotilla_cache() -> Path:
-    return Path(os.environ.get("FLOTILLA_CACHE", Path.home() / ".cache" / "flotilla"))
 
 
 # --- Docker -----------------------------------------------------------------
@@ -179,128 +169,18 @@ def busybox_image(
 
 @pytest.fixture(scope="session")
 def consul_binary() -> Path:
-    found = shutil.which("consul")
-    path = Path(found) if found else flotilla_cache() / "bin" / "consul"
-    if not os.access(path, os.X_OK):
-        missing(f"no consul on PATH or at {path}; run `make consul` (or `make system` as root)")
+    path = find_consul()
+    if path is None:
+        missing(f"no consul on PATH or at {flotilla_cache() / 'bin' / 'consul'}; run "
+                "`make consul` (or `make system` as root)")
     return path
 
 
-def free_loopback_ports(count: int) -> list[int]:
-    """Ports the kernel hands out on 127.0.0.1, distinct from one another."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-@dataclass(frozen=True)
-class ConsulAgent:
-    """One running dev agent. ``pid`` changes when ``DevConsul`` restarts it."""
-
-    http_addr: str
-    client: consul.Consul
-    pid: int
-
-
-class DevConsul:
-    """A ``consul agent -dev`` on loopback ports of its own.
-
-    The ports are chosen once, so ``restart()`` brings the agent back at the
-    same address (with the empty state of a fresh dev agent).
-    """
-
-    def __init__(self, binary: Path, workdir: Path) -> None:
-        self._binary = binary
-        self._workdir = workdir
-        self._log = workdir / "consul.log"
-        self._node = f"flotilla-test-{uuid.uuid4().hex[:8]}"
-        self._http, self._server, self._serf_lan, self._serf_wan = free_loopback_ports(4)
-        self.http_addr = f"127.0.0.1:{self._http}"
-        self._process: subprocess.Popen[bytes] | None = None
-        self._agent: ConsulAgent | None = None
-
-    @property
-    def agent(self) -> ConsulAgent:
-        if self._agent is None:
-            raise RuntimeError("the dev Consul agent is not running; call start()")
-        return self._agent
-
-    def start(self) -> ConsulAgent:
-        if self._process is not None:
-            raise RuntimeError(f"dev Consul already runs as pid {self._process.pid}")
-        command = [
-            str(self._binary), "agent", "-dev", "-node", self._node,
-            "-bind", "127.0.0.1", "-client", "127.0.0.1",
-            "-http-port", str(self._http), "-server-port", str(self._server),
-            "-serf-lan-port", str(self._serf_lan), "-serf-wan-port", str(self._serf_wan),
-            "-dns-port", "-1", "-grpc-port", "-1", "-grpc-tls-port", "-1",
-        ]  # fmt: skip
-        with self._log.open("ab") as log:
-            self._process = subprocess.Popen(
-                command, cwd=self._workdir, stdout=log, stderr=subprocess.STDOUT
-            )
-        self._wait_for_leader(time.monotonic() + CONSUL_READY_SECONDS)
-        self._agent = ConsulAgent(
-            http_addr=self.http_addr,
-            client=consul.Consul(host="127.0.0.1", port=self._http),
-            pid=self._process.pid,
-        )
-        return self._agent
-
-    def stop(self) -> None:
-        """Terminates the agent by its pid and waits for it (kills after 15 s)."""
-        process, self._process, self._agent = self._process, None, None
-        if process is None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-    def restart(self) -> ConsulAgent:
-        self.stop()
-        return self.start()
-
-    def _wait_for_leader(self, deadline: float) -> None:
-        url = f"http://{self.http_addr}/v1/status/leader"
-        while True:
-            assert self._process is not None
-            if self._process.poll() is not None:
-                self._fail(f"exited with status {self._process.returncode}")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if json.load(response):
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                self._fail(f"elected no leader within {CONSUL_READY_SECONDS:.0f} s")
-            time.sleep(0.05)
-
-    def _fail(self, what: str) -> NoReturn:
-        tail = self._log.read_text(errors="replace").splitlines()[-20:]
-        pytest.fail(f"dev Consul at {self.http_addr} {what}; log:\n" + "\n".join(tail))
-
-
 @pytest.fixture
-def consul_dev(consul_binary: Path, tmp_path: Path) -> Iterator[DevConsul]:
-    """A started dev agent; tests that restart Consul use this one."""
-    dev = DevConsul(consul_binary, tmp_path)
+def consul_agent(consul_binary: Path, tmp_path: Path) -> Iterator[ConsulAgent]:
+    """A started dev agent (tests/consul.py); ``restart()`` empties it."""
+    agent = ConsulAgent(tmp_path / "consul", consul_binary)
     try:
-        dev.start()
-        yield dev
+        yield agent.start()
     finally:
-        dev.stop()
-
-
-@pytest.fixture
-def consul_agent(consul_dev: DevConsul) -> ConsulAgent:
-    return consul_dev.agent
+        agent.stop()

@@ -302,7 +302,7 @@ def test_server_restart_leaves_containers_untouched(cluster: Cluster) -> None:
     while time.monotonic() < end:  # the agents notice, and keep their containers
         assert pods(cluster) == before
         time.sleep(0.2)
-    cluster.server = ServerProcess(old.data_dir, port=old.port,
+    cluster.server = ServerProcess(old.data_dir, port=old.port, agent_port=old.agent_port,
                                    extra_args=old.extra_args).start()
 
     with cluster.server.client() as client:

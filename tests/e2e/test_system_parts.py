@@ -19,7 +19,8 @@ import docker
 import pytest
 
 if TYPE_CHECKING:
-    from tests.e2e.conftest import ConsulAgent, Containers
+    from tests.consul import ConsulAgent
+    from tests.e2e.conftest import Containers
 
 pytestmark = pytest.mark.e2e
 

@@ -3,6 +3,7 @@ recorded for `flotilla certs`, the root kept across restarts and never served.""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from controlplane.api.flotilla.v1 import agent_pb2, agent_pb2_grpc
 from controlplane.identity.ca import new_key_and_csr
@@ -39,22 +41,20 @@ def placed(tmp_path: Path) -> Iterator[tuple[ServerProcess, str]]:
         server.stop()
 
 
-def sign(server: ServerProcess, node: str, instance: str, csr: str, token: str | None = None
+def sign(stub: agent_pb2_grpc.AgentServiceStub, node: str, instance: str, csr: str
          ) -> agent_pb2.SignCertificateResponse:
-    token = (server.data_dir / "join-token").read_text().strip() if token is None else token
-    with grpc.insecure_channel(server.address) as channel:
-        reply: agent_pb2.SignCertificateResponse = agent_pb2_grpc.AgentServiceStub(
-            channel).SignCertificate(agent_pb2.SignCertificateRequest(
-                node=node, namespace="default", instance_id=instance, csr_pem=csr), timeout=10,
-            metadata=[("flotilla-join-token", token)] if token else None)
-        return reply
+    reply: agent_pb2.SignCertificateResponse = stub.SignCertificate(
+        agent_pb2.SignCertificateRequest(node=node, namespace="default", instance_id=instance,
+                                         csr_pem=csr), timeout=10)
+    return reply
 
 
 def test_a_node_gets_leaves_only_for_what_it_runs(placed: tuple[ServerProcess, str]) -> None:
     server, instance = placed
     identity = "spiffe://mesh.test/ns/default/svc/web"
     _, csr = new_key_and_csr(identity)
-    reply = sign(server, "n1", instance, csr)
+    n1, n2 = server.join("n1", "127.0.0.2"), server.join("n2")
+    reply = sign(n1.agent, "n1", instance, csr)
     leaf = x509.load_pem_x509_certificate(reply.certificate_pem.encode())
     root = x509.load_pem_x509_certificate(reply.trust_bundle_pem.encode())
     leaf.verify_directly_issued_by(root)
@@ -62,17 +62,21 @@ def test_a_node_gets_leaves_only_for_what_it_runs(placed: tuple[ServerProcess, s
     lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
     assert 3600 <= lifetime.total_seconds() <= 3600 + 120
 
-    for token in ("", "flotilla-wrong"):
+    with grpc.insecure_channel(server.address) as plain:  # no node certificate
         with pytest.raises(grpc.RpcError) as unknown:
-            sign(server, "n1", instance, csr, token)
+            sign(agent_pb2_grpc.AgentServiceStub(plain), "n1", instance, csr)
         assert unknown.value.code() == grpc.StatusCode.UNAUTHENTICATED
     with pytest.raises(grpc.RpcError) as denied:
-        sign(server, "n2", instance, csr)
+        sign(n2.agent, "n2", instance, csr)
     assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "does not run instance" in (denied.value.details() or "")
+    with pytest.raises(grpc.RpcError) as impostor:
+        sign(n2.agent, "n1", instance, csr)
+    assert impostor.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "node n2's certificate cannot act for node n1" in (impostor.value.details() or "")
     _, other = new_key_and_csr("spiffe://mesh.test/ns/default/svc/payments")
     with pytest.raises(grpc.RpcError) as refused:
-        sign(server, "n1", instance, other)
+        sign(n1.agent, "n1", instance, other)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "asks for spiffe://mesh.test/ns/default/svc/payments" in (refused.value.details() or "")
 
@@ -83,7 +87,11 @@ def test_a_node_gets_leaves_only_for_what_it_runs(placed: tuple[ServerProcess, s
 
     server.stop()
     server.start()
-    again = sign(server, "n1", instance, csr)
+    n1.close()
+    n2.close()
+    n1 = server.join("n1", "127.0.0.2")
+    again = sign(n1.agent, "n1", instance, csr)
+    n1.close()
     assert again.trust_bundle_pem == reply.trust_bundle_pem  # the same root after a restart
     assert (server.data_dir / "flotilla.db").read_bytes().find(b"PRIVATE KEY") == -1
 
@@ -132,6 +140,16 @@ def test_agents_keep_a_leaf_per_instance_and_renew_it_at_half_life(tmp_path: Pat
             renewed = eventually(lambda: (c := certificate()) and c["serial"] != first["serial"]
                                  and c, 75, "a renewed certificate (1m TTL: at 30s)")
             assert renewed["notAfter"] > first["notAfter"]
+            # The node's own certificate (towards the control plane) is renewed too,
+            # and the agent keeps using the new one (its reports go on).
+            node_certs = eventually(
+                lambda: len(found := client.list("Certificate", "cluster",
+                                                 {"flotilla.dev/node": "n1"})[0]) >= 2 and found,
+                75, "a renewed node certificate")
+            assert {c["spec"]["identity"] for c in node_certs} == {
+                "spiffe://flotilla.local/node/n1"}
+            eventually(lambda: certificate()["serial"] != renewed["serial"],  # type: ignore[index]
+                       75, "a leaf signed over the renewed node certificate")
         listed = run_cli("certs", server=server)
         assert "spiffe://flotilla.local/ns/default/svc/web" in listed.stdout
         assert renewed["serial"][:16] in listed.stdout and "n1" in listed.stdout
@@ -156,4 +174,46 @@ def test_an_agent_needs_the_join_token(tmp_path: Path) -> None:
         with server.client() as client:
             assert client.list("Node", "")[0] == []  # it never joined
     finally:
+        server.stop()
+
+
+def test_a_proxyless_client_keeps_its_certificate_renewed(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "server", extra_args=("--cert-ttl", "1m")).start()
+    bootstrap = tmp_path / "client" / "xds.json"
+    bootstrap.parent.mkdir()
+    keeper = subprocess.Popen(
+        [sys.executable, "-m", "controlplane", "--server", server.address, "bootstrap",
+         "--proxyless", "--name", "probe", "-o", str(bootstrap), "--keep-renewed"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        def leaf() -> x509.Certificate | None:
+            try:
+                return x509.load_pem_x509_certificate(bootstrap.with_suffix(".crt").read_bytes())
+            except (OSError, ValueError):
+                return None
+
+        first = eventually(leaf, 30, "the client's certificate")
+        config = json.loads(bootstrap.read_text())["certificate_providers"]["default"]["config"]
+        assert int(config["refresh_interval"].rstrip("s")) <= 6  # a tenth of the 1m TTL
+        renewed = eventually(lambda: (c := leaf()) and c.serial_number != first.serial_number
+                             and c, 75, "a renewed client certificate (1m TTL: at 30s)")
+        key = serialization.load_pem_private_key(bootstrap.with_suffix(".key").read_bytes(),
+                                                 None)
+        assert key.public_key() == renewed.public_key()  # the pair changed together
+
+        with server.client() as client:
+            rotated = client.rotate_root()
+        new_root = next(r for r in rotated.roots if r != rotated.active_root)
+
+        def signed_by_new_root() -> bool:
+            roots = x509.load_pem_x509_certificates(bootstrap.with_suffix(".ca.crt").read_bytes())
+            current = leaf()
+            return (current is not None and [format(r.serial_number, "x") for r in roots]
+                    == [new_root] and current.issuer == roots[0].subject)
+
+        eventually(signed_by_new_root, 60, "the client on the new root alone")
+        assert keeper.poll() is None
+    finally:
+        keeper.terminate()
+        keeper.wait(timeout=15)
         server.stop()

@@ -11,13 +11,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from controlplane.identity.ca import (
+    CONTROL_PLANE_NAME,
     CertificateAuthority,
     CertificateError,
     new_key_and_csr,
     new_root,
+    parse_identity,
     parse_spiffe_id,
     spiffe_id,
 )
+from controlplane.model import control_plane_spiffe_id, node_spiffe_id
 
 NOW = datetime.datetime(2026, 11, 24, 12, 0, tzinfo=datetime.timezone.utc)
 DAY = datetime.timedelta(hours=24)
@@ -75,3 +78,26 @@ def test_ttl_has_a_floor_and_the_bundle_holds_every_root(ca: CertificateAuthorit
     rotated = CertificateAuthority("mesh.test", [new_root("mesh.test", NOW), ca.active])
     assert rotated.bundle().count("BEGIN CERTIFICATE") == 2
     assert parse_spiffe_id(identity) == ("mesh.test", "a", "b")
+
+
+def test_nodes_and_the_control_plane_get_leaves_from_the_same_ca(
+        ca: CertificateAuthority) -> None:
+    assert parse_identity("spiffe://mesh.test/node/n1") == ("mesh.test", "node", "n1")
+    assert parse_identity("spiffe://mesh.test/control-plane") == (
+        "mesh.test", "control-plane", "control-plane")
+    assert parse_identity("spiffe://mesh.test/ns/a/svc/b") == ("mesh.test", "svc", "a/b")
+    for bad in ("spiffe://mesh.test/node/", "spiffe://mesh.test/node/a/b", "https://x/node/a"):
+        with pytest.raises(CertificateError):
+            parse_identity(bad)
+
+    _, csr = new_key_and_csr()  # the agent does not know the trust domain yet
+    node = ca.sign(csr, node_spiffe_id("mesh.test", "n1"), DAY, NOW)
+    assert node.identity == "spiffe://mesh.test/node/n1"
+    _, csr = new_key_and_csr()
+    server = ca.sign(csr, control_plane_spiffe_id("mesh.test"), DAY, NOW,
+                     dns_names=(CONTROL_PLANE_NAME,))
+    names = x509.load_pem_x509_certificate(server.cert_pem.encode()).extensions \
+        .get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == [CONTROL_PLANE_NAME]
+    # No service or node can be named like the control plane: names are DNS labels.
+    assert "." in CONTROL_PLANE_NAME

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 
 from controlplane.identity.ca import CertificateAuthority, new_root, spiffe_id
-from sidecar.identity import Certificates, Signed
+from sidecar.identity import Certificates, Signed, one_by_one
 
 NOW = datetime.datetime(2026, 11, 24, 12, 0, tzinfo=datetime.timezone.utc)
 TTL = datetime.timedelta(minutes=10)
@@ -35,7 +35,7 @@ class FakeControlPlane:
 
 def test_every_instance_gets_a_leaf_and_renews_it_at_half_life() -> None:
     plane = FakeControlPlane()
-    certs = Certificates(plane.sign, plane.clock)
+    certs = Certificates(one_by_one(plane.sign), plane.clock)
     certs.keep({"web-abcde": "default", "api-fghij": "shop"})
     web = certs.current("web-abcde")
     assert web is not None and web.identity == "spiffe://mesh.test/ns/default/svc/web"
@@ -52,7 +52,7 @@ def test_every_instance_gets_a_leaf_and_renews_it_at_half_life() -> None:
 
 def test_a_failed_renewal_keeps_the_old_leaf_and_says_why() -> None:
     plane = FakeControlPlane()
-    certs = Certificates(plane.sign, plane.clock)
+    certs = Certificates(one_by_one(plane.sign), plane.clock)
     certs.keep({"web-abcde": "default"})
     first = certs.current("web-abcde")
     plane.now += datetime.timedelta(minutes=6)

@@ -12,7 +12,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class JoinRequest(_message.Message):
-    __slots__ = ("name", "address", "labels", "capacity", "drivers", "logs_endpoint")
+    __slots__ = ("name", "address", "labels", "capacity", "drivers", "logs_endpoint", "csr_pem", "timestamp", "proof")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -26,21 +26,55 @@ class JoinRequest(_message.Message):
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     DRIVERS_FIELD_NUMBER: _ClassVar[int]
     LOGS_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
     name: str
     address: str
     labels: _containers.ScalarMap[str, str]
     capacity: _nodes_pb2.Capacity
     drivers: _containers.RepeatedScalarFieldContainer[str]
     logs_endpoint: str
-    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capacity: _Optional[_Union[_nodes_pb2.Capacity, _Mapping]] = ..., drivers: _Optional[_Iterable[str]] = ..., logs_endpoint: _Optional[str] = ...) -> None: ...
+    csr_pem: str
+    timestamp: int
+    proof: str
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capacity: _Optional[_Union[_nodes_pb2.Capacity, _Mapping]] = ..., drivers: _Optional[_Iterable[str]] = ..., logs_endpoint: _Optional[str] = ..., csr_pem: _Optional[str] = ..., timestamp: _Optional[int] = ..., proof: _Optional[str] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
-    __slots__ = ("node", "report_interval_seconds")
+    __slots__ = ("node", "report_interval_seconds", "node_certificate_pem", "trust_bundle_pem", "agent_port", "proof")
     NODE_FIELD_NUMBER: _ClassVar[int]
     REPORT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    NODE_CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    TRUST_BUNDLE_PEM_FIELD_NUMBER: _ClassVar[int]
+    AGENT_PORT_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
     node: _nodes_pb2.Node
     report_interval_seconds: float
-    def __init__(self, node: _Optional[_Union[_nodes_pb2.Node, _Mapping]] = ..., report_interval_seconds: _Optional[float] = ...) -> None: ...
+    node_certificate_pem: str
+    trust_bundle_pem: str
+    agent_port: int
+    proof: str
+    def __init__(self, node: _Optional[_Union[_nodes_pb2.Node, _Mapping]] = ..., report_interval_seconds: _Optional[float] = ..., node_certificate_pem: _Optional[str] = ..., trust_bundle_pem: _Optional[str] = ..., agent_port: _Optional[int] = ..., proof: _Optional[str] = ...) -> None: ...
+
+class RenewNodeCertificateRequest(_message.Message):
+    __slots__ = ("csr_pem",)
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    csr_pem: str
+    def __init__(self, csr_pem: _Optional[str] = ...) -> None: ...
+
+class NodeCertificate(_message.Message):
+    __slots__ = ("certificate_pem", "trust_bundle_pem", "serial", "not_after", "root")
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    TRUST_BUNDLE_PEM_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    ROOT_FIELD_NUMBER: _ClassVar[int]
+    certificate_pem: str
+    trust_bundle_pem: str
+    serial: str
+    not_after: _timestamp_pb2.Timestamp
+    root: str
+    def __init__(self, certificate_pem: _Optional[str] = ..., trust_bundle_pem: _Optional[str] = ..., serial: _Optional[str] = ..., not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., root: _Optional[str] = ...) -> None: ...
 
 class Assignment(_message.Message):
     __slots__ = ("instance_id", "namespace", "service", "revision", "spec", "driver")
@@ -141,6 +175,30 @@ class SignCertificateResponse(_message.Message):
     not_after: _timestamp_pb2.Timestamp
     root: str
     def __init__(self, certificate_pem: _Optional[str] = ..., trust_bundle_pem: _Optional[str] = ..., identity: _Optional[str] = ..., serial: _Optional[str] = ..., not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., root: _Optional[str] = ...) -> None: ...
+
+class SignCertificatesRequest(_message.Message):
+    __slots__ = ("node", "requests")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    requests: _containers.RepeatedCompositeFieldContainer[SignCertificateRequest]
+    def __init__(self, node: _Optional[str] = ..., requests: _Optional[_Iterable[_Union[SignCertificateRequest, _Mapping]]] = ...) -> None: ...
+
+class SignCertificateResult(_message.Message):
+    __slots__ = ("certificate", "code", "error")
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    certificate: SignCertificateResponse
+    code: int
+    error: str
+    def __init__(self, certificate: _Optional[_Union[SignCertificateResponse, _Mapping]] = ..., code: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+
+class SignCertificatesResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[SignCertificateResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[SignCertificateResult, _Mapping]]] = ...) -> None: ...
 
 class LogsRequest(_message.Message):
     __slots__ = ("instance_id", "tail", "follow")

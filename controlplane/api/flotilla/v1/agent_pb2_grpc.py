@@ -39,10 +39,20 @@ class AgentServiceStub:
                 request_serializer=flotilla_dot_v1_dot_agent__pb2.JoinRequest.SerializeToString,
                 response_deserializer=flotilla_dot_v1_dot_agent__pb2.JoinResponse.FromString,
                 _registered_method=True)
+        self.RenewNodeCertificate = channel.unary_unary(
+                '/flotilla.v1.AgentService/RenewNodeCertificate',
+                request_serializer=flotilla_dot_v1_dot_agent__pb2.RenewNodeCertificateRequest.SerializeToString,
+                response_deserializer=flotilla_dot_v1_dot_agent__pb2.NodeCertificate.FromString,
+                _registered_method=True)
         self.SignCertificate = channel.unary_unary(
                 '/flotilla.v1.AgentService/SignCertificate',
                 request_serializer=flotilla_dot_v1_dot_agent__pb2.SignCertificateRequest.SerializeToString,
                 response_deserializer=flotilla_dot_v1_dot_agent__pb2.SignCertificateResponse.FromString,
+                _registered_method=True)
+        self.SignCertificates = channel.unary_unary(
+                '/flotilla.v1.AgentService/SignCertificates',
+                request_serializer=flotilla_dot_v1_dot_agent__pb2.SignCertificatesRequest.SerializeToString,
+                response_deserializer=flotilla_dot_v1_dot_agent__pb2.SignCertificatesResponse.FromString,
                 _registered_method=True)
         self.WatchAssignments = channel.unary_stream(
                 '/flotilla.v1.AgentService/WatchAssignments',
@@ -65,9 +75,25 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RenewNodeCertificate(self, request, context):
+        """A fresh certificate for the calling node (before half its life is over,
+        or when the mesh's root changes).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SignCertificate(self, request, context):
         """A leaf certificate for an instance this node runs (PERMISSION_DENIED
         for any other).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignCertificates(self, request, context):
+        """Several at once (what an agent starting many instances asks for); each
+        refused or signed on its own.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -94,10 +120,20 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     request_deserializer=flotilla_dot_v1_dot_agent__pb2.JoinRequest.FromString,
                     response_serializer=flotilla_dot_v1_dot_agent__pb2.JoinResponse.SerializeToString,
             ),
+            'RenewNodeCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewNodeCertificate,
+                    request_deserializer=flotilla_dot_v1_dot_agent__pb2.RenewNodeCertificateRequest.FromString,
+                    response_serializer=flotilla_dot_v1_dot_agent__pb2.NodeCertificate.SerializeToString,
+            ),
             'SignCertificate': grpc.unary_unary_rpc_method_handler(
                     servicer.SignCertificate,
                     request_deserializer=flotilla_dot_v1_dot_agent__pb2.SignCertificateRequest.FromString,
                     response_serializer=flotilla_dot_v1_dot_agent__pb2.SignCertificateResponse.SerializeToString,
+            ),
+            'SignCertificates': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignCertificates,
+                    request_deserializer=flotilla_dot_v1_dot_agent__pb2.SignCertificatesRequest.FromString,
+                    response_serializer=flotilla_dot_v1_dot_agent__pb2.SignCertificatesResponse.SerializeToString,
             ),
             'WatchAssignments': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchAssignments,
@@ -148,6 +184,33 @@ class AgentService:
             _registered_method=True)
 
     @staticmethod
+    def RenewNodeCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flotilla.v1.AgentService/RenewNodeCertificate',
+            flotilla_dot_v1_dot_agent__pb2.RenewNodeCertificateRequest.SerializeToString,
+            flotilla_dot_v1_dot_agent__pb2.NodeCertificate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def SignCertificate(request,
             target,
             options=(),
@@ -164,6 +227,33 @@ class AgentService:
             '/flotilla.v1.AgentService/SignCertificate',
             flotilla_dot_v1_dot_agent__pb2.SignCertificateRequest.SerializeToString,
             flotilla_dot_v1_dot_agent__pb2.SignCertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignCertificates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flotilla.v1.AgentService/SignCertificates',
+            flotilla_dot_v1_dot_agent__pb2.SignCertificatesRequest.SerializeToString,
+            flotilla_dot_v1_dot_agent__pb2.SignCertificatesResponse.FromString,
             options,
             channel_credentials,
             insecure,

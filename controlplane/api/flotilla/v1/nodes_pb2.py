@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66lotilla/v1/nodes.proto\x12\x0b\x66lotilla.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"2\n\x08\x43\x61pacity\x12\x12\n\ncpu_millis\x18\x01 \x01(\x03\x12\x12\n\nmemory_mib\x18\x02 \x01(\x03\"\x86\x03\n\x04Node\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12-\n\x06labels\x18\x03 \x03(\x0b\x32\x1d.flotilla.v1.Node.LabelsEntry\x12\'\n\x08\x63\x61pacity\x18\x04 \x01(\x0b\x32\x15.flotilla.v1.Capacity\x12(\n\tallocated\x18\x05 \x01(\x0b\x32\x15.flotilla.v1.Capacity\x12\x0f\n\x07\x64rivers\x18\x06 \x03(\t\x12&\n\x05state\x18\x07 \x01(\x0e\x32\x17.flotilla.v1.Node.State\x12\x32\n\x0elast_heartbeat\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"A\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\t\n\x05READY\x10\x01\x12\x08\n\x04\x44OWN\x10\x02\x12\x0c\n\x08\x44RAINING\x10\x03\"\x12\n\x10ListNodesRequest\"5\n\x11ListNodesResponse\x12 \n\x05nodes\x18\x01 \x03(\x0b\x32\x11.flotilla.v1.Node\" \n\x10\x44rainNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t2\x98\x01\n\x0bNodeService\x12J\n\tListNodes\x12\x1d.flotilla.v1.ListNodesRequest\x1a\x1e.flotilla.v1.ListNodesResponse\x12=\n\tDrainNode\x12\x1d.flotilla.v1.DrainNodeRequest\x1a\x11.flotilla.v1.Nodeb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66lotilla/v1/nodes.proto\x12\x0b\x66lotilla.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"2\n\x08\x43\x61pacity\x12\x12\n\ncpu_millis\x18\x01 \x01(\x03\x12\x12\n\nmemory_mib\x18\x02 \x01(\x03\"\x93\x03\n\x04Node\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12-\n\x06labels\x18\x03 \x03(\x0b\x32\x1d.flotilla.v1.Node.LabelsEntry\x12\'\n\x08\x63\x61pacity\x18\x04 \x01(\x0b\x32\x15.flotilla.v1.Capacity\x12(\n\tallocated\x18\x05 \x01(\x0b\x32\x15.flotilla.v1.Capacity\x12\x0f\n\x07\x64rivers\x18\x06 \x03(\t\x12&\n\x05state\x18\x07 \x01(\x0e\x32\x17.flotilla.v1.Node.State\x12\x32\n\x0elast_heartbeat\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"N\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\t\n\x05READY\x10\x01\x12\x08\n\x04\x44OWN\x10\x02\x12\x0c\n\x08\x44RAINING\x10\x03\x12\x0b\n\x07REVOKED\x10\x04\"\x12\n\x10ListNodesRequest\"5\n\x11ListNodesResponse\x12 \n\x05nodes\x18\x01 \x03(\x0b\x32\x11.flotilla.v1.Node\" \n\x10\x44rainNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"/\n\x11RevokeNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04undo\x18\x02 \x01(\x08\x32\xd9\x01\n\x0bNodeService\x12J\n\tListNodes\x12\x1d.flotilla.v1.ListNodesRequest\x1a\x1e.flotilla.v1.ListNodesResponse\x12=\n\tDrainNode\x12\x1d.flotilla.v1.DrainNodeRequest\x1a\x11.flotilla.v1.Node\x12?\n\nRevokeNode\x12\x1e.flotilla.v1.RevokeNodeRequest\x1a\x11.flotilla.v1.Nodeb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,17 +37,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CAPACITY']._serialized_start=73
   _globals['_CAPACITY']._serialized_end=123
   _globals['_NODE']._serialized_start=126
-  _globals['_NODE']._serialized_end=516
+  _globals['_NODE']._serialized_end=529
   _globals['_NODE_LABELSENTRY']._serialized_start=404
   _globals['_NODE_LABELSENTRY']._serialized_end=449
   _globals['_NODE_STATE']._serialized_start=451
-  _globals['_NODE_STATE']._serialized_end=516
-  _globals['_LISTNODESREQUEST']._serialized_start=518
-  _globals['_LISTNODESREQUEST']._serialized_end=536
-  _globals['_LISTNODESRESPONSE']._serialized_start=538
-  _globals['_LISTNODESRESPONSE']._serialized_end=591
-  _globals['_DRAINNODEREQUEST']._serialized_start=593
-  _globals['_DRAINNODEREQUEST']._serialized_end=625
-  _globals['_NODESERVICE']._serialized_start=628
-  _globals['_NODESERVICE']._serialized_end=780
+  _globals['_NODE_STATE']._serialized_end=529
+  _globals['_LISTNODESREQUEST']._serialized_start=531
+  _globals['_LISTNODESREQUEST']._serialized_end=549
+  _globals['_LISTNODESRESPONSE']._serialized_start=551
+  _globals['_LISTNODESRESPONSE']._serialized_end=604
+  _globals['_DRAINNODEREQUEST']._serialized_start=606
+  _globals['_DRAINNODEREQUEST']._serialized_end=638
+  _globals['_REVOKENODEREQUEST']._serialized_start=640
+  _globals['_REVOKENODEREQUEST']._serialized_end=687
+  _globals['_NODESERVICE']._serialized_start=690
+  _globals['_NODESERVICE']._serialized_end=907
 # @@protoc_insertion_point(module_scope)

@@ -26,10 +26,12 @@ class Node(_message.Message):
         READY: _ClassVar[Node.State]
         DOWN: _ClassVar[Node.State]
         DRAINING: _ClassVar[Node.State]
+        REVOKED: _ClassVar[Node.State]
     STATE_UNSPECIFIED: Node.State
     READY: Node.State
     DOWN: Node.State
     DRAINING: Node.State
+    REVOKED: Node.State
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -70,3 +72,11 @@ class DrainNodeRequest(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     name: str
     def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class RevokeNodeRequest(_message.Message):
+    __slots__ = ("name", "undo")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    UNDO_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    undo: bool
+    def __init__(self, name: _Optional[str] = ..., undo: _Optional[bool] = ...) -> None: ...

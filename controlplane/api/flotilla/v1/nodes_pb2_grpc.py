@@ -44,6 +44,11 @@ class NodeServiceStub:
                 request_serializer=flotilla_dot_v1_dot_nodes__pb2.DrainNodeRequest.SerializeToString,
                 response_deserializer=flotilla_dot_v1_dot_nodes__pb2.Node.FromString,
                 _registered_method=True)
+        self.RevokeNode = channel.unary_unary(
+                '/flotilla.v1.NodeService/RevokeNode',
+                request_serializer=flotilla_dot_v1_dot_nodes__pb2.RevokeNodeRequest.SerializeToString,
+                response_deserializer=flotilla_dot_v1_dot_nodes__pb2.Node.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -62,6 +67,13 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RevokeNode(self, request, context):
+        """Refuses the node's agent from now on; its instances move elsewhere.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +85,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
             'DrainNode': grpc.unary_unary_rpc_method_handler(
                     servicer.DrainNode,
                     request_deserializer=flotilla_dot_v1_dot_nodes__pb2.DrainNodeRequest.FromString,
+                    response_serializer=flotilla_dot_v1_dot_nodes__pb2.Node.SerializeToString,
+            ),
+            'RevokeNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeNode,
+                    request_deserializer=flotilla_dot_v1_dot_nodes__pb2.RevokeNodeRequest.FromString,
                     response_serializer=flotilla_dot_v1_dot_nodes__pb2.Node.SerializeToString,
             ),
     }
@@ -129,6 +146,33 @@ class NodeService:
             target,
             '/flotilla.v1.NodeService/DrainNode',
             flotilla_dot_v1_dot_nodes__pb2.DrainNodeRequest.SerializeToString,
+            flotilla_dot_v1_dot_nodes__pb2.Node.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flotilla.v1.NodeService/RevokeNode',
+            flotilla_dot_v1_dot_nodes__pb2.RevokeNodeRequest.SerializeToString,
             flotilla_dot_v1_dot_nodes__pb2.Node.FromString,
             options,
             channel_credentials,

@@ -1,0 +1,33 @@
+"""Which instances serve traffic: the one rule the mesh's EDS
+(``controlplane.xds``) and the service catalog (``controlplane.catalog``)
+share, so that Consul lists exactly the endpoints the sidecars balance over.
+
+An instance serves when it is placed on a ready node, reports ``healthy``
+(or ``running`` without a health check), has a published address and port
+(its sidecar's inbound listener), and is not draining. Pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from controlplane.model.resources import Resource, node_state
+
+#: Instance states that make an instance an endpoint.
+SERVING = ("healthy", "running")
+
+
+def ready_nodes(nodes: Iterable[Resource]) -> set[str]:
+    """Names of the Nodes instances may serve from."""
+    return {n.name for n in nodes if node_state(n.spec, n.status) == "ready"}
+
+
+def serving_address(instance: Resource, ready: set[str]) -> tuple[str, int] | None:
+    """The (address, port) an Instance serves on, or None when it is not an
+    endpoint; ``ready`` is :func:`ready_nodes` of the cluster's Nodes."""
+    spec, status = instance.spec, instance.status
+    if (str(spec.get("node") or "") not in ready or spec.get("draining")
+            or status.get("state") not in SERVING
+            or not status.get("address") or not status.get("port")):
+        return None
+    return str(status["address"]), int(status["port"])

@@ -1,0 +1,175 @@
+"""The agent's link to the control plane.
+
+- ``join`` goes to the server's main port with a proof of the join token (the
+  token itself never travels) and a CSR for a key made here; the answer, if
+  it proves the token too, brings the node's certificate, the trust bundle
+  and the agent port.
+- Every other call goes over mutual TLS to the agent port with that
+  certificate, verifying the server's by the bundle and its name.
+- ``refresh`` (once a second) fetches the bundle over that link and renews
+  the node's certificate at half-life or when the mesh's roots change; each
+  renewal makes a new channel, and the old one closes a little later (a
+  stream on it ends, and its caller joins again).
+
+Thread-safety: the current channel and its stubs are swapped under a lock;
+callers take ``agent``/``identity`` per call.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+from cryptography import x509
+
+from controlplane.api.flotilla.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    identity_pb2,
+    identity_pb2_grpc,
+)
+from controlplane.identity.ca import CONTROL_PLANE_NAME, new_key_and_csr
+from controlplane.identity.proof import digest_of, prove, proves
+
+log = logging.getLogger("flotilla.agent")
+
+#: Seconds an old channel stays open after a renewal (calls on it finish).
+RETIRE_AFTER = 10.0
+
+
+class Refused(Exception):
+    """The control plane refused this agent, or is not the one the token is
+    from; the message says which."""
+
+
+class NotJoined(grpc.RpcError):  # type: ignore[misc]
+    """A call before the first join: to callers, the control plane is away."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "not joined yet"
+
+
+@dataclass(frozen=True)
+class _Link:
+    channel: grpc.Channel
+    agent: agent_pb2_grpc.AgentServiceStub
+    identity: identity_pb2_grpc.IdentityServiceStub
+    bundle_pem: str
+    serial: str
+    #: Unix seconds: when the node's certificate was issued, and expires.
+    issued: float
+    expires: float
+
+
+class ControlPlaneLink:
+    def __init__(self, server: str, join_token: str,
+                 options: Sequence[tuple[str, object]] = ()) -> None:
+        self.server = server
+        self._digest = digest_of(join_token) if join_token else ""
+        self._options = list(options)
+        self._plain = grpc.insecure_channel(server, options=self._options)
+        self._lock = threading.Lock()
+        self._link: _Link | None = None
+        self._agent_address = ""
+        #: The mesh's trust bundle as last fetched (None while unreachable).
+        self.trust: identity_pb2.TrustBundle | None = None
+
+    def join(self, request: agent_pb2.JoinRequest, timeout: float = 10) -> agent_pb2.JoinResponse:
+        """Join (or join again) as the node ``request`` describes."""
+        if not self._digest:
+            raise Refused("no join token: start the agent with --join-token")
+        key, csr = new_key_and_csr()
+        request.csr_pem, request.timestamp = csr, int(time.time())
+        request.proof = prove(self._digest, request)
+        reply: agent_pb2.JoinResponse = agent_pb2_grpc.AgentServiceStub(self._plain).Join(
+            request, timeout=timeout)
+        if not proves(self._digest, reply):
+            raise Refused(f"the server at {self.server} does not prove the join token: it is "
+                          "not the control plane the token is from")
+        host = self.server.rpartition(":")[0]
+        self._agent_address = f"{host}:{reply.agent_port}"
+        self._connect(key, reply.node_certificate_pem, reply.trust_bundle_pem)
+        return reply
+
+    @property
+    def agent(self) -> agent_pb2_grpc.AgentServiceStub:
+        return self._current().agent
+
+    @property
+    def identity(self) -> identity_pb2_grpc.IdentityServiceStub:
+        return self._current().identity
+
+    @property
+    def serial(self) -> str:
+        """The serial of the node's certificate in use ("" before joining)."""
+        link = self._link
+        return link.serial if link is not None else ""
+
+    def _current(self) -> _Link:
+        link = self._link
+        if link is None:
+            raise NotJoined()
+        return link
+
+    def _connect(self, key_pem: str, cert_pem: str, bundle_pem: str) -> None:
+        certificate = x509.load_pem_x509_certificate(cert_pem.encode())
+        channel = grpc.secure_channel(
+            self._agent_address,
+            grpc.ssl_channel_credentials(bundle_pem.encode(), key_pem.encode(),
+                                         cert_pem.encode()),
+            options=[*self._options, ("grpc.ssl_target_name_override", CONTROL_PLANE_NAME)])
+        link = _Link(channel, agent_pb2_grpc.AgentServiceStub(channel),
+                     identity_pb2_grpc.IdentityServiceStub(channel), bundle_pem,
+                     format(certificate.serial_number, "x"),
+                     time.time(), certificate.not_valid_after_utc.timestamp())
+        with self._lock:
+            old, self._link = self._link, link
+        if old is not None:
+            timer = threading.Timer(RETIRE_AFTER, old.channel.close)
+            timer.daemon = True
+            timer.start()
+
+    def refresh(self) -> None:
+        """Fetch the trust bundle; renew the node's certificate when it is
+        past half its life or the roots changed. Errors mean the control
+        plane is away: the link keeps what it has."""
+        link = self._link
+        if link is None:
+            return
+        try:
+            trust: identity_pb2.TrustBundle = link.identity.GetTrustBundle(
+                identity_pb2.GetTrustBundleRequest(), timeout=5)
+        except grpc.RpcError:
+            self.trust = None
+            return
+        self.trust = trust
+        half = link.issued + (link.expires - link.issued) / 2
+        if trust.bundle_pem == link.bundle_pem and time.time() < half:
+            return
+        key, csr = new_key_and_csr()
+        try:
+            renewed: agent_pb2.NodeCertificate = link.agent.RenewNodeCertificate(
+                agent_pb2.RenewNodeCertificateRequest(csr_pem=csr), timeout=10)
+        except grpc.RpcError as error:
+            log.warning("renewing the node certificate: %s (%s); retrying", error.code().name,
+                        error.details())
+            return
+        self._connect(key, renewed.certificate_pem, renewed.trust_bundle_pem)
+        log.info("node certificate renewed: serial %s, until %s", renewed.serial,
+                 datetime.datetime.fromtimestamp(renewed.not_after.seconds,
+                                                 tz=datetime.timezone.utc).isoformat())
+
+    def close(self) -> None:
+        with self._lock:
+            link, self._link = self._link, None
+        if link is not None:
+            link.channel.close()
+        self._plain.close()
