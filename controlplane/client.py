@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import builtins
 import json
+import logging
+import threading
 import time
 
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,6 +28,8 @@ from controlplane.api.flotilla.v1 import (
     agent_pb2_grpc,
     identity_pb2,
     identity_pb2_grpc,
+    instances_pb2,
+    instances_pb2_grpc,
     nodes_pb2,
     nodes_pb2_grpc,
     proxies_pb2,
@@ -36,6 +40,8 @@ from controlplane.api.flotilla.v1 import resources_pb2_grpc as pb_grpc
 from controlplane.model import NODE_NAMESPACE
 
 DEFAULT_SERVER = "127.0.0.1:7300"
+
+log = logging.getLogger("flotilla.client")
 
 _ACTIONS = {
     pb.APPLY_ACTION_CREATED: "created",
@@ -75,11 +81,15 @@ class Client:
     def __init__(self, address: str = DEFAULT_SERVER, timeout: float = 30.0) -> None:
         self.address = address
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(address)
+        # Reconnect within a second of the server coming back (gRPC's own
+        # backoff grows to two minutes), so heartbeats resume within a TTL.
+        self._channel = grpc.insecure_channel(replicas_target(address), options=[
+            ("grpc.initial_reconnect_backoff_ms", 250), ("grpc.max_reconnect_backoff_ms", 1000)])
         self._stub = pb_grpc.ResourceServiceStub(self._channel)
         self._nodes = nodes_pb2_grpc.NodeServiceStub(self._channel)
         self._proxies = proxies_pb2_grpc.ProxyServiceStub(self._channel)
         self._identity = identity_pb2_grpc.IdentityServiceStub(self._channel)
+        self._instances = instances_pb2_grpc.InstanceServiceStub(self._channel)
 
     def __enter__(self) -> Client:
         return self
@@ -148,6 +158,41 @@ class Client:
 
     def revoke(self, node: str, undo: bool = False) -> None:
         self._call(self._nodes.RevokeNode, nodes_pb2.RevokeNodeRequest(name=node, undo=undo))
+
+    def register(self, service: str, address: str, port: int, *, ttl: float | None = None,
+                 namespace: str = "", labels: Mapping[str, str] | None = None) -> Registration:
+        """Register an instance Flotilla does not run (it serves at
+        address:port) and keep it registered: heartbeats run in a background
+        thread until the returned :class:`Registration` is closed (or its
+        ``with`` block left), which deregisters it. ``ttl`` is in seconds
+        (the server's default, 30 s, when None)."""
+        request = instances_pb2.RegisterInstanceRequest(
+            namespace=namespace, service=service, address=address, port=port,
+            labels=dict(labels or {}))
+        if ttl is not None:
+            request.ttl.FromNanoseconds(round(ttl * 1e9))
+        return Registration(self, request, self.register_instance(request))
+
+    def register_instance(self, request: instances_pb2.RegisterInstanceRequest
+                          ) -> instances_pb2.Instance:
+        """One RegisterInstance call (no heartbeats: see :meth:`register`)."""
+        try:
+            instance: instances_pb2.Instance = self._call(self._instances.RegisterInstance,
+                                                          request)
+        except errors.InvalidManifest as error:
+            raise errors.InvalidRequest(error.violations) from None
+        return instance
+
+    def heartbeat(self, instance_id: str, timeout: float | None = None) -> None:
+        """Keep a registered instance alive for another TTL; ``NotFound``
+        once it expired or was deregistered."""
+        self._call(self._instances.Heartbeat,
+                   instances_pb2.InstanceHeartbeatRequest(id=instance_id), timeout)
+
+    def deregister(self, instance_id: str) -> None:
+        """Remove a registered instance now; ``NotFound`` when it is not."""
+        self._call(self._instances.Deregister,
+                   instances_pb2.DeregisterInstanceRequest(id=instance_id))
 
     def proxies(self) -> builtins.list[proxies_pb2.ProxyStatus]:
         """Every proxy connected to the xDS server, and what it has ACKed."""
@@ -253,9 +298,9 @@ class Client:
         finally:
             stream.cancel()
 
-    def _call(self, method: Any, request: Any) -> Any:
+    def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
         try:
-            return method(request, timeout=self.timeout)
+            return method(request, timeout=self.timeout if timeout is None else timeout)
         except grpc.RpcError as error:
             raise self._mapped(error) from None
 
@@ -276,6 +321,92 @@ class Client:
         if kind is not None:
             return kind(detail)
         return errors.FlotillaError(f"{code.name}: {detail}")
+
+
+def replicas_target(address: str) -> str:
+    """A gRPC target for ``host:port`` or several replicas' ``ip:port,ip:port``
+    (the first that answers is used; a call after it fails goes to the next)."""
+    return f"ipv4:{address}" if "," in address else address
+
+
+class Registration:
+    """An instance registered through :meth:`Client.register`, kept alive by
+    a background thread that heartbeats every third of its TTL. Leaving its
+    ``with`` block (or ``close()``) stops the heartbeats and deregisters it.
+
+    When the control plane has forgotten the instance (its TTL ran out while
+    the server could not be reached, or an operator deleted it), the next
+    heartbeat registers it again, under a new id. A server that cannot be
+    reached is logged and tried again at the next beat.
+
+    Thread-safety: ``id`` and ``instance`` may be read from any thread.
+    """
+
+    def __init__(self, client: Client, request: instances_pb2.RegisterInstanceRequest,
+                 instance: instances_pb2.Instance) -> None:
+        self._client = client
+        self._request = request
+        self._instance = instance
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True,
+                                        name=f"heartbeat-{instance.id}")
+        self._thread.start()
+
+    @property
+    def instance(self) -> instances_pb2.Instance:
+        """The instance as the server last registered it."""
+        with self._lock:
+            return self._instance
+
+    @property
+    def id(self) -> str:
+        return self.instance.id
+
+    @property
+    def ttl(self) -> float:
+        """Seconds without a heartbeat before the server removes the instance."""
+        return self.instance.ttl.ToNanoseconds() / 1e9
+
+    def __enter__(self) -> Registration:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the heartbeats and deregister (an instance already gone is fine)."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._thread.join()
+        try:
+            self._client.deregister(self.id)
+        except errors.NotFound:
+            pass
+
+    def _beat(self) -> None:
+        interval = max(self.ttl / 3, 0.1)
+        while not self._stop.wait(interval):
+            try:
+                self._client.heartbeat(self.id, timeout=interval)
+            except errors.NotFound:
+                self._register_again()
+            except errors.FlotillaError as error:
+                log.warning("heartbeat of %s failed: %s; trying again in %gs", self.id, error,
+                            interval)
+
+    def _register_again(self) -> None:
+        try:
+            instance = self._client.register_instance(self._request)
+        except errors.FlotillaError as error:
+            log.warning("%s is no longer registered and registering it again failed: %s",
+                        self.id, error)
+            return
+        log.warning("%s was no longer registered; registered again as %s", self.id,
+                    instance.id)
+        with self._lock:
+            self._instance = instance
 
 
 def _short(detail: str) -> str:

@@ -5,6 +5,7 @@
     FlotillaError
     ├── UserError                 the caller must change something; never retried
     │   ├── InvalidManifest       INVALID_ARGUMENT, carries FieldViolations
+    │   │   └── InvalidRequest    the same for an API request's fields
     │   ├── Conflict              ABORTED (stale resourceVersion)
     │   ├── NotFound              NOT_FOUND
     │   ├── FailedPrecondition    FAILED_PRECONDITION (e.g. still referenced)
@@ -53,13 +54,21 @@ class FieldViolation:
 
 class InvalidManifest(UserError):
     code = "INVALID_ARGUMENT"
+    #: How the message starts.
+    summary = "invalid manifest, nothing was applied"
 
     def __init__(self, violations: list[FieldViolation]) -> None:
         self.violations = list(violations)
         count = len(self.violations)
         head = "1 problem" if count == 1 else f"{count} problems"
         lines = "\n".join(f"  {v}" for v in self.violations)
-        super().__init__(f"invalid manifest, nothing was applied ({head}):\n{lines}")
+        super().__init__(f"{self.summary} ({head}):\n{lines}")
+
+
+class InvalidRequest(InvalidManifest):
+    """Fields of an API request (not a manifest) that cannot be honoured."""
+
+    summary = "invalid request, nothing was stored"
 
 
 class Conflict(UserError):

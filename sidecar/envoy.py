@@ -79,12 +79,16 @@ def check_version(path: Path) -> str:
 
 
 def _grpc_cluster(name: str, where: str) -> dict[str, Any]:
-    """A static HTTP/2 cluster to ``host:port`` or ``unix:PATH``."""
+    """A static HTTP/2 cluster to ``host:port`` (or several, comma-separated:
+    the control plane's replicas) or ``unix:PATH``."""
+    addresses: list[dict[str, Any]] = []
     if where.startswith("unix:"):
-        address: dict[str, Any] = {"pipe": {"path": where[len("unix:"):]}}
+        addresses.append({"pipe": {"path": where[len("unix:"):]}})
     else:
-        host, _, port = where.rpartition(":")
-        address = {"socket_address": {"address": host, "port_value": int(port)}}
+        for one in where.split(","):
+            host, _, port = one.rpartition(":")
+            addresses.append({"socket_address": {"address": host.strip("[]"),
+                                                 "port_value": int(port)}})
     return {
         "name": name, "type": "STATIC", "connect_timeout": "1s",
         "typed_extension_protocol_options": {
@@ -96,7 +100,7 @@ def _grpc_cluster(name: str, where: str) -> dict[str, Any]:
             },
         },
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
-            {"endpoint": {"address": address}}]}]},
+            {"endpoint": {"address": address}} for address in addresses]}]},
     }
 
 

@@ -72,10 +72,12 @@ class _Link:
 class ControlPlaneLink:
     def __init__(self, server: str, join_token: str,
                  options: Sequence[tuple[str, object]] = ()) -> None:
-        self.server = server
+        #: host:port of each control-plane replica (``server`` is comma-separated).
+        self.servers = [s.strip() for s in server.split(",") if s.strip()]
+        self.server = self.servers[0]
         self._digest = digest_of(join_token) if join_token else ""
         self._options = list(options)
-        self._plain = grpc.insecure_channel(server, options=self._options)
+        self._plain = grpc.insecure_channel(self.server, options=self._options)
         self._lock = threading.Lock()
         self._link: _Link | None = None
         self._agent_address = ""
@@ -89,8 +91,7 @@ class ControlPlaneLink:
         key, csr = new_key_and_csr()
         request.csr_pem, request.timestamp = csr, int(time.time())
         request.proof = prove(self._digest, request)
-        reply: agent_pb2.JoinResponse = agent_pb2_grpc.AgentServiceStub(self._plain).Join(
-            request, timeout=timeout)
+        reply = self._join_any(request, timeout)
         if not proves(self._digest, reply):
             raise Refused(f"the server at {self.server} does not prove the join token: it is "
                           "not the control plane the token is from")
@@ -98,6 +99,28 @@ class ControlPlaneLink:
         self._agent_address = f"{host}:{reply.agent_port}"
         self._connect(key, reply.node_certificate_pem, reply.trust_bundle_pem)
         return reply
+
+    def _join_any(self, request: agent_pb2.JoinRequest, timeout: float
+                  ) -> agent_pb2.JoinResponse:
+        """Join through the replica that answered last, else the next that
+        answers (a replica that is down or stopping is UNAVAILABLE)."""
+        start = self.servers.index(self.server)
+        for n in range(len(self.servers)):
+            server = self.servers[(start + n) % len(self.servers)]
+            if server != self.server:
+                self._plain.close()
+                self.server = server
+                self._plain = grpc.insecure_channel(server, options=self._options)
+            try:
+                reply: agent_pb2.JoinResponse = agent_pb2_grpc.AgentServiceStub(
+                    self._plain).Join(request, timeout=timeout)
+                return reply
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE or n == len(self.servers) - 1:
+                    raise
+                log.warning("control plane %s: UNAVAILABLE; trying %s", server,
+                            self.servers[(start + n + 1) % len(self.servers)])
+        raise AssertionError("unreachable")
 
     @property
     def agent(self) -> agent_pb2_grpc.AgentServiceStub:

@@ -43,11 +43,13 @@ def _endpoint(target: str) -> tuple[str, int]:
 
 
 class Relay:
-    """Forwards every connection to the unix socket ``path`` to ``target``."""
+    """Forwards every connection to the unix socket ``path`` to ``target``
+    (``host:port``, or several comma-separated: the control plane's replicas,
+    tried in turn from the last one that answered)."""
 
     def __init__(self, path: Path, target: str, connect_timeout: float = 5.0) -> None:
         self.path = path
-        self._target = _endpoint(target)
+        self._targets = [_endpoint(t) for t in target.split(",")]
         self._connect_timeout = connect_timeout
         self._lock = threading.Lock()
         #: Sockets of the open connections, both ends (guarded by _lock).
@@ -61,12 +63,12 @@ class Relay:
 
     @property
     def target(self) -> str:
-        host, port = self._target
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return ",".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                        for host, port in self._targets)
 
     @target.setter
     def target(self, target: str) -> None:
-        self._target = _endpoint(target)
+        self._targets = [_endpoint(t) for t in target.split(",")]
 
     @property
     def connections(self) -> int:
@@ -129,14 +131,25 @@ class Relay:
                              daemon=True).start()
 
     def _connect(self, downstream: socket.socket) -> None:
-        target = self._target
-        try:
-            upstream = socket.create_connection(target, timeout=self._connect_timeout)
-        except OSError as error:
+        targets = list(self._targets)
+        upstream: socket.socket | None = None
+        failure: OSError | None = None
+        for target in targets:
+            try:
+                upstream = socket.create_connection(target, timeout=self._connect_timeout)
+            except OSError as error:
+                failure = error
+                continue
+            if target != targets[0]:  # the next connection tries this replica first
+                with self._lock:
+                    if self._targets == targets:
+                        self._targets = [target, *(t for t in targets if t != target)]
+            break
+        if upstream is None:
             if not self.last_error:
                 log.warning("xDS relay: cannot reach the control plane at %s: %s",
-                            self.target, error)
-            self.last_error = str(error) or type(error).__name__
+                            self.target, failure)
+            self.last_error = str(failure) or type(failure).__name__
             downstream.close()
             return
         if self.last_error:

@@ -30,6 +30,8 @@ from typing import Any, NoReturn
 import consul as py_consul
 import pytest
 
+from tests.harness import end_process
+
 READY_SECONDS = 30.0
 #: The ports a dev agent listens on, each chosen free on 127.0.0.1.
 PORTS = ("http", "grpc", "dns", "serf-lan", "serf-wan", "server")
@@ -127,14 +129,7 @@ class ConsulAgent:
     def stop(self) -> None:
         """Terminates the agent by its pid and waits for it (kills after 15 s)."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        end_process(process)
 
     def restart(self) -> ConsulAgent:
         self.stop()

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -30,6 +30,19 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def end_process(process: subprocess.Popen[Any] | None, timeout: float = 15.0) -> None:
+    """Terminate a process the test started (by its pid) and wait; kill it
+    after ``timeout`` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def wait_serving(address: str, deadline: float = STARTUP_DEADLINE) -> None:
@@ -81,13 +94,7 @@ class ServerProcess:
         return self.proc.wait(timeout=30)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end_process(self.proc)
 
     def client(self) -> Client:
         return Client(self.address)
@@ -141,11 +148,14 @@ class AgentProcess:
     memory: int = 4096
     drivers: tuple[str, ...] = ("process",)
     proc: subprocess.Popen[bytes] | None = None
+    #: Every replica's address, comma-separated [default: the server's].
+    servers: str = ""
 
     def start(self) -> AgentProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir / "agent.log", "ab")  # noqa: SIM115
-        args = [sys.executable, "-m", "controlplane", "--server", self.server.address, "agent",
+        args = [sys.executable, "-m", "controlplane", "--server",
+                self.servers or self.server.address, "agent",
                 "--name", self.name, "--address", self.address, "--cpu", str(self.cpu),
                 "--memory", str(self.memory), "--data-dir", str(self.data_dir),
                 "--join-token-file", str(self.server.data_dir / "join-token")]
@@ -161,7 +171,7 @@ class AgentProcess:
         """A new agent process for the same node: name, address, labels, data dir."""
         return AgentProcess(self.server, self.name, self.address, self.data_dir,
                             labels=self.labels, cpu=self.cpu, memory=self.memory,
-                            drivers=self.drivers).start()
+                            drivers=self.drivers, servers=self.servers).start()
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -214,3 +224,20 @@ def eventually(check: Callable[[], T | None], timeout: float, what: str,
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def dump_endpoints(dump: dict[str, Any], cluster: str) -> set[tuple[str, int]]:
+    """The (address, port) endpoints of ``cluster`` in an Envoy
+    ``/config_dump?include_eds`` (``Client.proxy_config``): what that Envoy
+    balances over."""
+    found: set[tuple[str, int]] = set()
+    for section in dump.get("configs", []):
+        for config in section.get("dynamic_endpoint_configs", []):
+            assignment = config.get("endpoint_config", {})
+            if assignment.get("cluster_name") != cluster:
+                continue
+            for locality in assignment.get("endpoints", []):
+                for lb in locality.get("lb_endpoints", []):
+                    where = lb["endpoint"]["address"]["socket_address"]
+                    found.add((where["address"], int(where["port_value"])))
+    return found

@@ -1,5 +1,5 @@
-"""The Consul adapter: the agent HTTP API through py-consul (one
-keep-alive session), with every failure mapped onto
+"""The Consul adapter: the catalog and transaction HTTP APIs through
+py-consul (one keep-alive session), with every failure mapped onto
 :mod:`controlplane.errors` and a message that names Consul's address and
 says what went wrong:
 
@@ -7,7 +7,16 @@ says what went wrong:
   (``cannot reach Consul at 127.0.0.1:8500: connection refused``); the
   registry retries with backoff;
 - the ACL token is missing or lacks a permission: ``PermissionDenied``;
-- Consul rejects a request as malformed: ``UserError``.
+- Consul rejects a request as malformed: ``UserError``; a transaction that
+  Consul rolls back because of some of its entries names them (``write``
+  returns why each was refused and writes the others).
+
+Flotilla's entries live on catalog nodes of its own (external nodes, as
+consul-esm registers them), spread over ``CATALOG_SHARDS`` of them because
+Consul's cost of writing a check grows with the checks already on its node.
+They are written in transactions of up to ``TXN_MAX_OPS`` operations
+(``/v1/txn``): one round trip registers 56 entries with their checks, where
+the agent API takes one per entry and slows down as the agent holds more.
 
 ``parse_url("consul://HOST:PORT")`` checks what ``--catalog`` takes.
 
@@ -16,21 +25,25 @@ Thread-safety: a ``ConsulCatalog`` is used by one thread (the registry).
 
 from __future__ import annotations
 
+import json
 import re
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import consul
 import requests
+from consul.callback import CB
 from consul.exceptions import ACLDisabled, ACLPermissionDenied, BadRequest, ClientError
 
 from controlplane.catalog.registrations import (
-    CHECK_TTL,
-    DEREGISTER_CRITICAL_AFTER,
+    CATALOG_SHARDS,
+    NODE_META,
     PASSING,
     Registration,
+    catalog_nodes,
+    shard_node,
 )
 from controlplane.errors import PermissionDenied, TemporaryError, UserError
 
@@ -40,6 +53,10 @@ SCHEME = "consul"
 DEFAULT_PORT = 8500
 #: Seconds one request may take before Consul counts as unreachable.
 REQUEST_TIMEOUT = 5.0
+#: The most operations Consul takes in one transaction.
+TXN_MAX_OPS = 128
+#: The catalog node of Flotilla's entries when none is named.
+DEFAULT_NODE = "flotilla"
 
 
 @dataclass(frozen=True)
@@ -69,67 +86,128 @@ def parse_url(url: str) -> ConsulAddress:
     return ConsulAddress(parts.hostname, port or DEFAULT_PORT)
 
 
-def _seconds(value: float) -> str:
-    return f"{value:g}s"
-
-
 class ConsulCatalog:
-    """Flotilla's view of one Consul agent: its services and checks, and
-    registering, deregistering and passing the TTL checks of entries.
-    ``token`` is the ACL token sent as ``X-Consul-Token`` ("" for none)."""
+    """Flotilla's nodes in one Consul datacenter's catalog: the services and
+    checks on them, and writing them. ``token`` is the ACL token sent as
+    ``X-Consul-Token`` ("" for none); ``node`` is what the names of the
+    catalog nodes start with (``<node>-0`` ... one per shard) and
+    ``node_address`` their address (each entry carries its own)."""
 
-    def __init__(self, address: ConsulAddress, token: str = "", *,
-                 timeout: float = REQUEST_TIMEOUT) -> None:
+    def __init__(self, address: ConsulAddress, token: str = "", *, node: str = DEFAULT_NODE,
+                 node_address: str = "127.0.0.1", timeout: float = REQUEST_TIMEOUT,
+                 shards: int = CATALOG_SHARDS) -> None:
         self.address = address
+        self.node = node
+        self.nodes = catalog_nodes(node, shards)
+        self._shards = shards
         self._client = consul.Consul(host=address.host, port=address.port,
                                      connections_timeout=timeout)
         # py-consul prefers $CONSUL_HTTP_TOKEN to the token it is given; the
         # server's --catalog-token (which defaults to that variable) decides.
         self._client.token = token or None
         self._timeout = timeout
+        self._node_ops: dict[str, dict[str, Any]] = {
+            name: {"Node": {"Verb": "set", "Node": {
+                "Node": name, "Address": node_address, "Meta": dict(NODE_META)}}}
+            for name in self.nodes}
 
     @classmethod
-    def from_url(cls, url: str, token: str = "") -> ConsulCatalog:
-        return cls(parse_url(url), token)
+    def from_url(cls, url: str, token: str = "", *, node: str = DEFAULT_NODE,
+                 node_address: str = "127.0.0.1") -> ConsulCatalog:
+        return cls(parse_url(url), token, node=node, node_address=node_address)
 
     def __str__(self) -> str:
         return f"Consul at {self.address}"
 
     def services(self) -> Mapping[str, Mapping[str, Any]]:
-        """Every service on the agent, by service ID (``/v1/agent/services``)."""
-        found = self._call("list services", self._client.agent.services)
-        return found or {}
+        """Every service on Flotilla's nodes, by service ID, with its node's
+        name added as ``Node`` (none on a node not registered)."""
+        services: dict[str, Mapping[str, Any]] = {}
+        for node in self.nodes:
+            _, found = self._call(f"list the services of {node}", self._client.catalog.node,
+                                  node)
+            for service_id, service in ((found or {}).get("Services") or {}).items():
+                services[service_id] = {**service, "Node": node}
+        return services
 
     def checks(self) -> Mapping[str, str]:
-        """Check ID -> status of every check on the agent."""
-        found = self._call("list checks", self._client.agent.checks) or {}
-        return {str(check_id): str(check.get("Status", "")) for check_id, check in found.items()}
+        """Check ID -> status of every check on Flotilla's nodes."""
+        checks: dict[str, str] = {}
+        for node in self.nodes:
+            _, found = self._call(f"list the checks of {node}", self._client.health.node, node)
+            checks.update({str(check["CheckID"]): str(check.get("Status", ""))
+                           for check in found or ()})
+        return checks
 
-    def register(self, entry: Registration) -> None:
-        """Register (or replace) ``entry`` with a TTL check that starts passing."""
-        check = {
-            "CheckID": entry.check_id, "Name": "Flotilla instance health",
-            "Notes": "Passed by the Flotilla control plane while the instance serves.",
-            "TTL": _seconds(CHECK_TTL), "Status": PASSING,
-            "DeregisterCriticalServiceAfter": _seconds(DEREGISTER_CRITICAL_AFTER),
-        }
-        self._call(f"register {entry.id}", self._client.agent.service.register,
-                   entry.name, service_id=entry.id, address=entry.address, port=entry.port,
-                   tags=list(entry.tags), meta=dict(entry.meta), check=check,
-                   replace_existing_checks=True)
+    def write(self, register: Sequence[Registration], deregister: Sequence[Registration] = ()
+              ) -> dict[str, str]:
+        """Deregister and register (or replace) entries, each registered with
+        its check passing, in as few transactions as fit. Returns entry ID ->
+        why Consul refused it, for entries it refused (the others are
+        written); raises when Consul cannot be reached or refuses the token."""
+        groups = [(entry, [self._delete_op(entry)]) for entry in deregister]
+        groups += [(entry, self._set_ops(entry)) for entry in register]
+        refused: dict[str, str] = {}
+        # Room for the set operation of every node an entry is on.
+        for chunk in _chunks(groups, TXN_MAX_OPS - len(self.nodes)):
+            while chunk:
+                ops = [(entry, op) for entry, entry_ops in chunk for op in entry_ops]
+                failed = self._transact([op for _, op in ops])
+                if not failed:
+                    break
+                for index, why in failed.items():
+                    refused[ops[index][0].id] = why
+                chunk = [(entry, entry_ops) for entry, entry_ops in chunk
+                         if entry.id not in refused]
+        return refused
 
-    def deregister(self, entry_id: str) -> None:
-        self._call(f"deregister {entry_id}", self._client.agent.service.deregister, entry_id)
+    def _delete_op(self, entry: Registration) -> dict[str, Any]:
+        node = entry.node or shard_node(self.node, entry.id, self._shards)
+        return {"Service": {"Verb": "delete", "Node": node,
+                            "Service": {"ID": entry.id, "Service": entry.name}}}
 
-    def pass_check(self, check_id: str) -> bool:
-        """Mark a TTL check passing; False when the agent has no such check."""
-        try:
-            return bool(self._call(f"pass check {check_id}",
-                                   self._client.agent.check.ttl_pass, check_id))
-        except TemporaryError as error:
-            if "unknown check" in str(error).lower() or "does not have" in str(error):
-                return False
-            raise
+    def _set_ops(self, entry: Registration) -> list[dict[str, Any]]:
+        node = entry.node or shard_node(self.node, entry.id, self._shards)
+        return [
+            {"Service": {"Verb": "set", "Node": node, "Service": {
+                "ID": entry.id, "Service": entry.name, "Address": entry.address,
+                "Port": entry.port, "Tags": list(entry.tags), "Meta": dict(entry.meta)}}},
+            {"Check": {"Verb": "set", "Check": {
+                "Node": node, "CheckID": entry.check_id, "Name": "Flotilla instance health",
+                "Notes": "Set by the Flotilla control plane while the instance serves.",
+                "Status": PASSING, "ServiceID": entry.id, "ServiceName": entry.name}}},
+        ]
+
+    def _transact(self, ops: list[dict[str, Any]]) -> dict[int, str]:
+        """One transaction (the nodes ``ops`` are on first, then ``ops``); {}
+        when it committed, else index in ``ops`` -> why Consul rolled it back."""
+        nodes = sorted({op[kind]["Node"] if kind == "Service" else op[kind]["Check"]["Node"]
+                        for op in ops for kind in op})
+        what = f"write {len(ops)} catalog operation(s)"
+        code, body = self._call(what, self._client.http.put, _txn_reply, "/v1/txn",
+                                data=json.dumps([*(self._node_ops[n] for n in nodes), *ops]),
+                                headers=self._client.prepare_headers())
+        if code == 200:
+            return {}
+        errors = (body or {}).get("Errors") or []
+        failed = {int(e.get("OpIndex", 0)) - len(nodes): str(e.get("What", "")) for e in errors}
+        if not failed or min(failed) < 0:
+            why = "; ".join(str(e.get("What", "")) for e in errors) or json.dumps(body)
+            raise UserError(f"{self} rejected Flotilla's catalog nodes {', '.join(nodes)}: "
+                            f"{why}")
+        return failed
+
+    def passing(self, name: str, index: int = 0, wait: float = 0.0
+                ) -> tuple[int, list[Mapping[str, Any]]]:
+        """Consul's index and the entries of service ``name`` whose checks all
+        pass (``/v1/health/service/<name>?passing``, any node). With an
+        ``index``, a blocking query: it answers once Consul's index moves past
+        it, or after ``wait`` seconds (give the catalog a longer timeout)."""
+        found, entries = self._call(
+            f"read the health of service {name}", self._client.health.service, name,
+            passing=True, index=str(index) if index else None,
+            wait=f"{wait:g}s" if index and wait else None)
+        return int(found or 0), list(entries or ())
 
     def leader(self) -> str:
         """The address of the cluster's leader ("" while there is none)."""
@@ -147,11 +225,36 @@ class ConsulCatalog:
             raise PermissionDenied(
                 f"{self} refused to {what}: {_body(error) or 'permission denied'}; give "
                 "--catalog-token (or CONSUL_HTTP_TOKEN) a token with service:write and "
-                "node:read") from None
+                "node:write") from None
         except (BadRequest, ClientError) as error:
             raise UserError(f"{self} rejected the request to {what}: {_body(error)}") from None
         except consul.ConsulException as error:
             raise TemporaryError(f"{self} failed to {what}: {_body(error)}") from None
+
+
+def _txn_reply(response: Any) -> tuple[int, Any]:
+    """A /v1/txn answer: (200, results) or (409, the errors of a rollback);
+    any other status raises as py-consul maps it."""
+    if response.code in (200, 409):
+        return int(response.code), json.loads(response.body or "null")
+    CB.json(allow_404=False)(response)
+    raise consul.ConsulException(f"{response.code} {response.body}")
+
+
+def _chunks(groups: list[tuple[T, list[Any]]], size: int
+            ) -> Iterator[list[tuple[T, list[Any]]]]:
+    """``groups`` (an entry and its operations) in consecutive lists of at
+    most ``size`` operations; an entry's operations are never split."""
+    chunk: list[tuple[T, list[Any]]] = []
+    count = 0
+    for group in groups:
+        if chunk and count + len(group[1]) > size:
+            yield chunk
+            chunk, count = [], 0
+        chunk.append(group)
+        count += len(group[1])
+    if chunk:
+        yield chunk
 
 
 def _reason(error: requests.ConnectionError) -> str:

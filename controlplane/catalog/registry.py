@@ -1,22 +1,28 @@
 """The registry reconciler: the only writer of Flotilla's entries in Consul.
 
-One thread. Every serving instance (what EDS publishes) is registered in
-Consul with a TTL check that starts passing; the registry passes each check
-every few seconds while its instance serves, and deregisters the entry when
-the instance stops serving or goes away. If the control plane itself goes
-away, the checks expire (``CHECK_TTL``) and Consul drops the entries a minute
-later, so the catalog never keeps advertising what nobody vouches for.
+One thread. Every serving instance (what EDS publishes) is an entry on one
+of Flotilla's catalog nodes with its check set to passing; the entry is
+deregistered when the instance stops serving or goes away. Changes go to
+Consul in transactions (up to 56 entries per round trip), so a burst of
+instances turning healthy reaches Consul's listing at hundreds per second.
 
 Two kinds of pass (:meth:`Registry.sync`):
 
 - after a store change to Instances, Services or Nodes, an *incremental*
-  pass compares the desired entries with what the registry last wrote and
-  sends only the difference;
-- every ``period`` seconds, a *full* pass (anti-entropy) reads the agent's
-  services and checks and repairs everything: Flotilla-managed entries no
-  live instance backs are removed, missing or altered ones registered again,
-  checks that are not passing passed — which also restores a Consul that
-  restarted empty.
+  pass applies the store's events to the desired entries (:class:`Wanted`),
+  compares the entries they touched with what the registry last wrote and
+  sends only the difference: its cost follows the change, not the number
+  of instances;
+- every ``period`` seconds (up to ``MAX_PERIOD`` when a full pass takes
+  long, with many entries), a *full* pass (anti-entropy) reads the services
+  and checks on Flotilla's nodes and repairs everything: Flotilla-managed
+  entries no live instance backs are removed, missing or altered ones and
+  those whose check is not passing registered again — which also restores a
+  Consul that restarted empty.
+
+No Consul agent runs these checks: while the control plane is away its
+entries stay as last written (the workloads keep running too), and the first
+full pass after it returns repairs whatever changed meanwhile.
 
 When Consul cannot be reached the pass stops, the error is logged once, and
 the next full pass comes after a backoff (doubling up to ``max_backoff``):
@@ -28,40 +34,45 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from controlplane.catalog.registrations import (
-    CHECK_TTL,
     Registration,
     SyncPlan,
-    desired,
+    Wanted,
     plan,
     registration_of,
 )
-from controlplane.errors import FlotillaError, OutOfRange, PermissionDenied, TemporaryError
+from controlplane.model import EventType
+from controlplane.errors import FlotillaError, OutOfRange, PermissionDenied
 from controlplane.store import SqliteStore
 
 log = logging.getLogger("flotilla.catalog")
 
 #: The kinds whose changes can change the desired entries.
 WATCHED_KINDS = ("Instance", "Service", "Node")
+#: Seconds a store change waits for more before a pass sends them, when the
+#: last pass took ``BURST`` changes or more: a burst of changes goes to
+#: Consul in a few full transactions, not one each; a lone change at once.
+COALESCE = 0.03
+BURST = 5
+#: The longest time between two full passes, in seconds, however long they
+#: take: what Flotilla did not write is repaired within about this long.
+MAX_PERIOD = 5.0
 
 
 class Catalog(Protocol):
     """What the registry needs of a service catalog (``ConsulCatalog``).
     Failures raise ``TemporaryError`` (unreachable), ``PermissionDenied`` or
-    ``UserError`` (a request rejected)."""
+    ``UserError`` (the whole request rejected)."""
 
     def services(self) -> Mapping[str, Mapping[str, Any]]: ...
 
     def checks(self) -> Mapping[str, str]: ...
 
-    def register(self, entry: Registration) -> None: ...
-
-    def deregister(self, entry_id: str) -> None: ...
-
-    def pass_check(self, check_id: str) -> bool: ...
+    def write(self, register: Sequence[Registration],
+              deregister: Sequence[Registration] = ()) -> dict[str, str]: ...
 
 
 class Registry:
@@ -71,19 +82,21 @@ class Registry:
     belongs to one thread)."""
 
     def __init__(self, store: SqliteStore, catalog: Catalog, *, period: float = 2.0,
-                 refresh_after: float = CHECK_TTL / 3, max_backoff: float = 4.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 max_backoff: float = 4.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._store = store
         self._catalog = catalog
         self._period = period
-        self._refresh_after = refresh_after
         self._max_backoff = max_backoff
         self._clock = clock
         #: What the registry believes the catalog holds of Flotilla's, by
         #: entry ID; None until a full pass has read it (or after a failure).
         self._known: dict[str, Registration] | None = None
-        #: Entry ID -> clock time its check was last passed or registered.
-        self._passed: dict[str, float] = {}
+        #: The entries wanted as of store version ``_seen``; None until a
+        #: full pass has read the store.
+        self._wanted: Wanted | None = None
+        self._seen = 0
+        #: How many changes the last pass took from the store.
+        self._changes = 0
         #: The message of the failure that stopped the last pass, if any.
         self._failing = ""
         #: Entry ID -> why the catalog rejected it (logged once per reason).
@@ -103,18 +116,18 @@ class Registry:
     # --- the loop -----------------------------------------------------------------
 
     def _loop(self) -> None:
-        seen = 0
         next_full = 0.0
         backoff = 0.0
         while not self._stop.is_set():
-            head = self._store.wait(seen, max(0.0, next_full - self._clock()))
+            head = self._store.wait(self._seen, max(0.0, next_full - self._clock()))
             if self._stop.is_set():
                 return
-            changed = head > seen and self._touches_catalog(seen, head)
-            seen = head
             full = self._clock() >= next_full or self._known is None
-            if not (full or changed):
+            if not (full or head > self._seen):
                 continue
+            if not full and self._changes >= BURST:
+                self._stop.wait(COALESCE)
+            began = self._clock()
             try:
                 self.sync(full=full)
             except FlotillaError as error:
@@ -133,14 +146,10 @@ class Registry:
                 log.info("%s answers again; catalog in sync", self._catalog)
                 self._failing = ""
             if full:
-                next_full = self._clock() + self._period
-
-    def _touches_catalog(self, after: int, until: int) -> bool:
-        try:
-            events = self._store.events(after, until=until, limit=100_000)
-        except OutOfRange:
-            return True
-        return any(event.resource.kind in WATCHED_KINDS for event in events)
+                # A full pass reads every entry: with many, space them out so
+                # they take at most a tenth of the time (within the period cap).
+                took = self._clock() - began
+                next_full = self._clock() + min(max(self._period, 10 * took), MAX_PERIOD)
 
     def _failed(self, error: FlotillaError, backoff: float) -> None:
         self._known = None  # the next pass reads the catalog again
@@ -157,54 +166,78 @@ class Registry:
     def sync(self, *, full: bool = True) -> SyncPlan:
         """One pass: with ``full`` (or before the first full pass) read the
         catalog, else trust what the registry last wrote. Returns what it
-        changed. Raises ``TemporaryError`` or ``PermissionDenied`` when
-        Consul fails; a rejected single entry is logged and skipped."""
-        wanted = desired(self._store.list("Service"), self._store.list("Instance"),
-                         self._store.list("Node"))
+        set out to change. Raises ``TemporaryError``, ``PermissionDenied`` or
+        ``UserError`` when Consul fails the pass; a single entry Consul
+        rejects is logged and skipped."""
+        touched = self._follow_store()
+        wanted = self._wanted
+        assert wanted is not None
         checks: Mapping[str, str] | None = None
         if full or self._known is None:
+            full = True
             actual = {entry_id: found for entry_id, entry in self._catalog.services().items()
                       if (found := registration_of(entry_id, entry)) is not None}
             checks = self._catalog.checks()
         else:
-            actual = dict(self._known)
-        now = self._clock()
-        todo = plan(wanted, actual, checks, self._passed, now, self._refresh_after)
-        self._rejected = {k: why for k, why in self._rejected.items() if k in wanted}
+            actual = self._known
+        # Entries Consul rejected are tried again on every pass.
+        todo = plan(wanted.entries, actual, checks,
+                    only=None if full or touched is None else touched | set(self._rejected))
+        if full:
+            self._rejected = {k: why for k, why in self._rejected.items()
+                              if k in wanted.entries}
         self._known = known = actual
         try:
-            self._apply(todo, known, now)
-        except (TemporaryError, PermissionDenied):
+            self._apply(todo, known)
+        except FlotillaError:
             self._known = None
             raise
-        if todo.deregister or todo.register:
+        if todo:
             log.info("catalog: %s", _summary(todo))
         return todo
 
-    def _apply(self, todo: SyncPlan, known: dict[str, Registration], now: float) -> None:
-        for entry_id in todo.deregister:
-            self._catalog.deregister(entry_id)
-            known.pop(entry_id, None)
-            self._passed.pop(entry_id, None)
-        for entry in todo.register:
+    def _follow_store(self) -> set[str] | None:
+        """Bring the wanted entries up to the store's head: from the events
+        since the last pass, or from a fresh read the first time (and when
+        the event history has a gap). Returns the entry IDs the events
+        touched (None after a fresh read: every entry)."""
+        if self._wanted is not None:
+            head = self._store.resource_version
             try:
-                self._catalog.register(entry)
-            except (TemporaryError, PermissionDenied):
-                raise
-            except FlotillaError as error:  # this entry only: record and go on
-                if self._rejected.get(entry.id) != str(error):
-                    log.warning("%s; %s stays unregistered", error, entry.id)
-                    self._rejected[entry.id] = str(error)
-                continue
-            self._rejected.pop(entry.id, None)
-            known[entry.id] = entry
-            self._passed[entry.id] = now
-        for entry_id in todo.refresh:
-            if self._catalog.pass_check(known[entry_id].check_id):
-                self._passed[entry_id] = now
-            else:  # gone behind our back: the next pass registers it again
+                events = self._store.events(self._seen, until=head, limit=1_000_000)
+            except OutOfRange:
+                pass
+            else:
+                self._seen, self._changes = head, len(events)
+                return self._wanted.apply(
+                    (e.resource, e.type is EventType.DELETED) for e in events
+                    if e.resource.kind in WATCHED_KINDS)
+        # Read the version first: events after it may be applied again later,
+        # which leaves every object in its latest state all the same.
+        self._seen = self._store.resource_version
+        self._wanted = Wanted([r for kind in WATCHED_KINDS for r in self._store.list(kind)])
+        return None
+
+    def _apply(self, todo: SyncPlan, known: dict[str, Registration]) -> None:
+        if not todo:
+            return
+        refused = self._catalog.write(todo.register, [known[i] for i in todo.deregister])
+        for entry_id in todo.deregister:
+            if entry_id not in refused:
                 known.pop(entry_id, None)
-                self._passed.pop(entry_id, None)
+        for entry in todo.register:
+            why = refused.get(entry.id)
+            if why is None:
+                self._rejected.pop(entry.id, None)
+                known[entry.id] = entry
+            elif self._rejected.get(entry.id) != why:  # this entry only: record and go on
+                log.warning("%s rejected %s (%s at %s:%d): %s; it stays unregistered",
+                            self._catalog, entry.id, entry.name, entry.address, entry.port, why)
+                self._rejected[entry.id] = why
+        for entry_id in todo.deregister:
+            if entry_id in refused:
+                log.warning("%s refused to deregister %s: %s", self._catalog, entry_id,
+                            refused[entry_id])
 
 
 def _summary(todo: SyncPlan, most: int = 10) -> str:

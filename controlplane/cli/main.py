@@ -321,11 +321,19 @@ def delete(ctx: click.Context, kind: str | None, names: tuple[str, ...],
               callback=lambda ctx, param, value: _catalog(value),
               help="Publish every serving instance to this Consul agent (env FLOTILLA_CATALOG) "
               "[default: the embedded catalog only].")
+@click.option("--store", "store_url", envvar="FLOTILLA_STORE", default="",
+              metavar="consul://HOST:PORT[/PREFIX]",
+              callback=lambda ctx, param, value: _store(value),
+              help="Replicate the store on Consul KV so that several servers share it (HA): "
+              "one leads, every one serves [default: this server's data dir alone].")
+@click.option("--store-token", envvar="FLOTILLA_STORE_TOKEN", default="",
+              help="The Consul ACL token for --store (env FLOTILLA_STORE_TOKEN).")
 @click.option("--catalog-token", envvar="CONSUL_HTTP_TOKEN", default="", show_default=False,
               help="The Consul ACL token for --catalog (env CONSUL_HTTP_TOKEN).")
 def server(listen: str, agent_listen: str, data_dir: Path | None, durable: bool,
            node_grace: float, trust_domain: str, cert_ttl: float, mtls: bool,
-           default_intention: str, catalog: str, catalog_token: str) -> None:
+           default_intention: str, store_url: str, store_token: str, catalog: str,
+           catalog_token: str) -> None:
     """Run the control plane."""
     from controlplane.server.app import ServerConfig, run
 
@@ -334,7 +342,7 @@ def server(listen: str, agent_listen: str, data_dir: Path | None, durable: bool,
                      agent_listen=agent_listen, durable=durable, node_grace=node_grace,
                      trust_domain=trust_domain, cert_ttl=cert_ttl, mtls=mtls,
                      default_intention=default_intention, catalog=catalog,
-                     catalog_token=catalog_token))
+                     catalog_token=catalog_token, store=store_url, store_token=store_token))
 
 
 def _trust_domain(value: str) -> str:
@@ -356,6 +364,18 @@ def _catalog(value: str) -> str:
         parse_url(value)
     except UserError as error:
         raise click.BadParameter(str(error)) from None
+    return value
+
+
+def _store(value: str) -> str:
+    if value:
+        from controlplane.errors import UserError
+        from controlplane.store.consul import parse_store_url
+
+        try:
+            parse_store_url(value)
+        except UserError as error:
+            raise click.BadParameter(str(error)) from None
     return value
 
 

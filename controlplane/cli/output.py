@@ -32,7 +32,9 @@ def _age(doc: Doc) -> str:
     return f"{seconds}s"
 
 
-def _workload(spec: dict[str, Any]) -> str:
+def _workload(spec: dict[str, Any], name: str) -> str:
+    if "external" in spec:
+        return "consul:" + str(spec["external"].get("service") or name)
     if "image" in spec:
         return str(spec["image"])
     if "command" in spec:
@@ -49,7 +51,7 @@ Column = tuple[str, Callable[[Doc], str]]
 COLUMNS: dict[str, list[Column]] = {
     "Service": [
         ("REPLICAS", lambda d: str(d["spec"].get("replicas", 0))),
-        ("WORKLOAD", lambda d: _workload(d["spec"])),
+        ("WORKLOAD", lambda d: _workload(d["spec"], d["metadata"]["name"])),
         ("PORT", lambda d: f"{d['spec']['port']}/{d['spec']['protocol']}"
          if "port" in d["spec"] else "-"),
         ("UPSTREAMS", lambda d: ",".join(u["name"] for u in d["spec"].get("upstreams", []))

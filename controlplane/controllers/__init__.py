@@ -6,4 +6,6 @@ acts idempotently. Only the leader runs them.
 - :mod:`replicas`: pure decisions: how many instances to create or remove
 - :mod:`reconciler`: the Service reconciler, the scheduler call and the plan
   applier (the only writer of placements)
+- :mod:`registered`: instances clients register over the API (not run by
+  Flotilla), their heartbeats and the reaper that removes them after their TTL
 """

@@ -1,10 +1,13 @@
 """Node membership and liveness.
 
 Node objects (kind ``Node``) hold the durable facts: spec = what the agent
-declared (address, labels, capacity, drivers, logsEndpoint) plus ``drain`` (operator
-intent); status = ``state`` (ready, down, draining). Heartbeats are kept in
-memory only, so reports do not churn the store; a node whose agent has not
-reported for ``grace`` seconds is marked down.
+declared (address, labels, capacity, drivers, logsEndpoint) plus ``drain`` and
+``revoked`` (operator intent); status = ``state`` (ready, down). Heartbeats
+are kept in memory only, so reports do not churn the store; a node whose
+agent has not reported for ``grace`` seconds is marked down. With several
+replicas (``shared``) an agent may report to any of them: the time of its
+last report is also written to the Node's status (``heartbeat``, at most
+every third of the grace), where the leader's sweep sees it.
 
 Thread-safety: every method may be called from any thread.
 """
@@ -30,10 +33,11 @@ def node_key(name: str) -> ObjectKey:
 
 class NodeRegistry:
     def __init__(self, store: SqliteStore, grace: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *, shared: bool = False) -> None:
         self._store = store
         self.grace = grace
         self._clock = clock
+        self._shared = shared
         self._seen: dict[str, float] = {}
         self._lock = threading.Lock()
         # After a restart nobody has reported yet: every node gets a full grace.
@@ -72,10 +76,7 @@ class NodeRegistry:
         }
         base = current or Resource(kind="Node", namespace=NODE_NAMESPACE, name=name)
         self._store.apply([replace(base, spec=spec, resource_version=0)])
-        self.heartbeat(name)
-        stored = self._store.write_status(node_key(name), {"state": "ready"})
-        assert stored is not None
-        return stored
+        return self.heartbeat(name)
 
     def heartbeat(self, name: str) -> Resource:
         node = self._store.get(node_key(name))
@@ -83,8 +84,13 @@ class NodeRegistry:
             raise NotFound(f"node {name} has not joined; the agent joins first")
         with self._lock:
             self._seen[name] = self._clock()
-        if node.status.get("state") != "ready":
-            node = self._store.write_status(node.key, {"state": "ready"}) or node
+        status: dict[str, Any] = {"state": "ready"}
+        if self._shared:
+            last = float(node.status.get("heartbeat") or 0)
+            now = time.time()
+            status["heartbeat"] = now if now - last >= self.grace / 3 else last
+        if dict(node.status) != status:
+            node = self._store.write_status(node.key, status) or node
         return node
 
     def sweep(self) -> list[str]:
@@ -93,6 +99,9 @@ class NodeRegistry:
         downed = []
         for node in self._store.list("Node"):
             with self._lock:
+                if self._shared and \
+                        time.time() - float(node.status.get("heartbeat") or 0) < self.grace:
+                    self._seen[node.name] = now  # it reported to another replica
                 seen = self._seen.setdefault(node.name, now)
             if node.status.get("state") != "down" and now - seen > self.grace:
                 self._store.write_status(node.key, {

@@ -1,7 +1,8 @@
 """The Service reconciler and the plan applier.
 
 One thread on the leader. Store events only collect the Service keys they
-touch; each pass then reconciles those keys (create or remove Instance
+touch (instances clients registered are not the reconciler's: see
+:mod:`registered`); each pass then reconciles those keys (create or remove Instance
 objects, :mod:`replicas`) and places every pending instance in one scheduler
 call (:mod:`placement`). The plan applier below is the only writer of
 placements: it re-checks the plan against fresh state and commits each
@@ -22,6 +23,7 @@ from controlplane.controllers.nodes import NodeRegistry
 from controlplane.controllers.replicas import available, decide, template_hash, template_of
 from controlplane.errors import Conflict, OutOfRange
 from controlplane.model import SERVICE_LABEL, ObjectKey, Resource, WatchEvent, node_state
+from controlplane.model.endpoints import is_registered
 from controlplane.store import SqliteStore
 
 log = logging.getLogger("flotilla.reconciler")
@@ -39,16 +41,24 @@ def _no_proxies(version: int) -> bool:
     return True
 
 
+def _alone() -> bool:
+    """A single control plane is always the leader."""
+    return True
+
+
 class Reconciler:
     """``proxies_synced(v)`` answers whether every connected proxy has ACKed
     the config of store version ``v``: an instance leaves every client's
-    EDS (ACKed) before it is stopped."""
+    EDS (ACKed) before it is stopped. It acts only while ``is_leader()``
+    (one replica of several reconciles)."""
 
     def __init__(self, store: SqliteStore, nodes: NodeRegistry, *,
                  rng: random.Random | None = None, resync: float = 5.0,
                  proxies_synced: Callable[[int], bool] = _no_proxies,
-                 drain_timeout: float = DRAIN_TIMEOUT) -> None:
+                 drain_timeout: float = DRAIN_TIMEOUT,
+                 is_leader: Callable[[], bool] = _alone) -> None:
         self._store = store
+        self._is_leader = is_leader
         self._nodes = nodes
         self._proxies_synced = proxies_synced
         self._drain_timeout = drain_timeout
@@ -77,6 +87,9 @@ class Reconciler:
                 # While instances drain, look often: their proxies' ACKs are
                 # not store events.
                 head = self._store.wait(seen, 0.05 if self._draining else 0.5)
+                if not self._is_leader():
+                    seen, next_resync = head, 0.0  # a new leader starts with a full pass
+                    continue
                 keys: set[ObjectKey] = set(self._draining)
                 full = time.monotonic() >= next_resync
                 if head > seen:
@@ -103,7 +116,8 @@ class Reconciler:
         cluster, then place what is pending."""
         by_service: dict[ObjectKey, list[Resource]] = {}
         for instance in self._store.list("Instance"):
-            by_service.setdefault(service_key_of(instance), []).append(instance)
+            if not is_registered(instance):  # clients keep those (controllers.registered)
+                by_service.setdefault(service_key_of(instance), []).append(instance)
         wanted = set(keys)
         if everything:
             wanted |= set(by_service) | {s.key for s in self._store.list("Service")}
@@ -179,7 +193,7 @@ class Reconciler:
 
     def place_pending(self) -> None:
         instances = self._store.list("Instance")
-        pending = [i for i in instances if not i.spec.get("node")]
+        pending = [i for i in instances if not i.spec.get("node") and not is_registered(i)]
         if not pending:
             return
         nodes = self._store.list("Node")
@@ -238,6 +252,6 @@ def _service_keys(event: WatchEvent) -> set[ObjectKey]:
     resource = event.resource
     if resource.kind in ("Service", "Gateway"):
         return {resource.key}
-    if resource.kind == "Instance":
+    if resource.kind == "Instance" and not is_registered(resource):
         return {service_key_of(resource)}
     return set()

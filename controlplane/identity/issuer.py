@@ -68,14 +68,29 @@ class Issuer:
             = None
         self._next_sweep = 0.0
         self._server_cert: tuple[str, Leaf] | None = None
+        self.rotation: dict[str, str] = {}
+        #: The CA as last read from or written to the store.
+        self._stored: dict[str, Any] | None = None
         self.ca = self._load_or_create(trust_domain)
 
     def _now(self) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(self._clock(), tz=datetime.timezone.utc)
 
+    def reload(self) -> None:
+        """Take the CA as stored when another replica changed it (a rotation)."""
+        stored = self._store.get_private(PRIVATE_KEY)
+        with self._lock:
+            if not stored or stored == self._stored:
+                return
+            self._stored = stored
+            self.rotation = dict(stored.get("rotation") or {})
+            self.ca = CertificateAuthority(stored["trustDomain"],
+                                           [Root.from_dict(r) for r in stored["roots"]])
+
     def _load_or_create(self, trust_domain: str) -> CertificateAuthority:
         stored = self._store.get_private(PRIVATE_KEY)
-        self.rotation: dict[str, str] = dict(stored.get("rotation") or {}) if stored else {}
+        self._stored = stored
+        self.rotation = dict(stored.get("rotation") or {}) if stored else {}
         if stored:
             if stored["trustDomain"] != trust_domain:
                 raise FailedPrecondition(
@@ -89,9 +104,9 @@ class Issuer:
         return ca
 
     def _save(self, ca: CertificateAuthority) -> None:
-        self._store.put_private(PRIVATE_KEY, {
-            "trustDomain": ca.trust_domain, "roots": [r.as_dict() for r in ca.roots],
-            "rotation": self.rotation})
+        self._stored = {"trustDomain": ca.trust_domain, "roots": [r.as_dict() for r in ca.roots],
+                        "rotation": self.rotation}
+        self._store.put_private(PRIVATE_KEY, self._stored)
 
     def bundle(self) -> str:
         return self.ca.bundle()

@@ -149,17 +149,26 @@ def _intention_rules(
             )
             break
     namespace, _, name = pair[1].partition("/")
-    if spec.get("http") and "*" not in (namespace, name):
-        dest = lookup(ObjectKey("Service", namespace, name))
-        if dest is not None and dest.spec.get("protocol") == "tcp":
-            out.append(
-                FieldViolation(
-                    "spec.http",
-                    f"Service {pair[1]} speaks tcp; http rules need an http or grpc "
-                    "destination, so remove spec.http or change its protocol",
-                    source,
-                )
+    dest = lookup(ObjectKey("Service", namespace, name)) if "*" not in (namespace, name) else None
+    if dest is not None and "external" in dest.spec:
+        out.append(
+            FieldViolation(
+                "spec.destination",
+                f"Service {pair[1]} is external: its instances run outside the mesh, with no "
+                "sidecar to enforce intentions; remove this intention (any Service that "
+                "lists it in spec.upstreams may call it)",
+                source,
             )
+        )
+    if spec.get("http") and dest is not None and dest.spec.get("protocol") == "tcp":
+        out.append(
+            FieldViolation(
+                "spec.http",
+                f"Service {pair[1]} speaks tcp; http rules need an http or grpc "
+                "destination, so remove spec.http or change its protocol",
+                source,
+            )
+        )
     return out
 
 

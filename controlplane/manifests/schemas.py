@@ -13,6 +13,7 @@ import base64
 import binascii
 from typing import Annotated, Any, Literal
 
+from cryptography import x509
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
@@ -31,6 +32,7 @@ from controlplane.manifests.types import (
     PositiveInt,
     check_dns_label,
 )
+from controlplane.model.external import is_consul_name, is_server_name
 
 #: Ports inside every pod that belong to the Envoy sidecar.
 RESERVED_PORTS = range(15000, 15100)
@@ -126,6 +128,51 @@ class Upstream(Schema):
     port: Port | None = None
 
 
+def _check_server_name(value: str) -> str:
+    if not is_server_name(value):
+        raise ValueError(f"{value!r} is not a DNS name: use one like 'payments.example.com'")
+    return value
+
+
+def _check_consul_name(value: str) -> str:
+    if not is_consul_name(value):
+        raise ValueError(f"{value!r} is not a Consul service name: use letters, digits, '-', "
+                         "'_' or '.', starting and ending with a letter or digit")
+    return value
+
+
+def _check_pem_certificates(value: str) -> str:
+    try:
+        x509.load_pem_x509_certificates(value.encode())
+    except ValueError:
+        raise ValueError("must be PEM: one or more certificates, each from "
+                         "'-----BEGIN CERTIFICATE-----' to '-----END CERTIFICATE-----'") from None
+    return value
+
+
+class ExternalTls(Schema):
+    #: The server name sent in the handshake; with ``ca``, also the DNS name
+    #: the server's certificate must carry.
+    sni: Annotated[str, AfterValidator(_check_server_name)] | None = None
+    #: PEM certificates the server's must chain to; without it the connection
+    #: is encrypted but the server is not verified.
+    ca: Annotated[str, AfterValidator(_check_pem_certificates)] | None = None
+
+
+class External(Schema):
+    #: The Consul service whose passing instances serve; default: metadata.name.
+    service: Annotated[str, AfterValidator(_check_consul_name)] | None = None
+    #: Originate TLS to every instance (without it: to the instances whose
+    #: Consul meta says flotilla-tls: "true").
+    tls: ExternalTls | None = None
+
+
+#: Fields that describe a workload Flotilla runs: an external Service has none.
+_WORKLOAD_FIELDS = ("image", "command", "args", "env", "env_from", "resources", "health_check",
+                    "restart_policy", "driver", "placement", "upstreams", "update",
+                    "autoscaling", "mounts")
+
+
 class UpdateStrategy(Schema):
     strategy: Literal["rolling", "recreate"] = "rolling"
     max_surge: NonNegativeInt = 1
@@ -207,9 +254,13 @@ class ServiceSpec(Schema):
     update: UpdateStrategy = UpdateStrategy()
     autoscaling: Autoscaling | None = None
     mounts: list[Mount] = []
+    #: Instances registered in Consul by others serve this Service.
+    external: External | None = None
 
     @model_validator(mode="after")
     def _workload(self) -> ServiceSpec:
+        if self.external is not None:
+            self._external()
         has_workload = self.image is not None or self.command is not None
         if not has_workload and self.replicas:
             raise FieldError(
@@ -235,6 +286,23 @@ class ServiceSpec(Schema):
                 raise FieldError(f"upstreams[{i}].name", f"{up.name!r} is listed twice; list it once")
             seen.add((up.name, up.namespace))
         return self
+
+    def _external(self) -> None:
+        for name in _WORKLOAD_FIELDS:
+            # Defaults are stored, so `get -o yaml` output carries them: allowed.
+            if getattr(self, name) != type(self).model_fields[name].get_default(
+                    call_default_factory=True):
+                raise FieldError(
+                    to_camel(name), f"an external Service runs nothing in the mesh (its "
+                    f"instances are the ones registered in Consul); remove {to_camel(name)}, "
+                    "or remove spec.external to run a workload")
+        if self.replicas:
+            raise FieldError("replicas", "an external Service has no replicas: its instances "
+                             "are the ones registered in Consul; remove replicas")
+        if self.port is None:
+            raise FieldError("port", "an external Service needs the port apps call it on "
+                             "(their sidecar listens there and forwards to each instance's "
+                             "own port in Consul); set spec.port")
 
     def normalized(self) -> ServiceSpec:
         if self.replicas is None:

@@ -2,9 +2,14 @@
 (``controlplane.xds``) and the service catalog (``controlplane.catalog``)
 share, so that Consul lists exactly the endpoints the sidecars balance over.
 
-An instance serves when it is placed on a ready node, reports ``healthy``
-(or ``running`` without a health check), has a published address and port
-(its sidecar's inbound listener), and is not draining. Pure.
+An instance Flotilla runs serves when it is placed on a ready node, reports
+``healthy`` (or ``running`` without a health check), has a published address
+and port (its sidecar's inbound listener), and is not draining.
+
+An instance a client registered over the API (``spec.registered``; no node,
+no agent, no sidecar) serves at the address and port it registered while it
+exists: its heartbeats keep it, and the control plane's reaper deletes it
+once they stop for its TTL. Pure.
 """
 
 from __future__ import annotations
@@ -22,11 +27,17 @@ def ready_nodes(nodes: Iterable[Resource]) -> set[str]:
     return {n.name for n in nodes if node_state(n.spec, n.status) == "ready"}
 
 
+def is_registered(instance: Resource) -> bool:
+    """True for an instance a client registered (not run by Flotilla)."""
+    return bool(instance.spec.get("registered"))
+
+
 def serving_address(instance: Resource, ready: set[str]) -> tuple[str, int] | None:
     """The (address, port) an Instance serves on, or None when it is not an
     endpoint; ``ready`` is :func:`ready_nodes` of the cluster's Nodes."""
     spec, status = instance.spec, instance.status
-    if (str(spec.get("node") or "") not in ready or spec.get("draining")
+    placed = is_registered(instance) or str(spec.get("node") or "") in ready
+    if (not placed or spec.get("draining")
             or status.get("state") not in SERVING
             or not status.get("address") or not status.get("port")):
         return None

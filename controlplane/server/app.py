@@ -37,9 +37,12 @@ from controlplane.api.flotilla.v1 import (
 )
 from controlplane.errors import UserError
 from controlplane.catalog.consul import ConsulCatalog
+from controlplane.catalog.external import ExternalWatcher
+from controlplane.catalog.registrations import catalog_node
 from controlplane.catalog.registry import Registry
 from controlplane.controllers.nodes import NodeRegistry
 from controlplane.controllers.reconciler import Reconciler
+from controlplane.controllers.registered import RegisteredInstances
 from controlplane.identity.issuer import Issuer
 from controlplane.identity.tokens import JoinTokens
 from controlplane.server.agents import AgentServicer
@@ -47,7 +50,9 @@ from controlplane.server.cluster import InstanceServicer, NodeServicer
 from controlplane.server.identity import IdentityServicer
 from controlplane.server.resources import ResourceServicer
 from controlplane.server.xds import AggregatedDiscoveryServicer, ProxyServicer
+from controlplane.server.leader import ConsulLeader, Solo
 from controlplane.store import SqliteStore
+from controlplane.store.consul import ConsulLog
 from controlplane.store.sealing import Sealer, load_or_create_key
 from controlplane.xds.cache import XdsCache
 from controlplane.xds.feed import ViewFeeder
@@ -55,6 +60,8 @@ from controlplane.xds.feed import ViewFeeder
 log = logging.getLogger("flotilla.server")
 
 DEFAULT_LISTEN = "127.0.0.1:7300"
+#: The grpc health service that is SERVING on the replica that leads only.
+LEADER_SERVICE = "flotilla.v1.Leader"
 
 #: Fully qualified names of Flotilla's gRPC services.
 SERVICE_NAMES = tuple(
@@ -99,6 +106,11 @@ class ServerConfig:
     catalog: str = ""
     #: The ACL token for ``catalog`` ("" for none).
     catalog_token: str = ""
+    #: Where the store is replicated for several replicas
+    #: (``consul://HOST:PORT/PREFIX``, Consul KV); "" for this replica alone.
+    store: str = ""
+    #: The ACL token for ``store`` ("" for none).
+    store_token: str = ""
 
 
 class ControlPlane:
@@ -109,33 +121,51 @@ class ControlPlane:
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock_file = _lock_data_dir(config.data_dir)
         key = load_or_create_key(config.data_dir / "secrets.key")
+        replicated = ConsulLog(config.store, config.store_token) if config.store else None
         self.store = SqliteStore(
-            config.data_dir / "flotilla.db", sealer=Sealer(key), durable=config.durable
+            config.data_dir / "flotilla.db", sealer=Sealer(key), durable=config.durable,
+            log=replicated,
         )
+        self.leader: Solo | ConsulLeader = (
+            ConsulLeader(replicated.http, replicated.prefix, config.listen,
+                         on_change=self._leadership) if replicated is not None else Solo())
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers))
         self._health = health.HealthServicer()
-        self._resources = ResourceServicer(self.store)
+        self._resources = ResourceServicer(self.store, catalog=bool(config.catalog))
         resources_pb2_grpc.add_ResourceServiceServicer_to_server(self._resources, self._server)
-        self.nodes = NodeRegistry(self.store, grace=config.node_grace)
+        self.nodes = NodeRegistry(self.store, grace=config.node_grace,
+                                  shared=replicated is not None)
         self.xds = XdsCache()
-        self.reconciler = Reconciler(self.store, self.nodes, proxies_synced=self.xds.all_synced)
-        self.registry = (Registry(self.store, ConsulCatalog.from_url(config.catalog,
-                                                                   config.catalog_token))
+        self.reconciler = Reconciler(self.store, self.nodes, proxies_synced=self.xds.all_synced,
+                                     is_leader=self.leader.is_leader)
+        # The catalog has one writer: the leader's registry.
+        self._catalog = (ConsulCatalog.from_url(config.catalog, config.catalog_token,
+                                                node=catalog_node(config.trust_domain),
+                                                node_address=_catalog_address(config.listen))
                          if config.catalog else None)
+        self.registry: Registry | None = None
+        self._leadership_lock = threading.Lock()
         self.issuer = Issuer(self.store, config.trust_domain,
                              datetime.timedelta(seconds=config.cert_ttl), mtls=config.mtls)
-        self._identity = IdentityServicer(self.issuer)
+        self._identity = IdentityServicer(self.issuer, self.leader.is_leader)
         identity_pb2_grpc.add_IdentityServiceServicer_to_server(self._identity, self._server)
         self.tokens = JoinTokens(self.store, config.data_dir)
         self._agents = AgentServicer(self.store, self.nodes, self.issuer, self.tokens)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(self._agents, self._server)
         nodes_pb2_grpc.add_NodeServiceServicer_to_server(
             NodeServicer(self.store, self.nodes), self._server)
+        self.registered = RegisteredInstances(self.store, is_leader=self.leader.is_leader,
+                                              shared=replicated is not None)
         instances_pb2_grpc.add_InstanceServiceServicer_to_server(
-            InstanceServicer(self.store), self._server)
+            InstanceServicer(self.store, self.registered), self._server)
         self._feeder = ViewFeeder(self.store, self.xds,
                                   config.trust_domain if config.mtls else "",
                                   config.default_intention)
+        # Every replica serves xDS, so every replica follows external services.
+        self.external = (ExternalWatcher.from_url(self.store, config.catalog,
+                                                  config.catalog_token,
+                                                  self._feeder.catalog_changed)
+                         if config.catalog else None)
         self._ads = AggregatedDiscoveryServicer(self.xds)
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self._ads, self._server)
         settings = proxies_pb2.MeshSettings(trust_domain=config.trust_domain, mtls=config.mtls,
@@ -166,14 +196,37 @@ class ControlPlane:
                             "use or not local; pick another with --agent-listen")
         self._agents.agent_port = self.agent_port
         self._feeder.start()
+        if self.external is not None:
+            self.external.start()
+        else:
+            _warn_external_without_catalog(self.store)
         self._server.start()
         self.reconciler.start()
-        if self.registry is not None:
-            self.registry.start()
+        self.registered.start()
         self._identity.start()
         for name in ("", *SERVICE_NAMES):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._health.set(LEADER_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if isinstance(self.leader, ConsulLeader):
+            self.leader.identity = f"{host}:{self.port}"
+        self.leader.start()
+        if isinstance(self.leader, Solo):
+            self._leadership(True)
         return f"{host}:{self.port}"
+
+    def _leadership(self, leader: bool) -> None:
+        """This replica became (or stopped being) the leader: the leader-only
+        parts that are not gated on ``is_leader`` start or stop, and the
+        health service ``flotilla.v1.Leader`` says which replica leads."""
+        with self._leadership_lock:
+            self._health.set(LEADER_SERVICE, health_pb2.HealthCheckResponse.SERVING if leader
+                             else health_pb2.HealthCheckResponse.NOT_SERVING)
+            if leader and self.registry is None and self._catalog is not None:
+                self.registry = Registry(self.store, self._catalog)
+                self.registry.start()
+            elif not leader and self.registry is not None:
+                self.registry.stop()
+                self.registry = None
 
     def _agent_credentials(self) -> grpc.ServerCredentials:
         """The agent port's TLS: the control plane's own leaf, and client
@@ -216,12 +269,32 @@ class ControlPlane:
         self._ads.shutdown()
         self._identity.stop()
         self.reconciler.stop()
-        if self.registry is not None:
-            self.registry.stop()
+        self.registered.stop()
+        self.leader.stop()
+        self._leadership(False)
+        if self.external is not None:
+            self.external.stop()
         self._feeder.stop()
         done.wait()
         self.store.close()
         self._lock_file.close()
+
+
+def _catalog_address(listen: str) -> str:
+    """The address of Flotilla's nodes in the catalog: the API's listen host
+    (loopback when it listens on every address)."""
+    host = listen.rpartition(":")[0].strip("[]")
+    return host if host and host not in ("0.0.0.0", "::") else "127.0.0.1"
+
+
+def _warn_external_without_catalog(store: SqliteStore) -> None:
+    """External Services stored before the server lost its --catalog have no
+    endpoints now: say so once."""
+    stranded = [str(s.key) for s in store.list("Service") if "external" in s.spec]
+    if stranded:
+        log.warning("%s follow Consul, and this server has no --catalog: they have no "
+                    "endpoints until it runs with --catalog consul://HOST:PORT",
+                    ", ".join(stranded))
 
 
 def _lock_data_dir(data_dir: Path) -> IO[str]:

@@ -1,16 +1,19 @@
-"""NodeService and InstanceService: read the cluster, drain nodes."""
+"""NodeService and InstanceService: read the cluster, drain nodes, and
+register instances Flotilla does not run (``controllers.registered``)."""
 
 from __future__ import annotations
 
 import grpc
+from google.protobuf import duration_pb2
 
 from controlplane.api.flotilla.v1 import instances_pb2, instances_pb2_grpc, nodes_pb2
 from controlplane.api.flotilla.v1 import nodes_pb2_grpc
 from controlplane.controllers.nodes import NodeRegistry
+from controlplane.controllers.registered import RegisteredInstances, RegistrationRequest
 from controlplane.errors import UserError
-from controlplane.model import SERVICE_LABEL, Resource
+from controlplane.model import DEFAULT_NAMESPACE, SERVICE_LABEL, Resource
+from controlplane.model.endpoints import is_registered
 from controlplane.server.agents import node_to_pb
-from controlplane.server.pending import unimplemented
 from controlplane.server.status import abort
 from controlplane.store import SqliteStore
 
@@ -36,7 +39,14 @@ def instance_to_pb(instance: Resource) -> instances_pb2.Instance:
         state=_STATES.get(str(status.get("state", "pending")),
                           instances_pb2.Instance.STATE_UNSPECIFIED),
         reason=str(status.get("reason", "")),
+        ttl=_duration(float(instance.spec["ttl"])) if is_registered(instance) else None,
     )
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(round(seconds * 1e9))
+    return duration
 
 
 class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
@@ -64,8 +74,9 @@ class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
 
 
 class InstanceServicer(instances_pb2_grpc.InstanceServiceServicer):
-    def __init__(self, store: SqliteStore) -> None:
+    def __init__(self, store: SqliteStore, registered: RegisteredInstances) -> None:
         self._store = store
+        self._registered = registered
 
     def ListInstances(self, request: instances_pb2.ListInstancesRequest,
                       context: grpc.ServicerContext) -> instances_pb2.ListInstancesResponse:
@@ -73,6 +84,29 @@ class InstanceServicer(instances_pb2_grpc.InstanceServiceServicer):
         found = self._store.list("Instance", request.namespace or None, selector)
         return instances_pb2.ListInstancesResponse(instances=[instance_to_pb(i) for i in found])
 
-    RegisterInstance = unimplemented("instance registration")
-    Heartbeat = unimplemented("instance registration")
-    Deregister = unimplemented("instance registration")
+    def RegisterInstance(self, request: instances_pb2.RegisterInstanceRequest,
+                         context: grpc.ServicerContext) -> instances_pb2.Instance:
+        ttl = request.ttl.ToNanoseconds() / 1e9 if request.HasField("ttl") else None
+        try:
+            return instance_to_pb(self._registered.register(RegistrationRequest(
+                namespace=request.namespace or DEFAULT_NAMESPACE, service=request.service,
+                address=request.address, port=request.port, labels=dict(request.labels),
+                ttl=ttl)))
+        except UserError as error:
+            abort(context, error)
+
+    def Heartbeat(self, request: instances_pb2.InstanceHeartbeatRequest,
+                  context: grpc.ServicerContext) -> instances_pb2.InstanceHeartbeatResponse:
+        try:
+            self._registered.heartbeat(request.id)
+        except UserError as error:
+            abort(context, error)
+        return instances_pb2.InstanceHeartbeatResponse()
+
+    def Deregister(self, request: instances_pb2.DeregisterInstanceRequest,
+                   context: grpc.ServicerContext) -> instances_pb2.DeregisterInstanceResponse:
+        try:
+            self._registered.deregister(request.id)
+        except UserError as error:
+            abort(context, error)
+        return instances_pb2.DeregisterInstanceResponse()

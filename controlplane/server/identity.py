@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 import grpc
 
@@ -25,8 +26,12 @@ def bundle_of(issuer: Issuer) -> identity_pb2.TrustBundle:
 
 
 class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
-    def __init__(self, issuer: Issuer) -> None:
+    """Its thread follows the CA as stored (another replica may rotate it)
+    and, on the leader, moves a rotation on."""
+
+    def __init__(self, issuer: Issuer, is_leader: Callable[[], bool] = lambda: True) -> None:
         self._issuer = issuer
+        self._is_leader = is_leader
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._advance, name="root-rotation", daemon=True)
 
@@ -41,6 +46,9 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         phase = self._issuer.rotation.get("phase", "")
         while not self._stop.wait(0.5):
             try:
+                self._issuer.reload()
+                if not self._is_leader():
+                    continue
                 now = self._issuer.advance()
             except Exception:  # keep watching; the next pass retries
                 log.exception("advancing the root rotation")

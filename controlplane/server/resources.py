@@ -35,8 +35,12 @@ def kind_of(name: str, *, allow_empty: bool = False) -> str:
 
 
 class ResourceServicer(pb_grpc.ResourceServiceServicer):
-    def __init__(self, store: SqliteStore) -> None:
+    """``catalog``: the server follows a Consul catalog, so external Services
+    (``spec.external``) can have endpoints; without one they are refused."""
+
+    def __init__(self, store: SqliteStore, *, catalog: bool = False) -> None:
         self._store = store
+        self._catalog = catalog
         self._stopping = threading.Event()
 
     def shutdown(self) -> None:
@@ -57,7 +61,7 @@ class ResourceServicer(pb_grpc.ResourceServiceServicer):
                 for r, (_, src) in zip(batch, docs, strict=True)
             }
             outcomes = self._store.apply(
-                batch, dry_run=request.dry_run, admit=_admission(labels)
+                batch, dry_run=request.dry_run, admit=_admission(labels, self._catalog)
             )
         except UserError as error:
             abort(context, error)
@@ -150,9 +154,18 @@ def watch(
             store.wait(after, WATCH_POLL_SECONDS)
 
 
-def _admission(sources: dict[ObjectKey, str]) -> Callable[[Sequence[Resource], View], None]:
+def _admission(sources: dict[ObjectKey, str], catalog: bool
+               ) -> Callable[[Sequence[Resource], View], None]:
     def admit(batch: Sequence[Resource], view: View) -> None:
         problems = check_batch(batch, view, sources)
+        if not catalog:
+            problems += [
+                FieldViolation("spec.external", "an external Service follows Consul, and "
+                               "this server has no catalog: start `flotilla server` with "
+                               "--catalog consul://HOST:PORT, or remove spec.external",
+                               sources.get(r.key) or str(r.key))
+                for r in batch if r.kind == "Service" and "external" in r.spec
+            ]
         if problems:
             raise InvalidManifest(problems)
 

@@ -1,4 +1,6 @@
-"""Encryption at rest for Secret data (AES-256-GCM, a random nonce per write)."""
+"""Encryption at rest for Secret data and private values (AES-256-GCM, a
+random nonce per write). Replicas sharing a store (``--store consul://``)
+share one key: each data dir's ``secrets.key`` is a copy of the first's."""
 
 from __future__ import annotations
 
@@ -8,7 +10,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from controlplane.errors import FailedPrecondition
 
 SEALED = "$sealed"
 
@@ -40,4 +45,10 @@ class Sealer:
         if not (isinstance(value, dict) and SEALED in value):
             return value
         raw = base64.b64decode(value[SEALED])
-        return json.loads(self._aead.decrypt(raw[:12], raw[12:], None))
+        try:
+            return json.loads(self._aead.decrypt(raw[:12], raw[12:], None))
+        except InvalidTag:
+            raise FailedPrecondition(
+                "this server's secrets key cannot open the store's sealed values: they were "
+                "sealed by another replica; copy secrets.key from its data dir into this "
+                "one's before starting (replicas share one key)") from None

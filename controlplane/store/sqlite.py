@@ -5,6 +5,13 @@ called from any thread. Durability: each apply or delete is one transaction,
 committed before the call returns, so an acknowledged write survives the
 process being killed (``synchronous=NORMAL`` in WAL mode loses nothing on a
 process crash; ``durable=True`` also fsyncs each commit, for power loss).
+
+Replicated (``log``, several control-plane replicas on Consul KV): each
+transaction is appended to the shared log with check-and-set before it
+commits here, so a write is acknowledged only once it is in Consul; when
+another replica appended first, this copy catches up and the transaction
+runs again on the new state. A thread follows the log's head, so every
+replica serves reads and watches of every write.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import builtins
 import contextlib
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -20,9 +28,15 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from controlplane.errors import Conflict, FailedPrecondition, NotFound, OutOfRange
+from controlplane.errors import (
+    Conflict,
+    FailedPrecondition,
+    NotFound,
+    OutOfRange,
+    TemporaryError,
+)
 from controlplane.manifests import references
 from controlplane.manifests.references import View
 from controlplane.model import (
@@ -33,7 +47,15 @@ from controlplane.model import (
     Resource,
     WatchEvent,
 )
+from controlplane.store.consul import ConsulLog, LogMoved
 from controlplane.store.sealing import Sealer
+
+log = logging.getLogger("flotilla.store")
+
+_T = TypeVar("_T")
+
+#: Times a write is redone after other replicas appended first.
+_RETRIES = 50
 
 #: Checks a batch against the world inside the write transaction; raises a
 #: UserError to reject the whole batch.
@@ -72,6 +94,7 @@ class SqliteStore:
         history: int = 100_000,
         durable: bool = False,
         clock: Callable[[], float] = time.time,
+        log: ConsulLog | None = None,
     ) -> None:
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -88,6 +111,18 @@ class SqliteStore:
         self._rv = max(int(row[0] or 0), self._compacted)
         self._closed = False
         self._wakes = 0
+        self._log = log
+        self._private_pending: dict[str, str] = {}
+        if log is not None:
+            head = log.read_head()[0]
+            if head < self._rv:
+                self._db.close()
+                raise FailedPrecondition(
+                    f"this data dir's copy of the store is at resourceVersion {self._rv} but "
+                    f"Consul's log ({log.base}/{log.prefix}) only reaches {head}: the log was "
+                    "wiped or is another cluster's; start this replica with an empty --data-dir")
+            self.catch_up()
+            threading.Thread(target=self._follow, name="store-follower", daemon=True).start()
 
     # --- reads ----------------------------------------------------------------
 
@@ -176,18 +211,22 @@ class SqliteStore:
         precondition (``Conflict`` unless it is current). ``admit`` runs inside
         the transaction and may veto the batch by raising.
         """
-        with self._transaction(dry_run):
-            if admit is not None:
-                admit(batch, _TransactionView(self))
-            return [self._apply_one(resource) for resource in batch]
+        def attempt() -> builtins.list[ApplyOutcome]:
+            with self._transaction(dry_run):
+                if admit is not None:
+                    admit(batch, _TransactionView(self))
+                return [self._apply_one(resource) for resource in batch]
+        return self._retrying(attempt)
 
     def delete(
         self, keys: Sequence[ObjectKey], *, ignore_not_found: bool = False, dry_run: bool = False
     ) -> builtins.list[Resource]:
         """Delete every key in one transaction. Refused (``FailedPrecondition``)
         while an object outside the batch still references one of them."""
-        with self._transaction(dry_run):
-            return self._delete(keys, ignore_not_found)
+        def attempt() -> builtins.list[Resource]:
+            with self._transaction(dry_run):
+                return self._delete(keys, ignore_not_found)
+        return self._retrying(attempt)
 
     def get_private(self, key: str) -> Any:
         """A value only the control plane reads (the CA's keys): sealed at rest,
@@ -200,23 +239,108 @@ class SqliteStore:
         return self._sealer.unseal(value) if self._sealer is not None else value
 
     def put_private(self, key: str, value: Any) -> None:
-        sealed = self._sealer.seal(value) if self._sealer is not None else value
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO private (key, value) VALUES (?, ?)",
-                             (key, json.dumps(sealed)))
+        sealed = json.dumps(self._sealer.seal(value) if self._sealer is not None else value)
+
+        def attempt() -> None:
+            with self._transaction(dry_run=False):
+                self._db.execute("INSERT OR REPLACE INTO private (key, value) VALUES (?, ?)",
+                                 (key, sealed))
+                if self._log is not None:  # an entry of its own in the log
+                    self._rv += 1
+                    self._private_pending[key] = sealed
+        self._retrying(attempt)
 
     def write_status(self, key: ObjectKey, status: Mapping[str, Any]) -> Resource | None:
         """Replace an object's status (system writers only); None when the object
         is gone. A status equal to the stored one writes nothing."""
-        with self._transaction(dry_run=False):
-            current = self._get(key)
-            if current is None or dict(current.status) == dict(status):
-                return current
-            self._rv += 1
-            stored = replace(current, status=dict(status), resource_version=self._rv,
-                             update_time=self._clock())
-            self._put(stored, EventType.MODIFIED)
-            return stored
+        def attempt() -> Resource | None:
+            with self._transaction(dry_run=False):
+                current = self._get(key)
+                if current is None or dict(current.status) == dict(status):
+                    return current
+                self._rv += 1
+                stored = replace(current, status=dict(status), resource_version=self._rv,
+                                 update_time=self._clock())
+                self._put(stored, EventType.MODIFIED)
+                return stored
+        return self._retrying(attempt)
+
+    # --- replication ----------------------------------------------------------------
+
+    def _retrying(self, attempt: Callable[[], _T]) -> _T:
+        for _ in range(_RETRIES):
+            try:
+                return attempt()
+            except LogMoved:
+                self.catch_up()
+        raise TemporaryError("the store is busy: other replicas kept writing first; retry")
+
+    def catch_up(self) -> None:
+        """Apply every log entry this copy lacks (replicated stores only)."""
+        if self._log is None:
+            return
+        with self._lock:
+            after = self._rv
+        entries = self._log.entries(after)
+        with self._changed:
+            if self._closed:
+                return
+            applied = self._rv
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for entry in entries:
+                    if int(entry["end"]) <= self._rv:
+                        continue
+                    if int(entry["start"]) != self._rv:
+                        raise FailedPrecondition(
+                            f"the store's log skips from {self._rv} to {entry['start']}")
+                    self._replay(entry)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                self._rv = applied
+                raise
+            self._db.execute("COMMIT")
+            if self._rv != applied:
+                self._compact()
+                self._changed.notify_all()
+
+    def _replay(self, entry: Mapping[str, Any]) -> None:
+        """One log entry, as the replica that wrote it committed it."""
+        for rv, type_, kind, namespace, name, body in entry["events"]:
+            key = (kind, namespace, name)
+            self._db.execute("DELETE FROM refs WHERE src_kind=? AND src_namespace=? AND "
+                             "src_name=?", key)
+            if type_ == EventType.DELETED.value:
+                self._db.execute("DELETE FROM objects WHERE kind=? AND namespace=? AND name=?",
+                                 key)
+            else:
+                self._db.execute("INSERT OR REPLACE INTO objects (kind, namespace, name, body) "
+                                 "VALUES (?, ?, ?, ?)", (*key, body))
+                self._db.executemany("INSERT INTO refs VALUES (?, ?, ?, ?, ?, ?, ?)", [
+                    (*_key_tuple(ref.source), ref.path, *_key_tuple(ref.target))
+                    for ref in references(self._decode(body))])
+            self._db.execute("INSERT INTO events (rv, type, kind, namespace, name, body) "
+                             "VALUES (?, ?, ?, ?, ?, ?)", (rv, type_, *key, body))
+        for key, value in (entry.get("private") or {}).items():
+            self._db.execute("INSERT OR REPLACE INTO private (key, value) VALUES (?, ?)",
+                             (key, value))
+        self._rv = int(entry["end"])
+
+    def _follow(self) -> None:
+        """Apply other replicas' writes as they land in the log."""
+        assert self._log is not None
+        index = 0
+        while not self._closed:
+            try:
+                head, index = self._log.wait_head(index, 5.0)
+                if head > self.resource_version:
+                    self.catch_up()
+            except Exception as error:  # noqa: BLE001 - Consul away: keep serving reads
+                if self._closed:
+                    return
+                log.warning("following the store's log: %s; retrying", error)
+                index = 0
+                time.sleep(1.0)
 
     def close(self) -> None:
         with self._changed:
@@ -240,15 +364,34 @@ class SqliteStore:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 self._rv = start
+                self._private_pending = {}
                 raise
             if dry_run:
                 self._db.execute("ROLLBACK")
                 self._rv = start
+                self._private_pending = {}
                 return
+            if self._log is not None and self._rv != start:
+                try:
+                    self._log.append(start, self._rv, self._entry(start))
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    self._rv = start
+                    self._private_pending = {}
+                    raise
+                self._private_pending = {}
             self._db.execute("COMMIT")
             if self._rv != start:
                 self._compact()
                 self._changed.notify_all()
+
+    def _entry(self, start: int) -> dict[str, Any]:
+        """This transaction as a log entry: its events and private writes."""
+        rows = self._db.execute(
+            "SELECT rv, type, kind, namespace, name, body FROM events WHERE rv > ? ORDER BY rv",
+            (start,)).fetchall()
+        return {"start": start, "end": self._rv, "events": [list(r) for r in rows],
+                "private": dict(self._private_pending)}
 
     def _apply_one(self, resource: Resource) -> ApplyOutcome:
         current = self._get(resource.key)

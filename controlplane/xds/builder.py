@@ -14,7 +14,12 @@ Names, the same for every proxy:
 - a gateway's listeners ``gateway:<listener>`` with route configurations
   ``gateway:<gateway>:<listener>``;
 - a proxyless gRPC client's API listeners: ``<name>`` for services of its
-  own namespace and ``<name>.<namespace>`` for any.
+  own namespace and ``<name>.<namespace>`` for any (not external services).
+
+An external service's cluster (its endpoints from Consul) never uses the
+mesh's mTLS: its instances have no mesh identity. Endpoints that speak TLS
+carry metadata that picks one of the cluster's transport sockets (one per
+server name), which originates TLS to them.
 
 Resources shared by many proxies (clusters, endpoints, outbound routes) are
 built once per view and reused, so building for every proxy costs little
@@ -43,17 +48,26 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import string_pb2
 from envoy.type.v3 import hash_policy_pb2
-from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
 from controlplane.manifests.types import parse_duration
 from controlplane.model import spiffe_id
 from controlplane.xds import rbac
-from controlplane.xds.mesh import GATEWAY, PROXYLESS, SIDECAR, MeshView, Proxy, ServiceView
+from controlplane.xds.mesh import (
+    GATEWAY,
+    PROXYLESS,
+    SIDECAR,
+    Endpoint,
+    MeshView,
+    Proxy,
+    ServiceView,
+)
 from controlplane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, Item, Snapshot, snapshot
 
 LOCAL_APP = "local_app"
@@ -107,6 +121,9 @@ _SDS = config_source_pb2.ConfigSource(
 _MY_CERTIFICATE = [secret_pb2.SdsSecretConfig(name="default", sds_config=_SDS)]
 _TRUSTED_ROOTS = secret_pb2.SdsSecretConfig(name="ROOTCA", sds_config=_SDS)
 _TLS = "envoy.transport_sockets.tls"
+#: Endpoint metadata a cluster's transport_socket_matches look at (Envoy's key).
+_SOCKET_MATCH = "envoy.transport_socket_match"
+_ALPN = {"grpc": ["h2"], "http": ["http/1.1"]}
 
 
 def _inbound_tls() -> base_pb2.TransportSocket:
@@ -139,6 +156,43 @@ def _outbound_tls(sni: str, identity: str, protocol: str) -> base_pb2.TransportS
         ),
     )
     return base_pb2.TransportSocket(name=_TLS, typed_config=_any(context))
+
+
+def _originated_tls(sni: str, ca: str, protocol: str) -> base_pb2.TransportSocket:
+    """TLS to a server outside the mesh, sending ``sni``; with ``ca``, the
+    server's certificate must chain to it and (given an ``sni``) name it."""
+    common = tls_pb2.CommonTlsContext(alpn_protocols=_ALPN.get(protocol, []))
+    if ca:
+        common.validation_context.trusted_ca.inline_string = ca
+        if sni:
+            common.validation_context.match_typed_subject_alt_names.append(
+                common_pb2.SubjectAltNameMatcher(san_type=common_pb2.SubjectAltNameMatcher.DNS,
+                                                 matcher=string_pb2.StringMatcher(exact=sni)))
+    context = tls_pb2.UpstreamTlsContext(sni=sni, common_tls_context=common)
+    return base_pb2.TransportSocket(name=_TLS, typed_config=_any(context))
+
+
+def _socket_match(sni: str) -> struct_pb2.Struct:
+    """What a TLS endpoint's metadata says, and its cluster's match looks for."""
+    match = struct_pb2.Struct()
+    match.update({"tls": sni})
+    return match
+
+
+def _plaintext_match() -> struct_pb2.Struct:
+    """What a registered instance's endpoint says in an mTLS mesh: no sidecar
+    of ours terminates mTLS there."""
+    match = struct_pb2.Struct()
+    match.update({"plaintext": True})
+    return match
+
+
+def _endpoint_metadata(endpoint: Endpoint) -> base_pb2.Metadata | None:
+    if endpoint.tls:
+        return base_pb2.Metadata(filter_metadata={_SOCKET_MATCH: _socket_match(endpoint.sni)})
+    if endpoint.plaintext:
+        return base_pb2.Metadata(filter_metadata={_SOCKET_MATCH: _plaintext_match()})
+    return None
 
 
 _ROUTER = hcm_pb2.HttpFilter(name="envoy.filters.http.router",
@@ -281,8 +335,8 @@ class Builder:
     def _proxyless(self, proxy: Proxy) -> Snapshot:
         items: dict[str, list[Item]] = {CLUSTER: [], ENDPOINT: [], LISTENER: [], ROUTE: []}
         for (ns, name), service in sorted(self.view.services.items()):
-            if service.protocol == "tcp":
-                continue  # gRPC clients call http/2 services only
+            if service.protocol == "tcp" or service.external:
+                continue  # gRPC clients call http/2 services of the mesh only
             self._add_service(items, service, proxyless=True)
             items[LISTENER].append(self._shared_item(ns, name, "api", self._api_listener))
             if ns == proxy.namespace:
@@ -327,10 +381,21 @@ class Builder:
         if service.protocol == "grpc":
             for key, value in _http2_options().items():
                 cluster.typed_extension_protocol_options[key].CopyFrom(value)
-        if self.view.mtls_domain:
+        if service.external:
+            for sni in sorted({e.sni for e in service.endpoints if e.tls}):
+                cluster.transport_socket_matches.append(cluster_pb2.Cluster.TransportSocketMatch(
+                    name=f"tls:{sni}", match=_socket_match(sni),
+                    transport_socket=_originated_tls(sni, service.ca, service.protocol)))
+        elif self.view.mtls_domain:
             cluster.transport_socket.CopyFrom(_outbound_tls(
                 name, spiffe_id(self.view.mtls_domain, service.namespace, service.name),
                 service.protocol))
+            if any(e.plaintext for e in service.endpoints):
+                cluster.transport_socket_matches.append(cluster_pb2.Cluster.TransportSocketMatch(
+                    name="plaintext", match=_plaintext_match(),
+                    transport_socket=base_pb2.TransportSocket(
+                        name="envoy.transport_sockets.raw_buffer",
+                        typed_config=_any(raw_buffer_pb2.RawBuffer()))))
         breaker = policy.get("circuitBreaker")
         if breaker:
             thresholds = circuit_breaker_pb2.CircuitBreakers.Thresholds()
@@ -377,8 +442,10 @@ class Builder:
             endpoint_components_pb2.LocalityLbEndpoints(
                 locality=base_pb2.Locality(region="flotilla"),
                 load_balancing_weight=wrappers_pb2.UInt32Value(value=1), lb_endpoints=[
-                endpoint_components_pb2.LbEndpoint(endpoint=endpoint_components_pb2.Endpoint(
-                    address=_socket(e.address, e.port), hostname=e.instance))
+                endpoint_components_pb2.LbEndpoint(
+                    endpoint=endpoint_components_pb2.Endpoint(address=_socket(e.address, e.port),
+                                                              hostname=e.instance),
+                    metadata=_endpoint_metadata(e))
                 for e in service.endpoints
             ])
         ] if service.endpoints else [])

@@ -6,16 +6,22 @@ The view is kept incrementally: store events update an index of the mesh's
 objects, and only the services they touch are rebuilt, so a change costs the
 same whether the mesh has ten services or ten thousand. A gap in the event
 history (compaction) reloads everything.
+
+External Services' endpoints are not in the store: whoever follows them in
+Consul (:mod:`controlplane.catalog.external`, wired by the server) hands them
+to :meth:`ViewFeeder.catalog_changed`, and the feeder rebuilds the Services
+that follow that Consul name.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from controlplane.errors import OutOfRange
 from controlplane.model import EventType, Resource, WatchEvent
+from controlplane.model.external import CatalogEndpoint, CatalogEndpoints, external_name
 from controlplane.store import SqliteStore
 from controlplane.xds.cache import XdsCache
 from controlplane.xds.intentions import Ranked, ranked
@@ -36,10 +42,11 @@ Key = tuple[str, str]
 
 class MeshIndex:
     """The mesh's objects as of the last event applied, and the view made of
-    them. ``apply`` returns whether the view changed."""
+    them. ``apply`` and ``apply_catalog`` return whether the view changed."""
 
     def __init__(self, resources: Iterable[Resource] = (), mtls_domain: str = "",
-                 default_intention: str = "allow") -> None:
+                 default_intention: str = "allow", catalog: CatalogEndpoints | None = None
+                 ) -> None:
         self.mtls_domain = mtls_domain
         self.default_intention = default_intention
         self.intentions: dict[Key, Resource] = {}
@@ -56,6 +63,9 @@ class MeshIndex:
         self.ready: set[str] = set()
         self.views: dict[Key, ServiceView] = {}
         self.gateways: dict[Key, GatewayView] = {}
+        #: Consul service name -> its endpoints; -> the external Services following it.
+        self.catalog: dict[str, tuple[CatalogEndpoint, ...]] = dict(catalog or {})
+        self._followers: dict[str, set[Key]] = {}
         for resource in resources:
             self._take(resource, deleted=False)
         self.ready = ready_nodes(self.nodes.values())
@@ -89,16 +99,30 @@ class MeshIndex:
             self.ranked = tuple(ranked(self.intentions.values()))
         return self._rebuild(dirty) or gateways_changed or intentions_changed
 
+    def apply_catalog(self, changes: Mapping[str, tuple[CatalogEndpoint, ...] | None]) -> bool:
+        """Consul service name -> its endpoints now (None: no longer followed)."""
+        dirty: set[Key] = set()
+        for name, endpoints in changes.items():
+            if endpoints is None:
+                self.catalog.pop(name, None)
+            else:
+                self.catalog[name] = endpoints
+            dirty |= self._followers.get(name, set())
+        return self._rebuild(dirty)
+
     # --- internals -----------------------------------------------------------------
 
     def _take(self, resource: Resource, *, deleted: bool) -> set[Key]:
         """Record one object's new state; returns the services it touches."""
         key = (resource.namespace, resource.name)
         if resource.kind == "Service":
-            if deleted:
-                self.services.pop(key, None)
-            else:
+            was = self.services.pop(key, None)
+            if was is not None and (name := external_name(was)) is not None:
+                self._followers.get(name, set()).discard(key)
+            if not deleted:
                 self.services[key] = resource
+                if (name := external_name(resource)) is not None:
+                    self._followers.setdefault(name, set()).add(key)
             return {key}
         if resource.kind == "Instance":
             touched = set()
@@ -152,7 +176,8 @@ class MeshIndex:
                 continue
             policy = self.policies.get(key)
             view = service_view(service, self.instances.get(key, {}).values(),
-                                policy.spec if policy else None, self.ready)
+                                policy.spec if policy else None, self.ready,
+                                self.catalog.get(external_name(service) or "", ()))
             if self.views.get(key) != view:
                 self.views[key] = view
                 changed = True
@@ -170,6 +195,9 @@ class ViewFeeder:
         self._mtls_domain = mtls_domain
         self._default = default_intention
         self._index = MeshIndex(mtls_domain=mtls_domain, default_intention=default_intention)
+        #: Catalog changes not applied yet, by Consul name (written by any thread).
+        self._catalog_changes: dict[str, tuple[CatalogEndpoint, ...] | None] = {}
+        self._catalog_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="xds-feeder", daemon=True)
 
@@ -182,12 +210,27 @@ class ViewFeeder:
         self._store.wake()
         self._thread.join(timeout=5)
 
+    def catalog_changed(self, name: str, endpoints: tuple[CatalogEndpoint, ...] | None) -> None:
+        """The passing instances of Consul service ``name`` are now
+        ``endpoints`` (None: nobody follows it any more). Thread-safe; the
+        feeder's thread puts it in the view within moments."""
+        with self._catalog_lock:
+            self._catalog_changes[name] = endpoints
+        self._store.wake()
+
+    def _catalog_taken(self) -> dict[str, tuple[CatalogEndpoint, ...] | None]:
+        with self._catalog_lock:
+            changes, self._catalog_changes = self._catalog_changes, {}
+        return changes
+
     def refresh(self) -> int:
         """Read the whole mesh from the store and install its view; returns
         the store version it was read at."""
         version = self._store.resource_version
+        catalog = self._index.catalog
         self._index = MeshIndex((r for kind in MESH_KINDS for r in self._store.list(kind)),
-                                self._mtls_domain, self._default)
+                                self._mtls_domain, self._default, catalog)
+        self._index.apply_catalog(self._catalog_taken())
         self._cache.set_view(self._index.view(version))
         return version
 
@@ -196,11 +239,17 @@ class ViewFeeder:
         while not self._stop.is_set():
             try:
                 head = self._store.wait(seen, 1.0)
-                if head <= seen or self._stop.is_set():
+                if self._stop.is_set():
                     continue
-                # Let a burst of writes land: one view for all of them.
-                self._stop.wait(self.COALESCE)
-                head = self._store.resource_version
+                if head > seen:
+                    # Let a burst of writes land: one view for all of them.
+                    self._stop.wait(self.COALESCE)
+                    head = self._store.resource_version
+                external = self._index.apply_catalog(self._catalog_taken())
+                if head <= seen:
+                    if external:
+                        self._cache.set_view(self._index.view(seen))
+                    continue
                 try:
                     events = self._store.events(seen, until=head, limit=100_000)
                 except OutOfRange:
@@ -208,7 +257,7 @@ class ViewFeeder:
                     continue
                 if len(events) == 100_000:  # more than one read: start over
                     seen = self.refresh()
-                elif self._index.apply(events):
+                elif self._index.apply(events) or external:
                     self._cache.set_view(self._index.view(head))
                     seen = head
                 else:

@@ -7,7 +7,9 @@ identity a proxy announces in its bootstrap. Both are pure.
 An instance is an endpoint when it is placed on a ready node, reports
 ``healthy`` (or ``running`` without a health check), has a published
 address and port, and is not draining (:mod:`controlplane.model.endpoints`,
-the rule the Consul catalog shares).
+the rule the Consul catalog shares). An external Service's endpoints are the
+passing instances Consul lists for it (:mod:`controlplane.model.external`),
+given as ``catalog``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from typing import Any
 
 from controlplane.model import Resource
 from controlplane.model.endpoints import ready_nodes as ready_nodes
-from controlplane.model.endpoints import serving_address
+from controlplane.model.endpoints import is_registered, serving_address
+from controlplane.model.external import CatalogEndpoint, CatalogEndpoints, external_name
 from controlplane.xds.intentions import Ranked
 
 SIDECAR = "sidecar"
@@ -33,6 +36,13 @@ class Endpoint:
     port: int
     instance: str
     node: str
+    #: External services only: originate TLS to this endpoint, sending ``sni``
+    #: ("" for none).
+    tls: bool = False
+    sni: str = ""
+    #: An instance registered through the API (no sidecar of ours in front of
+    #: it): called in plaintext even when the mesh runs mTLS.
+    plaintext: bool = False
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,12 @@ class ServiceView:
     endpoints: tuple[Endpoint, ...] = ()
     #: The TrafficPolicy spec whose destination is this service, if any.
     policy: Mapping[str, Any] | None = None
+    #: Its instances run outside the mesh (from Consul): no mesh identity, so
+    #: no mTLS to them; TLS where an endpoint says so.
+    external: bool = False
+    #: External services: the PEM certificates a TLS endpoint's must chain
+    #: to; "" to encrypt without verifying.
+    ca: str = ""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -148,15 +164,33 @@ def instance_endpoint(instance: Resource, ready: set[str]) -> Endpoint | None:
     served = serving_address(instance, ready)
     if served is None:
         return None
-    return Endpoint(served[0], served[1], instance.name, str(instance.spec["node"]))
+    return Endpoint(served[0], served[1], instance.name, str(instance.spec.get("node", "")),
+                    plaintext=is_registered(instance))
+
+
+def catalog_endpoint(endpoint: CatalogEndpoint, tls: Mapping[str, Any] | None) -> Endpoint:
+    """An external service's endpoint; ``tls`` (its ``spec.external.tls``)
+    makes it TLS whatever Consul says, and its ``sni`` wins over Consul's."""
+    if tls is None:
+        return Endpoint(endpoint.address, endpoint.port, endpoint.id, endpoint.node,
+                        endpoint.tls, endpoint.sni if endpoint.tls else "")
+    return Endpoint(endpoint.address, endpoint.port, endpoint.id, endpoint.node, True,
+                    str(tls.get("sni") or endpoint.sni))
 
 
 def service_view(service: Resource, instances: Iterable[Resource],
-                 policy: Mapping[str, Any] | None, ready_nodes: set[str]) -> ServiceView:
+                 policy: Mapping[str, Any] | None, ready_nodes: set[str],
+                 catalog: Iterable[CatalogEndpoint] = ()) -> ServiceView:
     """One service as the builder sees it: its port, protocol, upstreams, the
-    endpoints among ``instances`` and its TrafficPolicy spec."""
+    endpoints among ``instances`` (an external service: ``catalog``, what
+    Consul lists for it) and its TrafficPolicy spec."""
     spec = service.spec
-    endpoints = (instance_endpoint(i, ready_nodes) for i in instances)
+    external = spec.get("external")
+    if external is not None:
+        tls = external.get("tls")
+        endpoints: Iterable[Endpoint | None] = (catalog_endpoint(e, tls) for e in catalog)
+    else:
+        endpoints = (instance_endpoint(i, ready_nodes) for i in instances)
     return ServiceView(
         namespace=service.namespace, name=service.name,
         port=int(spec["port"]) if spec.get("port") else None,
@@ -168,6 +202,8 @@ def service_view(service: Resource, instances: Iterable[Resource],
         ),
         endpoints=tuple(sorted(e for e in endpoints if e is not None)),
         policy=policy,
+        external=external is not None,
+        ca=str(((external or {}).get("tls") or {}).get("ca") or ""),
     )
 
 
@@ -176,7 +212,11 @@ def gateway_view(gateway: Resource) -> GatewayView:
                        tuple(gateway.spec.get("listeners") or ()))
 
 
-def mesh_view(resources: Iterable[Resource], version: int = 0) -> MeshView:
+def mesh_view(resources: Iterable[Resource], version: int = 0,
+              catalog: CatalogEndpoints | None = None) -> MeshView:
+    """The view of ``resources``; ``catalog`` has the endpoints of the
+    Consul services external Services follow, by Consul name."""
+    catalog = catalog or {}
     by_kind: dict[str, list[Resource]] = {}
     for resource in resources:
         by_kind.setdefault(resource.kind, []).append(resource)
@@ -189,7 +229,8 @@ def mesh_view(resources: Iterable[Resource], version: int = 0) -> MeshView:
                 for p in by_kind.get("TrafficPolicy", ())}
     services = {
         (s.namespace, s.name): service_view(s, instances.get((s.namespace, s.name), ()),
-                                            policies.get((s.namespace, s.name)), ready)
+                                            policies.get((s.namespace, s.name)), ready,
+                                            catalog.get(external_name(s) or "", ()))
         for s in by_kind.get("Service", ())
     }
     gateways = {(g.namespace, g.name): gateway_view(g) for g in by_kind.get("Gateway", ())}

@@ -3,8 +3,10 @@ a real server with ``--catalog consul://...``, three agents on 127.0.0.2-4
 running the web app with the process driver and real Envoy sidecars.
 
 Consul's health API must list exactly the instances EDS publishes (their
-sidecars' addresses and ports), follow scaling, and repair what changes
-behind Flotilla's back within 10 s — also a Consul that restarts empty.
+sidecars' addresses and ports, on Flotilla's catalog nodes), follow scaling,
+and repair what changes behind Flotilla's back within 10 s — also a Consul
+that restarts empty. The adapter's transactions are checked against the same
+Consul.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ from typing import Any
 
 import pytest
 
-from controlplane.catalog.registrations import CHECK_TTL
+from controlplane.catalog.consul import ConsulCatalog
+from controlplane.catalog.registrations import (
+    MANAGED,
+    Registration,
+    catalog_node,
+    catalog_nodes,
+    shard_node,
+)
 from controlplane.client import Client
 from tests.consul import ConsulAgent
 from tests.harness import AgentProcess, ServerProcess, eventually, run_cli
@@ -32,6 +41,10 @@ REPAIR_SECONDS = 10.0
 #: How long the tests wait at most: generous, for slow machines; the repair
 #: bound is asserted on the measured time.
 PATIENCE = 60.0
+#: What the names of the catalog nodes Flotilla's entries live on start with
+#: (the server's default trust domain), and those nodes.
+NODE = catalog_node("flotilla.local")
+NODES_OF_FLOTILLA = catalog_nodes(NODE)
 
 Endpoints = set[tuple[str, int]]
 
@@ -76,10 +89,11 @@ def deploy(client: Client, replicas: int) -> Endpoints:
 
 
 def passing(consul: ConsulAgent) -> list[dict[str, Any]]:
-    """The service's entries Consul's health API lists as passing."""
+    """The service's entries Consul's health API lists as passing (with the
+    name of the node each is on added as ``Node``)."""
     entries: list[dict[str, Any]] = consul.get(
         f"/v1/health/service/{urllib.parse.quote(SERVICE)}?passing")
-    return [e["Service"] for e in entries]
+    return [{**e["Service"], "Node": e["Node"]["Node"]} for e in entries]
 
 
 def listed(consul: ConsulAgent) -> Endpoints:
@@ -120,8 +134,13 @@ def test_three_replicas_are_listed_passing_at_their_sidecars(cluster: Cluster) -
             "flotilla-version": str(instance["spec"]["revision"]), "flotilla-managed": "true",
         }
         assert set(entry["Tags"]) == {"flotilla", "default"}
-        check = cluster.consul.get("/v1/agent/checks")[f"service:{entry['ID']}"]
-        assert (check["Type"], check["Status"]) == ("ttl", "passing")
+    for entry in passing(cluster.consul):
+        assert entry["Node"] == shard_node(NODE, entry["ID"])  # Flotilla's own nodes
+        on_node = cluster.consul.get(f"/v1/health/node/{entry['Node']}")
+        check = {c["CheckID"]: c for c in on_node}[f"service:{entry['ID']}"]
+        assert (check["ServiceID"], check["Status"]) == (entry["ID"], "passing")
+        node = cluster.consul.get(f"/v1/catalog/node/{entry['Node']}")["Node"]
+        assert node["Meta"]["external-node"] == "true" and node["Meta"][MANAGED] == "true"
     assert {s["Meta"]["flotilla-node"] for s in passing(cluster.consul)} <= {"n2", "n3", "n4"}
 
 
@@ -139,18 +158,19 @@ def test_a_planted_entry_and_a_deleted_one_are_repaired_within_10s(cluster: Clus
     eventually(settles(consul, published), PATIENCE, "2 passing in Consul")
     victim = passing(consul)[0]
     ghost = "flotilla-default-shop-web-ghost"
-    consul.put("/v1/agent/service/register", {
-        "ID": ghost, "Name": SERVICE, "Address": "127.0.0.9", "Port": 1,
-        "Tags": ["flotilla", "default"],
-        "Meta": {"flotilla-managed": "true", "flotilla-namespace": "default",
-                 "flotilla-instance": "shop-web-ghost"},
+    consul.put("/v1/catalog/register", {  # on one of Flotilla's nodes, as an outsider would
+        "Node": NODES_OF_FLOTILLA[3], "Address": "127.0.0.1",
+        "Service": {"ID": ghost, "Service": SERVICE, "Address": "127.0.0.9", "Port": 1,
+                    "Tags": ["flotilla", "default"],
+                    "Meta": {"flotilla-managed": "true", "flotilla-namespace": "default",
+                             "flotilla-instance": "shop-web-ghost"}},
     })
-    consul.put(f"/v1/agent/service/deregister/{victim['ID']}")
+    consul.put("/v1/catalog/deregister", {"Node": victim["Node"], "ServiceID": victim["ID"]})
     assert ("127.0.0.9", 1) in listed(consul) and len(listed(consul) & published) == 1
 
     elapsed = timed(settles(consul, published), "planted and deleted entries repaired")
     assert elapsed < REPAIR_SECONDS
-    assert ghost not in consul.get("/v1/agent/services")
+    assert ghost not in consul.get(f"/v1/catalog/node/{NODES_OF_FLOTILLA[3]}")["Services"]
 
 
 def test_others_entries_are_left_alone(cluster: Cluster) -> None:
@@ -162,8 +182,14 @@ def test_others_entries_are_left_alone(cluster: Cluster) -> None:
     with cluster.server.client() as client:
         published = deploy(client, 1)
     eventually(settles(consul, published), PATIENCE, "1 passing in Consul")
+    consul.put("/v1/catalog/register", {  # even on Flotilla's nodes, without its meta
+        "Node": NODES_OF_FLOTILLA[0], "Address": "127.0.0.1",
+        "Service": {"ID": "outsider-2", "Service": "outsider", "Address": "127.0.0.9",
+                    "Port": 3},
+    })
     time.sleep(3)  # more than one anti-entropy period
     assert "outsider-1" in consul.get("/v1/agent/services")
+    assert "outsider-2" in consul.get(f"/v1/catalog/node/{NODES_OF_FLOTILLA[0]}")["Services"]
 
 
 def test_a_restarted_empty_consul_gets_every_live_instance_back_within_10s(
@@ -193,16 +219,32 @@ def test_consul_down_stops_nothing_and_changes_reach_it_when_back(cluster: Clust
     assert f"cannot reach Consul at {consul.address}: connection refused" in cluster.server.log()
 
 
-def test_checks_stay_passing_past_their_ttl(cluster: Cluster) -> None:
+def test_checks_stay_passing_while_the_instance_serves(cluster: Cluster) -> None:
     with cluster.server.client() as client:
         published = deploy(client, 1)
     eventually(settles(cluster.consul, published), PATIENCE, "1 passing in Consul")
-    # Past the TTL the registry, not the registration, keeps the check passing:
-    # it never leaves the passing list.
-    end = time.monotonic() + CHECK_TTL + 3
+    # Across several anti-entropy passes the entry never leaves the passing list.
+    end = time.monotonic() + 7
     while time.monotonic() < end:
         assert listed(cluster.consul) == published
         time.sleep(0.25)
+
+
+def test_the_adapter_writes_in_transactions_and_names_what_consul_refuses(
+        cluster: Cluster) -> None:
+    catalog = ConsulCatalog.from_url(cluster.consul.url, node="flotilla-adapter-test")
+    assert catalog.services() == {} and catalog.checks() == {}
+    entries = [Registration(f"flotilla-test-a-{i}", "adapter-test", "127.0.0.9", 20_000 + i,
+                            ("flotilla",), {MANAGED: "true"}) for i in range(150)]
+    bad = Registration("flotilla-test-bad", "adapter-test", "127.0.0.9", 1, ("flotilla",),
+                       {MANAGED: "true", "consul-reserved": "x"})  # Consul's own meta prefix
+    refused = catalog.write(entries[:70] + [bad] + entries[70:])  # 3 transactions, 16 nodes
+    assert list(refused) == [bad.id]
+    assert set(catalog.services()) == {e.id for e in entries}
+    assert set(catalog.checks().values()) == {"passing"} and len(catalog.checks()) == 150
+    assert catalog.write([], entries[:100]) == {}
+    assert set(catalog.services()) == {e.id for e in entries[100:]}
+    assert len(catalog.checks()) == 50  # a service's check leaves with it
 
 
 def test_a_bad_catalog_url_stops_the_server_before_it_starts(tmp_path: Path) -> None:

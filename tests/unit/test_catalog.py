@@ -1,11 +1,12 @@
 """The Consul catalog's pure core: which entries Flotilla wants, how it reads
 Consul's, and the plan between them; the registry's passes over a fake
-catalog and a real store; ``--catalog`` URLs and the adapter's errors."""
+catalog and a real store; ``--catalog`` URLs, the catalog node's name,
+transaction chunking and the adapter's errors."""
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +14,26 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controlplane.catalog.consul import ConsulAddress, ConsulCatalog, parse_url
+from controlplane.catalog.consul import (
+    TXN_MAX_OPS,
+    ConsulAddress,
+    ConsulCatalog,
+    _chunks,
+    parse_url,
+)
 from controlplane.catalog.registrations import (
+    CATALOG_SHARDS,
     MANAGED,
+    REGISTERED,
     Registration,
     SyncPlan,
+    Wanted,
+    catalog_node,
+    catalog_nodes,
     desired,
     plan,
     registration_of,
+    shard_node,
 )
 from controlplane.catalog.registry import Registry
 from controlplane.errors import PermissionDenied, TemporaryError, UserError
@@ -47,7 +60,7 @@ def instance(name: str, *, service: str = "web", namespace: str = "default",
 
 
 def entry(registration: Registration) -> dict[str, Any]:
-    """The registration as Consul's /v1/agent/services shows it."""
+    """The registration as Consul's /v1/catalog/node/<node> shows it."""
     return {"ID": registration.id, "Service": registration.name,
             "Tags": list(reversed(registration.tags)), "Meta": dict(registration.meta),
             "Port": registration.port, "Address": registration.address,
@@ -71,9 +84,13 @@ def entry(registration: Registration) -> dict[str, Any]:
     (instance("web-k", gateway=True), False),
     (Resource(kind="Instance", name="web-l", spec={"service": "web", "node": "n1"},
               status={"state": "healthy"}), False),
+    (instance("web-m", node="", registered=True), True),
+    (instance("web-n", node="", registered=True, service="gone"), False),
+    (instance("web-o", node="", registered=True, state=""), False),
 ], ids=["healthy", "running-without-check", "starting", "unhealthy", "node-down",
         "node-draining", "unplaced", "draining", "service-gone", "other-namespace",
-        "gateway", "no-address"])
+        "gateway", "no-address", "registered", "registered-service-gone",
+        "registered-status-unwritten"])
 def test_only_what_eds_publishes_is_wanted(candidate: Resource, listed: bool) -> None:
     wanted = desired([WEB, API], [candidate], NODES)
     assert (f"flotilla-{candidate.namespace}-{candidate.name}" in wanted) is listed
@@ -90,6 +107,33 @@ def test_an_entry_names_the_instance_and_carries_tags_and_meta() -> None:
     api = wanted["flotilla-shop-api-b"]
     assert (api.name, api.tags, api.check_id) == (
         "api", ("flotilla", "shop"), "service:flotilla-shop-api-b")
+
+
+def test_a_registered_instance_is_listed_at_its_own_address_without_a_node() -> None:
+    found = desired([WEB], [instance("web-r", node="", registered=True, port=9000)], NODES)
+    entry = found["flotilla-default-web-r"]
+    assert (entry.address, entry.port) == ("127.0.0.2", 9000)
+    assert entry.meta["flotilla-node"] == "" and entry.meta[REGISTERED] == "true"
+
+
+@pytest.mark.parametrize(("trust_domain", "node"), [
+    ("flotilla.local", "flotilla-flotilla-local"),
+    ("Prod.Example.com", "flotilla-prod-example-com"),
+    ("...", "flotilla-mesh"),
+], ids=["default", "mixed-case", "nothing-left"])
+def test_the_catalog_nodes_are_named_after_the_trust_domain(trust_domain: str,
+                                                            node: str) -> None:
+    assert catalog_node(trust_domain) == node
+
+
+def test_entries_spread_over_the_shards_and_stay_on_theirs() -> None:
+    nodes = catalog_nodes("flotilla-x")
+    assert nodes[0] == "flotilla-x-0" and len(nodes) == CATALOG_SHARDS
+    placed = [shard_node("flotilla-x", f"flotilla-default-web-{i}") for i in range(1600)]
+    assert placed == [shard_node("flotilla-x", f"flotilla-default-web-{i}")
+                      for i in range(1600)]
+    counts = [placed.count(node) for node in nodes]
+    assert min(counts) > 50 and max(counts) < 150  # about 100 each
 
 
 # --- reading Consul ---------------------------------------------------------------------
@@ -117,23 +161,20 @@ MOVED = Registration(A.id, "web", "127.0.0.2", 31999, ("flotilla",), {MANAGED: "
 PASSING = {A.check_id: "passing", B.check_id: "passing"}
 
 
-@pytest.mark.parametrize(("wanted", "actual", "checks", "passed", "expected"), [
-    ({A.id: A}, {A.id: A}, PASSING, {A.id: 99.0}, SyncPlan()),
-    ({A.id: A}, {}, {}, {}, SyncPlan(register=(A,))),
-    ({}, {B.id: B}, PASSING, {}, SyncPlan(deregister=(B.id,))),
-    ({A.id: MOVED}, {A.id: A}, PASSING, {A.id: 99.0}, SyncPlan(register=(MOVED,))),
-    ({A.id: A}, {A.id: A}, {}, {A.id: 99.0}, SyncPlan(register=(A,))),
-    ({A.id: A}, {A.id: A}, {A.check_id: "critical"}, {A.id: 99.0}, SyncPlan(refresh=(A.id,))),
-    ({A.id: A}, {A.id: A}, PASSING, {A.id: 90.0}, SyncPlan(refresh=(A.id,))),
-    ({A.id: A}, {A.id: A}, PASSING, {}, SyncPlan(refresh=(A.id,))),
-    ({A.id: A}, {A.id: A}, None, {A.id: 99.0}, SyncPlan()),
-    ({A.id: A}, {A.id: A, B.id: B}, None, {A.id: 99.0}, SyncPlan(deregister=(B.id,))),
+@pytest.mark.parametrize(("wanted", "actual", "checks", "expected"), [
+    ({A.id: A}, {A.id: A}, PASSING, SyncPlan()),
+    ({A.id: A}, {}, {}, SyncPlan(register=(A,))),
+    ({}, {B.id: B}, PASSING, SyncPlan(deregister=(B.id,))),
+    ({A.id: MOVED}, {A.id: A}, PASSING, SyncPlan(register=(MOVED,))),
+    ({A.id: A}, {A.id: A}, {}, SyncPlan(register=(A,))),
+    ({A.id: A}, {A.id: A}, {A.check_id: "critical"}, SyncPlan(register=(A,))),
+    ({A.id: A}, {A.id: A}, None, SyncPlan()),
+    ({A.id: A}, {A.id: A, B.id: B}, None, SyncPlan(deregister=(B.id,))),
 ], ids=["in-sync", "missing", "stale", "altered", "check-gone", "check-critical",
-        "refresh-due", "never-passed-here", "incremental-in-sync", "incremental-stale"])
+        "incremental-in-sync", "incremental-stale"])
 def test_plan(wanted: dict[str, Registration], actual: dict[str, Registration],
-              checks: dict[str, str] | None, passed: dict[str, float],
-              expected: SyncPlan) -> None:
-    assert plan(wanted, actual, checks, passed, now=100.0, refresh_after=5.0) == expected
+              checks: dict[str, str] | None, expected: SyncPlan) -> None:
+    assert plan(wanted, actual, checks) == expected
 
 
 registrations = st.builds(
@@ -148,14 +189,11 @@ by_id = st.lists(registrations).map(lambda found: {r.id: r for r in found})
 def test_one_plan_converges(wanted: dict[str, Registration],
                             actual: dict[str, Registration]) -> None:
     checks = {r.check_id: "passing" for r in actual.values()}
-    todo = plan(wanted, actual, checks, {}, now=0.0, refresh_after=5.0)
+    todo = plan(wanted, actual, checks)
     after = {k: v for k, v in actual.items() if k not in todo.deregister}
     after.update({r.id: r for r in todo.register})
     assert after == wanted
-    assert set(todo.refresh) <= set(wanted) and not set(todo.refresh) & {
-        r.id for r in todo.register}
-    again = plan(wanted, after, {r.check_id: "passing" for r in after.values()},
-                 dict.fromkeys(after, 0.0), now=0.0, refresh_after=5.0)
+    again = plan(wanted, after, {r.check_id: "passing" for r in after.values()})
     assert again == SyncPlan()
 
 
@@ -163,12 +201,13 @@ def test_one_plan_converges(wanted: dict[str, Registration],
 
 
 class FakeCatalog:
-    """Keeps entries as Consul's agent would; ``down`` makes every call fail."""
+    """Keeps entries as Consul's catalog would on Flotilla's nodes; ``down``
+    makes every call fail, ``rejected`` entry IDs are refused."""
 
     def __init__(self) -> None:
         self.entries: dict[str, dict[str, Any]] = {}
         self.statuses: dict[str, str] = {}
-        self.passes: list[str] = []
+        self.writes: list[tuple[list[str], list[str]]] = []
         self.calls = 0
         self.down = False
         self.rejected: set[str] = set()
@@ -186,25 +225,21 @@ class FakeCatalog:
         self._call()
         return dict(self.statuses)
 
-    def register(self, registration: Registration) -> None:
+    def write(self, register: Sequence[Registration],
+              deregister: Sequence[Registration] = ()) -> dict[str, str]:
         self._call()
-        if registration.id in self.rejected:
-            raise UserError(f"Consul rejected {registration.id}")
-        self.entries[registration.id] = entry(registration)
-        self.statuses[registration.check_id] = "passing"
-
-    def deregister(self, entry_id: str) -> None:
-        self._call()
-        self.entries.pop(entry_id, None)
-        self.statuses.pop(f"service:{entry_id}", None)
-
-    def pass_check(self, check_id: str) -> bool:
-        self._call()
-        self.passes.append(check_id)
-        if check_id not in self.statuses:
-            return False
-        self.statuses[check_id] = "passing"
-        return True
+        self.writes.append(([r.id for r in register], [r.id for r in deregister]))
+        for gone in deregister:
+            self.entries.pop(gone.id, None)
+            self.statuses.pop(gone.check_id, None)
+        refused = {}
+        for registration in register:
+            if registration.id in self.rejected:
+                refused[registration.id] = "Invalid service address"
+                continue
+            self.entries[registration.id] = entry(registration)
+            self.statuses[registration.check_id] = "passing"
+        return refused
 
 
 class FakeClock:
@@ -233,7 +268,7 @@ def clock() -> FakeClock:
 
 
 def registry(store: SqliteStore, catalog: FakeCatalog, clock: FakeClock) -> Registry:
-    return Registry(store, catalog, refresh_after=5.0, clock=clock)
+    return Registry(store, catalog, clock=clock)
 
 
 def test_the_registry_registers_serving_instances_and_repairs_the_catalog(
@@ -249,6 +284,9 @@ def test_the_registry_registers_serving_instances_and_repairs_the_catalog(
     assert [r.id for r in done.register] == ["flotilla-default-web-a", "flotilla-default-web-b"]
     assert done.deregister == (stale.id,)
     assert set(catalog.entries) == {"web-1", "flotilla-default-web-a", "flotilla-default-web-b"}
+    # One write for all of it (the adapter batches it into transactions).
+    assert catalog.writes == [(["flotilla-default-web-a", "flotilla-default-web-b"],
+                               [stale.id])]
 
     # An incremental pass with nothing changed sends nothing.
     calls = catalog.calls
@@ -262,19 +300,17 @@ def test_the_registry_registers_serving_instances_and_repairs_the_catalog(
     assert len(reg.sync(full=True).register) == 2
 
 
-def test_checks_are_passed_every_few_seconds_while_instances_serve(
+def test_a_check_set_critical_behind_its_back_passes_again_on_the_next_full_pass(
         store: SqliteStore, clock: FakeClock) -> None:
     catalog = FakeCatalog()
     reg = registry(store, catalog, clock)
     reg.sync(full=True)
-    clock.now += 4.0
-    assert not reg.sync(full=False).refresh
-    clock.now += 1.0
-    assert reg.sync(full=False).refresh == ("flotilla-default-web-a", "flotilla-default-web-b")
-    assert catalog.passes == ["service:flotilla-default-web-a", "service:flotilla-default-web-b"]
-    # A check that went critical is passed on the next full pass.
+    clock.now += 60.0  # no keep-alive: nothing expires while nothing changes
+    assert not reg.sync(full=False) and not reg.sync(full=True)
     catalog.statuses["service:flotilla-default-web-a"] = "critical"
-    assert reg.sync(full=True).refresh == ("flotilla-default-web-a",)
+    assert not reg.sync(full=False)  # an incremental pass trusts what it wrote
+    assert [r.id for r in reg.sync(full=True).register] == ["flotilla-default-web-a"]
+    assert catalog.statuses["service:flotilla-default-web-a"] == "passing"
 
 
 def test_an_instance_that_stops_serving_is_deregistered_on_the_next_pass(
@@ -344,3 +380,59 @@ def test_an_unreachable_consul_is_a_temporary_error_naming_it() -> None:
         catalog.services()
     assert str(raised.value) == f"cannot reach Consul at 127.0.0.1:{port}: connection refused"
     assert not isinstance(raised.value, PermissionDenied)
+
+
+@pytest.mark.parametrize(("sizes", "expected"), [
+    ([2] * 56, [56]),
+    ([2] * 57, [56, 1]),
+    ([1] * 111 + [2], [111, 1]),
+    ([1, 2, 2], [3]),
+    ([], []),
+], ids=["one-full-transaction", "one-more", "an-entry-is-never-split", "mixed", "nothing"])
+def test_writes_are_chunked_into_transactions_with_room_for_every_node(
+        sizes: list[int], expected: list[int]) -> None:
+    room = TXN_MAX_OPS - CATALOG_SHARDS  # a node's set operation for each shard
+    groups = [(i, ["op"] * size) for i, size in enumerate(sizes)]
+    chunks = list(_chunks(groups, room))
+    assert [len(chunk) for chunk in chunks] == expected
+    assert all(sum(len(ops) for _, ops in chunk) <= room for chunk in chunks)
+    assert [i for chunk in chunks for i, _ in chunk] == list(range(len(sizes)))
+
+
+# --- the wanted entries, kept one change at a time ---------------------------------------
+
+changes = st.lists(st.one_of(
+    st.builds(lambda name, node, state, registered, service: (instance(
+        name, node=node, state=state, service=service,
+        **({"registered": True} if registered else {})), False),
+        st.sampled_from(["web-a", "web-b", "web-c"]), st.sampled_from(["n1", "n2", "n3", ""]),
+        st.sampled_from(["healthy", "starting"]), st.booleans(), st.sampled_from(["web", "api"])),
+    st.builds(lambda name: (instance(name), True), st.sampled_from(["web-a", "web-b"])),
+    st.builds(lambda svc, deleted: (svc, deleted), st.sampled_from([WEB, API,
+              Resource(kind="Service", name="api", spec={"port": 9090})]), st.booleans()),
+    st.builds(lambda node, state, deleted: (Resource(kind="Node", namespace="cluster",
+                                                     name=node, status={"state": state}),
+                                            deleted),
+              st.sampled_from(["n1", "n2"]), st.sampled_from(["ready", "down"]), st.booleans()),
+), max_size=25)
+
+
+@given(first=changes, then=changes)
+def test_wanted_kept_one_change_at_a_time_equals_desired_from_scratch(
+        first: list[tuple[Resource, bool]], then: list[tuple[Resource, bool]]) -> None:
+    kept = Wanted()
+    kept.apply(first)
+    before = dict(kept.entries)
+    touched = kept.apply(then)
+    final: dict[tuple[str, str, str], Resource] = {}
+    for resource, deleted in first + then:
+        if deleted:
+            final.pop((resource.kind, resource.namespace, resource.name), None)
+        else:
+            final[(resource.kind, resource.namespace, resource.name)] = resource
+    of_kind = {kind: [r for r in final.values() if r.kind == kind]
+               for kind in ("Service", "Instance", "Node")}
+    assert kept.entries == desired(of_kind["Service"], of_kind["Instance"], of_kind["Node"])
+    # Whatever the later changes altered is among the entries they touched.
+    assert {i for i in set(before) | set(kept.entries)
+            if before.get(i) != kept.entries.get(i)} <= touched

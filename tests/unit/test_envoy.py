@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
 
 from controlplane.xds.mesh import SIDECAR, Proxy, proxy_of
 from sidecar import envoy
+from sidecar.relay import Relay
 
 
 def fake_envoy(tmp_path: Path, version: str) -> Path:
@@ -55,3 +57,33 @@ def test_bootstrap_carries_the_identity_the_xds_server_reads() -> None:
     endpoint = piped["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]
     assert endpoint["lb_endpoints"][0]["endpoint"]["address"] == {
         "pipe": {"path": "/run/flotilla/xds.sock"}}
+
+
+def test_several_replicas_are_every_endpoint_of_the_xds_cluster() -> None:
+    proxy = Proxy(id="web-abcde~n1", kind=SIDECAR, namespace="default", name="web")
+    config = envoy.bootstrap(proxy, "127.0.0.1:7300,127.0.0.2:7300", ("127.0.0.1", 9901))
+    xds = next(c for c in config["static_resources"]["clusters"] if c["name"] == envoy.XDS_CLUSTER)
+    endpoints = xds["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert [e["endpoint"]["address"]["socket_address"]["address"] for e in endpoints] == [
+        "127.0.0.1", "127.0.0.2"]
+
+
+def test_the_relay_goes_to_the_replica_that_answers(tmp_path: Path) -> None:
+    with socket.socket() as dead, socket.socket() as live:
+        dead.bind(("127.0.0.1", 0))  # bound, never listening: refused
+        live.bind(("127.0.0.1", 0))
+        live.listen()
+        dead_at = f"127.0.0.1:{dead.getsockname()[1]}"
+        live_at = f"127.0.0.1:{live.getsockname()[1]}"
+        relay = Relay(tmp_path / "xds.sock", f"{dead_at},{live_at}")
+        relay.start()
+        try:
+            with socket.socket(socket.AF_UNIX) as conn:
+                conn.connect(str(relay.path))
+                accepted, _ = live.accept()
+                accepted.sendall(b"hello")
+                assert conn.recv(5) == b"hello"
+                accepted.close()
+            assert relay.target == f"{live_at},{dead_at}"  # the one that answered first now
+        finally:
+            relay.close()

@@ -623,3 +623,24 @@ def test_every_snapshot_is_consistent_and_stably_versioned(data: st.DataObject,
         assert snap.same_as(shared.build(proxy))
         assert all(snap.type_version(t) == again.type_version(t) for t in TYPES)
         assert set(SHORT) == set(TYPES)
+
+
+def test_registered_instances_are_called_in_plaintext_in_an_mtls_mesh() -> None:
+    """An instance registered through the API has no sidecar to end mTLS: its
+    endpoint says so, and the cluster has a plaintext socket for it."""
+    sidecars = endpoints("api", 8080)
+    registered = Endpoint("127.0.0.9", 9000, "api-outside", "", plaintext=True)
+    api = ServiceView("default", "api", 8080, "http", endpoints=(*sidecars, registered))
+    view = MeshView({api.key: api, **{s.key: s for s in [service("web", upstreams=["api"])]}},
+                    {}, version=1, mtls_domain="mesh.test")
+    snap = Builder(view).build(sidecar("web", "default/api"))
+    built = cluster(snap, "api.default")
+    assert built.transport_socket.name == "envoy.transport_sockets.tls"  # the sidecars
+    assert [(m.name, dict(m.match)) for m in built.transport_socket_matches] == [
+        ("plaintext", {"plaintext": True})]
+    assignment = snap.of(ENDPOINT)["api.default"].message
+    assert isinstance(assignment, endpoint_pb2.ClusterLoadAssignment)
+    meta = {lb.endpoint.address.socket_address.port_value:
+            dict(lb.metadata.filter_metadata["envoy.transport_socket_match"])
+            for lb in assignment.endpoints[0].lb_endpoints}
+    assert meta == {8080: {}, 9000: {"plaintext": True}}

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66lotilla/v1/instances.proto\x12\x0b\x66lotilla.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd1\x03\n\x08Instance\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x0c\n\x04node\x18\x04 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12\x0c\n\x04port\x18\x06 \x01(\r\x12\x31\n\x06labels\x18\x07 \x03(\x0b\x32!.flotilla.v1.Instance.LabelsEntry\x12*\n\x05state\x18\x08 \x01(\x0e\x32\x1b.flotilla.v1.Instance.State\x12\x0e\n\x06reason\x18\t \x01(\t\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x98\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\x0c\n\x08STARTING\x10\x02\x12\x0b\n\x07RUNNING\x10\x03\x12\x0b\n\x07HEALTHY\x10\x04\x12\r\n\tUNHEALTHY\x10\x05\x12\n\n\x06\x45XITED\x10\x06\x12\n\n\x06\x46\x41ILED\x10\x07\x12\x0c\n\x08\x41SSIGNED\x10\x08\x12\x0e\n\nCRASH_LOOP\x10\t\"\xf5\x01\n\x17RegisterInstanceRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\r\x12@\n\x06labels\x18\x05 \x03(\x0b\x32\x30.flotilla.v1.RegisterInstanceRequest.LabelsEntry\x12&\n\x03ttl\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"&\n\x18InstanceHeartbeatRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1b\n\x19InstanceHeartbeatResponse\"\'\n\x19\x44\x65registerInstanceRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1c\n\x1a\x44\x65registerInstanceResponse\":\n\x14ListInstancesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\"A\n\x15ListInstancesResponse\x12(\n\tinstances\x18\x01 \x03(\x0b\x32\x15.flotilla.v1.Instance2\xf5\x02\n\x0fInstanceService\x12O\n\x10RegisterInstance\x12$.flotilla.v1.RegisterInstanceRequest\x1a\x15.flotilla.v1.Instance\x12Z\n\tHeartbeat\x12%.flotilla.v1.InstanceHeartbeatRequest\x1a&.flotilla.v1.InstanceHeartbeatResponse\x12]\n\nDeregister\x12&.flotilla.v1.DeregisterInstanceRequest\x1a\'.flotilla.v1.DeregisterInstanceResponse\x12V\n\rListInstances\x12!.flotilla.v1.ListInstancesRequest\x1a\".flotilla.v1.ListInstancesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66lotilla/v1/instances.proto\x12\x0b\x66lotilla.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf9\x03\n\x08Instance\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x0c\n\x04node\x18\x04 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12\x0c\n\x04port\x18\x06 \x01(\r\x12\x31\n\x06labels\x18\x07 \x03(\x0b\x32!.flotilla.v1.Instance.LabelsEntry\x12*\n\x05state\x18\x08 \x01(\x0e\x32\x1b.flotilla.v1.Instance.State\x12\x0e\n\x06reason\x18\t \x01(\t\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x03ttl\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x98\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\x0c\n\x08STARTING\x10\x02\x12\x0b\n\x07RUNNING\x10\x03\x12\x0b\n\x07HEALTHY\x10\x04\x12\r\n\tUNHEALTHY\x10\x05\x12\n\n\x06\x45XITED\x10\x06\x12\n\n\x06\x46\x41ILED\x10\x07\x12\x0c\n\x08\x41SSIGNED\x10\x08\x12\x0e\n\nCRASH_LOOP\x10\t\"\xf5\x01\n\x17RegisterInstanceRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\r\x12@\n\x06labels\x18\x05 \x03(\x0b\x32\x30.flotilla.v1.RegisterInstanceRequest.LabelsEntry\x12&\n\x03ttl\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"&\n\x18InstanceHeartbeatRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1b\n\x19InstanceHeartbeatResponse\"\'\n\x19\x44\x65registerInstanceRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1c\n\x1a\x44\x65registerInstanceResponse\":\n\x14ListInstancesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\"A\n\x15ListInstancesResponse\x12(\n\tinstances\x18\x01 \x03(\x0b\x32\x15.flotilla.v1.Instance2\xf5\x02\n\x0fInstanceService\x12O\n\x10RegisterInstance\x12$.flotilla.v1.RegisterInstanceRequest\x1a\x15.flotilla.v1.Instance\x12Z\n\tHeartbeat\x12%.flotilla.v1.InstanceHeartbeatRequest\x1a&.flotilla.v1.InstanceHeartbeatResponse\x12]\n\nDeregister\x12&.flotilla.v1.DeregisterInstanceRequest\x1a\'.flotilla.v1.DeregisterInstanceResponse\x12V\n\rListInstances\x12!.flotilla.v1.ListInstancesRequest\x1a\".flotilla.v1.ListInstancesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,27 +38,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERINSTANCEREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_REGISTERINSTANCEREQUEST_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_INSTANCE']._serialized_start=110
-  _globals['_INSTANCE']._serialized_end=575
-  _globals['_INSTANCE_LABELSENTRY']._serialized_start=375
-  _globals['_INSTANCE_LABELSENTRY']._serialized_end=420
-  _globals['_INSTANCE_STATE']._serialized_start=423
-  _globals['_INSTANCE_STATE']._serialized_end=575
-  _globals['_REGISTERINSTANCEREQUEST']._serialized_start=578
-  _globals['_REGISTERINSTANCEREQUEST']._serialized_end=823
-  _globals['_REGISTERINSTANCEREQUEST_LABELSENTRY']._serialized_start=375
-  _globals['_REGISTERINSTANCEREQUEST_LABELSENTRY']._serialized_end=420
-  _globals['_INSTANCEHEARTBEATREQUEST']._serialized_start=825
-  _globals['_INSTANCEHEARTBEATREQUEST']._serialized_end=863
-  _globals['_INSTANCEHEARTBEATRESPONSE']._serialized_start=865
-  _globals['_INSTANCEHEARTBEATRESPONSE']._serialized_end=892
-  _globals['_DEREGISTERINSTANCEREQUEST']._serialized_start=894
-  _globals['_DEREGISTERINSTANCEREQUEST']._serialized_end=933
-  _globals['_DEREGISTERINSTANCERESPONSE']._serialized_start=935
-  _globals['_DEREGISTERINSTANCERESPONSE']._serialized_end=963
-  _globals['_LISTINSTANCESREQUEST']._serialized_start=965
-  _globals['_LISTINSTANCESREQUEST']._serialized_end=1023
-  _globals['_LISTINSTANCESRESPONSE']._serialized_start=1025
-  _globals['_LISTINSTANCESRESPONSE']._serialized_end=1090
-  _globals['_INSTANCESERVICE']._serialized_start=1093
-  _globals['_INSTANCESERVICE']._serialized_end=1466
+  _globals['_INSTANCE']._serialized_end=615
+  _globals['_INSTANCE_LABELSENTRY']._serialized_start=415
+  _globals['_INSTANCE_LABELSENTRY']._serialized_end=460
+  _globals['_INSTANCE_STATE']._serialized_start=463
+  _globals['_INSTANCE_STATE']._serialized_end=615
+  _globals['_REGISTERINSTANCEREQUEST']._serialized_start=618
+  _globals['_REGISTERINSTANCEREQUEST']._serialized_end=863
+  _globals['_REGISTERINSTANCEREQUEST_LABELSENTRY']._serialized_start=415
+  _globals['_REGISTERINSTANCEREQUEST_LABELSENTRY']._serialized_end=460
+  _globals['_INSTANCEHEARTBEATREQUEST']._serialized_start=865
+  _globals['_INSTANCEHEARTBEATREQUEST']._serialized_end=903
+  _globals['_INSTANCEHEARTBEATRESPONSE']._serialized_start=905
+  _globals['_INSTANCEHEARTBEATRESPONSE']._serialized_end=932
+  _globals['_DEREGISTERINSTANCEREQUEST']._serialized_start=934
+  _globals['_DEREGISTERINSTANCEREQUEST']._serialized_end=973
+  _globals['_DEREGISTERINSTANCERESPONSE']._serialized_start=975
+  _globals['_DEREGISTERINSTANCERESPONSE']._serialized_end=1003
+  _globals['_LISTINSTANCESREQUEST']._serialized_start=1005
+  _globals['_LISTINSTANCESREQUEST']._serialized_end=1063
+  _globals['_LISTINSTANCESRESPONSE']._serialized_start=1065
+  _globals['_LISTINSTANCESRESPONSE']._serialized_end=1130
+  _globals['_INSTANCESERVICE']._serialized_start=1133
+  _globals['_INSTANCESERVICE']._serialized_end=1506
 # @@protoc_insertion_point(module_scope)
