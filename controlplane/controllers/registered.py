@@ -35,7 +35,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from controlplane.errors import (
@@ -238,27 +238,19 @@ class RegisteredInstances:
             if current is not None and not is_registered(current):
                 raise Conflict(f"{batch[0].key} already exists and is run by Flotilla")
 
-        # Registering the same endpoint twice at once writes one object twice
-        # (the second write changes nothing). A sweep or deregistration that
-        # deletes it between the two writes below makes the status write find
-        # nothing: then it is registered afresh, under a new name.
-        while True:
+        # The object and its status in one write: registering the same endpoint
+        # twice at once writes one object twice (the second changes nothing).
+        with self._lock:
+            name = self._by_endpoint.get(endpoint)
+        if name is None and self._shared:  # registered through another replica?
+            name = next((i.name for i in self._registered()
+                         if lease_of(i, 0).endpoint == endpoint), None)
+        if name is None:
             with self._lock:
-                name = self._by_endpoint.get(endpoint)
-            if name is None and self._shared:  # registered through another replica?
-                name = next((i.name for i in self._registered()
-                             if lease_of(i, 0).endpoint == endpoint), None)
-            if name is None:
-                with self._lock:
-                    name = self._new_name(request.service)
-            instance = registered_instance(request, name, ttl)
-            self._store.apply([instance], admit=admit)
-            stored = self._store.write_status(instance.key, registered_status(instance.spec))
-            if stored is not None:
-                break
-            with self._lock:
-                if self._by_endpoint.get(endpoint) == name:
-                    del self._by_endpoint[endpoint]
+                name = self._new_name(request.service)
+        instance = registered_instance(request, name, ttl)
+        instance = replace(instance, status=registered_status(instance.spec))
+        stored = self._store.apply([instance], admit=admit, with_status=True)[0].resource
         self._hold(name, lease_of(stored, self._clock()))
         return stored
 

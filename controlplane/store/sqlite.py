@@ -204,18 +204,21 @@ class SqliteStore:
         *,
         dry_run: bool = False,
         admit: Admission | None = None,
+        with_status: bool = False,
     ) -> builtins.list[ApplyOutcome]:
         """Create or update every resource of ``batch`` in one transaction.
 
         A non-zero ``resource_version`` on an input resource is a
         precondition (``Conflict`` unless it is current). ``admit`` runs inside
-        the transaction and may veto the batch by raising.
+        the transaction and may veto the batch by raising. ``with_status``
+        (system writers only) stores the resources' status too, in the same
+        write, instead of keeping the stored one.
         """
         def attempt() -> builtins.list[ApplyOutcome]:
             with self._transaction(dry_run):
                 if admit is not None:
                     admit(batch, _TransactionView(self))
-                return [self._apply_one(resource) for resource in batch]
+                return [self._apply_one(resource, with_status) for resource in batch]
         return self._retrying(attempt)
 
     def delete(
@@ -393,7 +396,7 @@ class SqliteStore:
         return {"start": start, "end": self._rv, "events": [list(r) for r in rows],
                 "private": dict(self._private_pending)}
 
-    def _apply_one(self, resource: Resource) -> ApplyOutcome:
+    def _apply_one(self, resource: Resource, with_status: bool = False) -> ApplyOutcome:
         current = self._get(resource.key)
         wanted = resource.resource_version
         if wanted and (current is None or current.resource_version != wanted):
@@ -405,14 +408,16 @@ class SqliteStore:
                 f"resourceVersion {wanted} but {state}; get it again, redo your change and "
                 "reapply (or drop metadata.resourceVersion to overwrite)"
             )
-        if current is not None and current.same_content(resource):
+        if current is not None and current.same_content(resource) and (
+                not with_status or dict(current.status) == dict(resource.status)):
             return ApplyOutcome(current, ApplyAction.UNCHANGED)
         self._rv += 1
         now = self._clock()
         if current is None:
             stored = replace(
                 resource, uid=str(uuid.uuid4()), resource_version=self._rv, generation=1,
-                create_time=now, update_time=now, status={},
+                create_time=now, update_time=now,
+                status=dict(resource.status) if with_status else {},
             )
             event, action = EventType.ADDED, ApplyAction.CREATED
         else:
@@ -420,7 +425,8 @@ class SqliteStore:
             stored = replace(
                 resource, uid=current.uid, resource_version=self._rv,
                 generation=current.generation + (1 if spec_changed else 0),
-                create_time=current.create_time, update_time=now, status=current.status,
+                create_time=current.create_time, update_time=now,
+                status=dict(resource.status) if with_status else current.status,
             )
             event, action = EventType.MODIFIED, ApplyAction.CONFIGURED
         self._put(stored, event)
