@@ -26,8 +26,6 @@ from google.rpc import code_pb2
 from controlplane.api.flotilla.v1 import (
     agent_pb2,
     agent_pb2_grpc,
-    identity_pb2,
-    identity_pb2_grpc,
     nodes_pb2,
 )
 from controlplane.convert import dict_of
@@ -266,22 +264,15 @@ class Agent:
                 else Refusal(f"{code_pb2.Code.Name(result.code)}: {result.error}"))
         return results
 
-    def _trust(self) -> identity_pb2.TrustBundle | None:
-        """The mesh's roots now (a rotation changes them); None while the
-        control plane is away (certificates in hand stay in use)."""
-        try:
-            bundle: identity_pb2.TrustBundle = self.link.identity.GetTrustBundle(
-                identity_pb2.GetTrustBundleRequest(), timeout=5)
-        except grpc.RpcError:
-            return None
-        return bundle
-
     def _certificate_loop(self) -> None:
         """Every instance here holds a leaf that is not past half its life."""
         while not self._stopping.is_set():
             self._certificates_due.wait(1.0)
             self._certificates_due.clear()
-            trust = self._trust()
+            # The mesh's roots as the link fetched them this second (a rotation
+            # changes them); None while the control plane is away (certificates
+            # in hand stay in use).
+            trust = self.link.trust
             if trust is not None:
                 self._mtls = trust.mtls
             before = {i: m.serial for i, r in self.runners().items()

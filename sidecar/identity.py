@@ -81,19 +81,6 @@ Request = tuple[str, str, str]
 Signer = Callable[[list[Request]], list["Signed | Exception"]]
 
 
-def one_by_one(sign: Callable[[str, str, str], Signed]) -> Signer:
-    """A Signer from a function that signs one request (raising on refusal)."""
-    def many(requests: list[Request]) -> list[Signed | Exception]:
-        results: list[Signed | Exception] = []
-        for request in requests:
-            try:
-                results.append(sign(*request))
-            except Exception as error:  # noqa: BLE001 - a refusal, kept per request
-                results.append(error)
-        return results
-    return many
-
-
 class Certificates:
     def __init__(self, sign: Signer, clock: Callable[[], float] = time.time) -> None:
         self._sign = sign

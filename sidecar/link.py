@@ -12,7 +12,7 @@
   stream on it ends, and its caller joins again).
 
 Thread-safety: the current channel and its stubs are swapped under a lock;
-callers take ``agent``/``identity`` per call.
+callers take ``agent`` per call; ``trust`` is the bundle ``refresh`` fetched.
 """
 
 from __future__ import annotations
@@ -125,10 +125,6 @@ class ControlPlaneLink:
     @property
     def agent(self) -> agent_pb2_grpc.AgentServiceStub:
         return self._current().agent
-
-    @property
-    def identity(self) -> identity_pb2_grpc.IdentityServiceStub:
-        return self._current().identity
 
     @property
     def serial(self) -> str:

@@ -1,9 +1,11 @@
 """Test certificates: a throwaway CA and server certificates it signs, for
-TLS servers outside the mesh (external services)."""
+TLS servers outside the mesh (external services); a node-side Signer over a
+function that signs one CSR (for fakes of the control plane)."""
 
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +13,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from sidecar.identity import Request, Signed, Signer
 
 
 @dataclass(frozen=True)
@@ -50,3 +54,16 @@ def server_certificate(directory: Path, dns_name: str) -> ServerCertificate:
                                            serialization.NoEncryption()))
     return ServerCertificate(ca.public_bytes(serialization.Encoding.PEM).decode(), cert_path,
                              key_path)
+
+
+def one_by_one(sign: Callable[[str, str, str], Signed]) -> Signer:
+    """A Signer from a function that signs one request (raising on refusal)."""
+    def many(requests: list[Request]) -> list[Signed | Exception]:
+        results: list[Signed | Exception] = []
+        for request in requests:
+            try:
+                results.append(sign(*request))
+            except Exception as error:  # noqa: BLE001 - a refusal, kept per request
+                results.append(error)
+        return results
+    return many

@@ -27,6 +27,24 @@ from controlplane.model import NODE_NAMESPACE, ObjectKey, Resource
 from controlplane.store import SqliteStore
 
 
+#: Status key of the wall-clock time of an object's last heartbeat, written
+#: when several replicas share heartbeats (nodes, registered instances).
+HEARTBEAT = "heartbeat"
+
+
+def heartbeat_age(status: Mapping[str, Any]) -> float:
+    """Seconds since the heartbeat ``status`` records (huge without one)."""
+    return time.time() - float(status.get(HEARTBEAT) or 0)
+
+
+def with_heartbeat(status: Mapping[str, Any], previous: Mapping[str, Any],
+                   period: float) -> dict[str, Any]:
+    """``status`` carrying a heartbeat: a fresh one when ``previous``'s is a
+    third of ``period`` old, else that one (so most heartbeats write nothing)."""
+    due = heartbeat_age(previous) >= period / 3
+    return {**status, HEARTBEAT: time.time() if due else float(previous[HEARTBEAT])}
+
+
 def node_key(name: str) -> ObjectKey:
     return ObjectKey("Node", NODE_NAMESPACE, name)
 
@@ -86,9 +104,7 @@ class NodeRegistry:
             self._seen[name] = self._clock()
         status: dict[str, Any] = {"state": "ready"}
         if self._shared:
-            last = float(node.status.get("heartbeat") or 0)
-            now = time.time()
-            status["heartbeat"] = now if now - last >= self.grace / 3 else last
+            status = with_heartbeat(status, node.status, self.grace)
         if dict(node.status) != status:
             node = self._store.write_status(node.key, status) or node
         return node
@@ -99,8 +115,7 @@ class NodeRegistry:
         downed = []
         for node in self._store.list("Node"):
             with self._lock:
-                if self._shared and \
-                        time.time() - float(node.status.get("heartbeat") or 0) < self.grace:
+                if self._shared and heartbeat_age(node.status) < self.grace:
                     self._seen[node.name] = now  # it reported to another replica
                 seen = self._seen.setdefault(node.name, now)
             if node.status.get("state") != "down" and now - seen > self.grace:

@@ -41,8 +41,9 @@ def _no_proxies(version: int) -> bool:
     return True
 
 
-def _alone() -> bool:
-    """A single control plane is always the leader."""
+def always_leader() -> bool:
+    """A single control plane is always the leader (the default of every
+    leader-only part)."""
     return True
 
 
@@ -56,7 +57,7 @@ class Reconciler:
                  rng: random.Random | None = None, resync: float = 5.0,
                  proxies_synced: Callable[[int], bool] = _no_proxies,
                  drain_timeout: float = DRAIN_TIMEOUT,
-                 is_leader: Callable[[], bool] = _alone) -> None:
+                 is_leader: Callable[[], bool] = always_leader) -> None:
         self._store = store
         self._is_leader = is_leader
         self._nodes = nodes

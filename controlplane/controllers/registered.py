@@ -48,6 +48,8 @@ from controlplane.manifests.types import check_dns_label, check_labels
 from controlplane.manifests.references import View
 from controlplane.model import DEFAULT_NAMESPACE, SERVICE_LABEL, ObjectKey, Resource
 from controlplane.model.endpoints import is_registered
+from controlplane.controllers.nodes import HEARTBEAT, heartbeat_age, with_heartbeat
+from controlplane.controllers.reconciler import always_leader
 from controlplane.store import SqliteStore
 
 log = logging.getLogger("flotilla.registered")
@@ -62,11 +64,6 @@ TTL_DEFAULT = 30.0
 SWEEP_INTERVAL = 0.5
 
 _SUFFIX = "bcdfghjklmnpqrstvwxz2456789"
-
-
-def _alone() -> bool:
-    """A single control plane is always the leader."""
-    return True
 
 
 @dataclass(frozen=True)
@@ -187,7 +184,7 @@ class RegisteredInstances:
 
     def __init__(self, store: SqliteStore, *, clock: Callable[[], float] = time.monotonic,
                  rng: random.Random | None = None, interval: float = SWEEP_INTERVAL,
-                 is_leader: Callable[[], bool] = _alone, shared: bool = False) -> None:
+                 is_leader: Callable[[], bool] = always_leader, shared: bool = False) -> None:
         self._store = store
         self._shared = shared
         self._clock = clock
@@ -269,10 +266,10 @@ class RegisteredInstances:
         if instance is None:
             self._forget([name], lease)  # deleted behind our back (flotilla delete)
             raise NotFound(_not_registered(name))
-        if self._shared and time.time() - float(instance.status.get("heartbeat") or 0) \
-                >= lease.ttl / 3:
-            self._store.write_status(instance.key, {**registered_status(instance.spec),
-                                                    "heartbeat": time.time()})
+        if self._shared:
+            status = with_heartbeat(registered_status(instance.spec), instance.status, lease.ttl)
+            if status != dict(instance.status):
+                self._store.write_status(instance.key, status)
 
     def deregister(self, name: str) -> None:
         """Remove ``name`` now; ``NotFound`` when it is not registered."""
@@ -342,7 +339,7 @@ class RegisteredInstances:
             self._by_endpoint.clear()
         for instance in found:
             self._hold(instance.name, lease_of(instance, now))
-            status = {k: v for k, v in instance.status.items() if k != "heartbeat"}
+            status = {k: v for k, v in instance.status.items() if k != HEARTBEAT}
             if status != registered_status(instance.spec):
                 self._store.write_status(instance.key, registered_status(instance.spec))
 
@@ -361,13 +358,11 @@ class RegisteredInstances:
     def _follow_others(self, now: float) -> None:
         """What other replicas took: instances registered through them (a
         full TTL from now) and the heartbeats they wrote to the status."""
-        wall = time.time()
         for instance in self._registered():
-            beat = float(instance.status.get("heartbeat") or 0)
             with self._lock:
                 lease = self._leases.get(instance.name)
                 if lease is not None:
-                    lease.seen = max(lease.seen, now - (wall - beat))
+                    lease.seen = max(lease.seen, now - heartbeat_age(instance.status))
             if lease is None:
                 self._hold(instance.name, lease_of(instance, now))
 

@@ -78,6 +78,8 @@ class Issuer:
 
     def reload(self) -> None:
         """Take the CA as stored when another replica changed it (a rotation)."""
+        if not self._store.replicated:
+            return  # only this process writes it
         stored = self._store.get_private(PRIVATE_KEY)
         with self._lock:
             if not stored or stored == self._stored:

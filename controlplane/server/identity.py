@@ -11,6 +11,7 @@ import grpc
 
 from controlplane.api.flotilla.v1 import agent_pb2, identity_pb2, identity_pb2_grpc
 from controlplane.errors import UserError
+from controlplane.controllers.reconciler import always_leader
 from controlplane.identity.issuer import Issuer
 from controlplane.server.agents import leaf_response
 from controlplane.server.status import abort
@@ -29,7 +30,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     """Its thread follows the CA as stored (another replica may rotate it)
     and, on the leader, moves a rotation on."""
 
-    def __init__(self, issuer: Issuer, is_leader: Callable[[], bool] = lambda: True) -> None:
+    def __init__(self, issuer: Issuer, is_leader: Callable[[], bool] = always_leader) -> None:
         self._issuer = issuer
         self._is_leader = is_leader
         self._stop = threading.Event()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 
 import json
 import logging
@@ -56,6 +57,20 @@ _T = TypeVar("_T")
 
 #: Times a write is redone after other replicas appended first.
 _RETRIES = 50
+
+def _retried(write: Callable[..., _T]) -> Callable[..., _T]:
+    """A public write of a replicated store runs again (on the caught-up copy)
+    when another replica appended to the log first."""
+    @functools.wraps(write)
+    def retrying(self: SqliteStore, *args: Any, **kwargs: Any) -> _T:
+        for _ in range(_RETRIES):
+            try:
+                return write(self, *args, **kwargs)
+            except LogMoved:
+                self.catch_up()
+        raise TemporaryError("the store is busy: other replicas kept writing first; retry")
+    return retrying
+
 
 #: Checks a batch against the world inside the write transaction; raises a
 #: UserError to reject the whole batch.
@@ -125,6 +140,11 @@ class SqliteStore:
             threading.Thread(target=self._follow, name="store-follower", daemon=True).start()
 
     # --- reads ----------------------------------------------------------------
+
+    @property
+    def replicated(self) -> bool:
+        """Whether other replicas write this store too (through the log)."""
+        return self._log is not None
 
     @property
     def resource_version(self) -> int:
@@ -198,6 +218,7 @@ class SqliteStore:
 
     # --- writes ---------------------------------------------------------------
 
+    @_retried
     def apply(
         self,
         batch: Sequence[Resource],
@@ -214,22 +235,19 @@ class SqliteStore:
         (system writers only) stores the resources' status too, in the same
         write, instead of keeping the stored one.
         """
-        def attempt() -> builtins.list[ApplyOutcome]:
-            with self._transaction(dry_run):
-                if admit is not None:
-                    admit(batch, _TransactionView(self))
-                return [self._apply_one(resource, with_status) for resource in batch]
-        return self._retrying(attempt)
+        with self._transaction(dry_run):
+            if admit is not None:
+                admit(batch, _TransactionView(self))
+            return [self._apply_one(resource, with_status) for resource in batch]
 
+    @_retried
     def delete(
         self, keys: Sequence[ObjectKey], *, ignore_not_found: bool = False, dry_run: bool = False
     ) -> builtins.list[Resource]:
         """Delete every key in one transaction. Refused (``FailedPrecondition``)
         while an object outside the batch still references one of them."""
-        def attempt() -> builtins.list[Resource]:
-            with self._transaction(dry_run):
-                return self._delete(keys, ignore_not_found)
-        return self._retrying(attempt)
+        with self._transaction(dry_run):
+            return self._delete(keys, ignore_not_found)
 
     def get_private(self, key: str) -> Any:
         """A value only the control plane reads (the CA's keys): sealed at rest,
@@ -241,42 +259,31 @@ class SqliteStore:
         value = json.loads(row[0])
         return self._sealer.unseal(value) if self._sealer is not None else value
 
+    @_retried
     def put_private(self, key: str, value: Any) -> None:
         sealed = json.dumps(self._sealer.seal(value) if self._sealer is not None else value)
+        with self._transaction(dry_run=False):
+            self._db.execute("INSERT OR REPLACE INTO private (key, value) VALUES (?, ?)",
+                             (key, sealed))
+            if self._log is not None:  # an entry of its own in the log
+                self._rv += 1
+                self._private_pending[key] = sealed
 
-        def attempt() -> None:
-            with self._transaction(dry_run=False):
-                self._db.execute("INSERT OR REPLACE INTO private (key, value) VALUES (?, ?)",
-                                 (key, sealed))
-                if self._log is not None:  # an entry of its own in the log
-                    self._rv += 1
-                    self._private_pending[key] = sealed
-        self._retrying(attempt)
-
+    @_retried
     def write_status(self, key: ObjectKey, status: Mapping[str, Any]) -> Resource | None:
         """Replace an object's status (system writers only); None when the object
         is gone. A status equal to the stored one writes nothing."""
-        def attempt() -> Resource | None:
-            with self._transaction(dry_run=False):
-                current = self._get(key)
-                if current is None or dict(current.status) == dict(status):
-                    return current
-                self._rv += 1
-                stored = replace(current, status=dict(status), resource_version=self._rv,
-                                 update_time=self._clock())
-                self._put(stored, EventType.MODIFIED)
-                return stored
-        return self._retrying(attempt)
+        with self._transaction(dry_run=False):
+            current = self._get(key)
+            if current is None or dict(current.status) == dict(status):
+                return current
+            self._rv += 1
+            stored = replace(current, status=dict(status), resource_version=self._rv,
+                             update_time=self._clock())
+            self._put(stored, EventType.MODIFIED)
+            return stored
 
     # --- replication ----------------------------------------------------------------
-
-    def _retrying(self, attempt: Callable[[], _T]) -> _T:
-        for _ in range(_RETRIES):
-            try:
-                return attempt()
-            except LogMoved:
-                self.catch_up()
-        raise TemporaryError("the store is busy: other replicas kept writing first; retry")
 
     def catch_up(self) -> None:
         """Apply every log entry this copy lacks (replicated stores only)."""
@@ -309,21 +316,14 @@ class SqliteStore:
 
     def _replay(self, entry: Mapping[str, Any]) -> None:
         """One log entry, as the replica that wrote it committed it."""
-        for rv, type_, kind, namespace, name, body in entry["events"]:
-            key = (kind, namespace, name)
-            self._db.execute("DELETE FROM refs WHERE src_kind=? AND src_namespace=? AND "
-                             "src_name=?", key)
+        for rv, type_, _, _, _, body in entry["events"]:
+            self._rv = int(rv)
+            resource = self._decode(body)
             if type_ == EventType.DELETED.value:
-                self._db.execute("DELETE FROM objects WHERE kind=? AND namespace=? AND name=?",
-                                 key)
-            else:
-                self._db.execute("INSERT OR REPLACE INTO objects (kind, namespace, name, body) "
-                                 "VALUES (?, ?, ?, ?)", (*key, body))
-                self._db.executemany("INSERT INTO refs VALUES (?, ?, ?, ?, ?, ?, ?)", [
-                    (*_key_tuple(ref.source), ref.path, *_key_tuple(ref.target))
-                    for ref in references(self._decode(body))])
-            self._db.execute("INSERT INTO events (rv, type, kind, namespace, name, body) "
-                             "VALUES (?, ?, ?, ?, ?, ?)", (rv, type_, *key, body))
+                self._remove(resource, body)
+            else:  # the writer's body as it is: a Secret stays sealed with its nonce
+                self._put(resource, EventType(type_), body)
+                self._set_refs(resource)
         for key, value in (entry.get("private") or {}).items():
             self._db.execute("INSERT OR REPLACE INTO private (key, value) VALUES (?, ?)",
                              (key, value))
@@ -362,27 +362,19 @@ class SqliteStore:
         with self._changed:
             start = self._rv
             self._db.execute("BEGIN IMMEDIATE")
+            commit = False
             try:
                 yield
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                self._rv = start
-                self._private_pending = {}
-                raise
-            if dry_run:
-                self._db.execute("ROLLBACK")
-                self._rv = start
-                self._private_pending = {}
-                return
-            if self._log is not None and self._rv != start:
-                try:
+                if not dry_run and self._log is not None and self._rv != start:
                     self._log.append(start, self._rv, self._entry(start))
-                except BaseException:
+                commit = not dry_run
+            finally:
+                self._private_pending = {}
+                if not commit:  # the body or the append raised, or a dry run
                     self._db.execute("ROLLBACK")
                     self._rv = start
-                    self._private_pending = {}
-                    raise
-                self._private_pending = {}
+            if not commit:
+                return
             self._db.execute("COMMIT")
             if self._rv != start:
                 self._compact()
@@ -430,17 +422,7 @@ class SqliteStore:
             )
             event, action = EventType.MODIFIED, ApplyAction.CONFIGURED
         self._put(stored, event)
-        self._db.execute(
-            "DELETE FROM refs WHERE src_kind=? AND src_namespace=? AND src_name=?",
-            (stored.kind, stored.namespace, stored.name),
-        )
-        self._db.executemany(
-            "INSERT INTO refs VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [
-                (*_key_tuple(ref.source), ref.path, *_key_tuple(ref.target))
-                for ref in references(stored)
-            ],
-        )
+        self._set_refs(stored)
         return ApplyOutcome(stored, action)
 
     def _delete(
@@ -468,26 +450,35 @@ class SqliteStore:
                         f"change or delete {source} first, or delete both together"
                     )
         for resource in found:
-            self._db.execute(
-                "DELETE FROM objects WHERE kind=? AND namespace=? AND name=?",
-                _key_tuple(resource.key),
-            )
-            self._db.execute(
-                "DELETE FROM refs WHERE src_kind=? AND src_namespace=? AND src_name=?",
-                _key_tuple(resource.key),
-            )
             self._rv += 1
-            self._record(EventType.DELETED, resource, self._encode(resource))
+            self._remove(resource, self._encode(resource))
         return found
 
-    def _put(self, stored: Resource, event: EventType) -> None:
-        """Write ``stored`` (its resourceVersion already taken) and its event."""
-        body = self._encode(stored)
+    def _put(self, stored: Resource, event: EventType, body: str | None = None) -> None:
+        """Write ``stored`` (its resourceVersion already taken) and its event;
+        ``body`` when it is already encoded (a replayed log entry)."""
+        body = self._encode(stored) if body is None else body
         self._db.execute(
             "INSERT OR REPLACE INTO objects (kind, namespace, name, body) VALUES (?, ?, ?, ?)",
             (*_key_tuple(stored.key), body),
         )
         self._record(event, stored, body)
+
+    def _remove(self, resource: Resource, body: str) -> None:
+        """Delete ``resource`` and its references (its resourceVersion taken)."""
+        self._db.execute("DELETE FROM objects WHERE kind=? AND namespace=? AND name=?",
+                         _key_tuple(resource.key))
+        self._db.execute("DELETE FROM refs WHERE src_kind=? AND src_namespace=? AND src_name=?",
+                         _key_tuple(resource.key))
+        self._record(EventType.DELETED, resource, body)
+
+    def _set_refs(self, stored: Resource) -> None:
+        """The references ``stored`` makes, replacing those it made before."""
+        self._db.execute("DELETE FROM refs WHERE src_kind=? AND src_namespace=? AND src_name=?",
+                         _key_tuple(stored.key))
+        self._db.executemany("INSERT INTO refs VALUES (?, ?, ?, ?, ?, ?, ?)", [
+            (*_key_tuple(ref.source), ref.path, *_key_tuple(ref.target))
+            for ref in references(stored)])
 
     def _record(self, event: EventType, resource: Resource, body: str) -> None:
         self._db.execute(

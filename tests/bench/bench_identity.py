@@ -30,7 +30,8 @@ from controlplane.model import Resource
 from controlplane.xds.cache import XdsCache
 from controlplane.xds.intentions import ranked
 from controlplane.xds.mesh import SIDECAR, Endpoint, MeshView, Proxy, ServiceView
-from sidecar.identity import Certificates, Signed, one_by_one
+from sidecar.identity import Certificates, Signed
+from tests.certs import one_by_one
 from sidecar.sds import SdsServer
 from tests.bench.bench_xds import (
     NAMESPACE,

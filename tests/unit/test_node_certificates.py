@@ -6,7 +6,8 @@ from __future__ import annotations
 import datetime
 
 from controlplane.identity.ca import CertificateAuthority, new_root, spiffe_id
-from sidecar.identity import Certificates, Signed, one_by_one
+from sidecar.identity import Certificates, Signed
+from tests.certs import one_by_one
 
 NOW = datetime.datetime(2026, 11, 24, 12, 0, tzinfo=datetime.timezone.utc)
 TTL = datetime.timedelta(minutes=10)
