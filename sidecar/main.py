@@ -40,10 +40,12 @@ def local_address(drivers: Sequence[str]) -> str:
     try:
         import docker
 
-        client = docker.from_env(timeout=10)
-        for config in client.networks.get("bridge").attrs["IPAM"]["Config"]:
-            if "." in config.get("Gateway", ""):
-                return str(config["Gateway"])
+        from sidecar.drivers.docker import bridge_gateway
+
+        found = bridge_gateway(docker.from_env(timeout=10))
+        if found is not None:
+            return found
+        log.info("the docker bridge has no IPv4 address; advertising 127.0.0.1")
     except Exception as error:  # noqa: BLE001 - no engine or no bridge: loopback
         log.info("no docker bridge (%s); advertising 127.0.0.1", error)
     return "127.0.0.1"

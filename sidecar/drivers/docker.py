@@ -74,10 +74,13 @@ Contract:
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import logging
 import math
 import re
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -217,6 +220,45 @@ def _bridge_address(container: Inspected) -> str:
     for network in (settings.get("Networks") or {}).values():
         found = found or network.get("IPAddress") or ""
     return str(found)
+
+
+#: The default bridge's option naming its host interface (``docker0``).
+BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
+_SIOCGIFADDR = 0x8915
+
+
+def interface_address(name: str) -> str | None:
+    """The IPv4 address of this host's network interface *name*, or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            answer = fcntl.ioctl(sock.fileno(), _SIOCGIFADDR,
+                                 struct.pack("256s", name.encode()[:15]))
+        except OSError:
+            return None
+    return socket.inet_ntoa(answer[20:24])
+
+
+def bridge_gateway(client: docker.DockerClient) -> str | None:
+    """The default bridge's address on this host, which the host and every
+    container reach, or None when the engine has no IPv4 bridge.
+
+    On the first start of a new engine the bridge network's ``IPAM.Config``
+    names a subnet but no ``Gateway`` (it appears after a restart), so the
+    host interface the network names (``docker0``) is asked first; the IPAM
+    gateway, then the subnet's first address (where the engine puts the
+    gateway), serve an engine on another host."""
+    network = client.networks.get("bridge").attrs
+    interface = (network.get("Options") or {}).get(BRIDGE_NAME_OPTION, "docker0")
+    found = interface_address(interface)
+    if found is not None:
+        return found
+    for config in (network.get("IPAM") or {}).get("Config") or []:
+        if "." in config.get("Gateway", ""):
+            return str(config["Gateway"])
+        if "." in config.get("Subnet", ""):
+            subnet = ipaddress.IPv4Network(config["Subnet"], strict=False)
+            return str(subnet.network_address + 1)
+    return None
 
 
 def _last_lines(output: bytes, count: int = 5) -> str:

@@ -46,6 +46,7 @@ from sidecar.drivers.docker import (
     Summaries,
     pod_mesh,
 )
+from sidecar.drivers.docker import bridge_gateway as docker_bridge_gateway
 from sidecar.relay import Relay
 from tests.e2e.test_docker_driver import (  # noqa: F401 - flotilla_images is a fixture
     HTTP_IMAGE,
@@ -96,9 +97,11 @@ def service(name: str, port: int, replicas: int, **spec: Any) -> dict[str, Any]:
 
 
 def bridge_gateway(client: docker.DockerClient) -> str:
-    """The docker bridge's gateway: the host and every container reach it."""
-    ipam = client.networks.get("bridge").attrs["IPAM"]["Config"]
-    return str(next(c["Gateway"] for c in ipam if "." in c.get("Gateway", "")))
+    """The docker bridge's address (the product's own helper): the host and
+    every container reach it."""
+    found = docker_bridge_gateway(client)
+    assert found is not None, "the Docker Engine has no IPv4 bridge (docker0)"
+    return found
 
 
 @dataclass

@@ -8,7 +8,9 @@ registers a service with a TTL check whose state decides whether
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -17,6 +19,8 @@ from typing import TYPE_CHECKING
 import consul
 import docker
 import pytest
+
+from sidecar.drivers.docker import bridge_gateway
 
 if TYPE_CHECKING:
     from tests.consul import ConsulAgent
@@ -67,6 +71,28 @@ def test_pod_containers_share_loopback(containers: Containers, busybox_image: st
     assert client.logs(stdout=True, stderr=False) == f"{body}\n".encode()
     server.reload()
     assert server.status == "running"
+
+
+def test_the_bridge_gateway_is_found_and_reached_from_a_container(
+    containers: Containers, busybox_image: str, docker_client: docker.DockerClient,
+) -> None:
+    """What `flotilla dev` and the e2e fixtures advertise on one machine: found
+    also on an engine's first start, whose bridge names no IPAM gateway."""
+    address = bridge_gateway(docker_client)
+    assert address is not None and ipaddress.IPv4Address(address) in ipaddress.IPv4Network(
+        next(c["Subnet"] for c in docker_client.networks.get("bridge").attrs["IPAM"]["Config"]
+             if "." in c.get("Subnet", ""))), address
+    body = f"host {uuid.uuid4().hex}"
+    with socket.create_server((address, 0)) as listener:
+        port = listener.getsockname()[1]
+        caller = containers.run(busybox_image, ["sh", "-c", f"echo '{body}' | nc -w 5 {address} {port}"])
+
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(RUN_SECONDS)
+            received = conn.recv(1024)
+    assert caller.wait(timeout=RUN_SECONDS)["StatusCode"] == 0, caller.logs()
+    assert received == f"{body}\n".encode()
 
 
 def instance_ids(
