@@ -8,7 +8,17 @@ from pathlib import Path
 import pytest
 
 from controlplane.client import Client
-from tests.harness import ServerProcess
+from tests.harness import ServerProcess, stop_leftovers
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_process_outlives_the_session() -> Iterator[None]:
+    """Whatever a fixture started and, failing in its own setup, could not
+    stop is stopped here, by pid."""
+    yield
+    leftovers = stop_leftovers()
+    if leftovers:
+        print(f"\nstopped processes that no fixture stopped: {', '.join(leftovers)}")
 
 
 @pytest.fixture

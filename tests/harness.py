@@ -25,6 +25,23 @@ from sidecar.link import ControlPlaneLink
 STARTUP_DEADLINE = 30.0
 T = TypeVar("T")
 
+#: Every server and agent process started through this module and not yet
+#: stopped; ``stop_leftovers`` (run by tests/conftest.py after the session)
+#: ends the ones a fixture whose own setup failed could not reach.
+_STARTED: list[ServerProcess | AgentProcess] = []
+
+
+def stop_leftovers() -> list[str]:
+    """Stops (by pid) every process this module started that still runs;
+    returns what it stopped, for a warning."""
+    stopped = []
+    while _STARTED:
+        process = _STARTED.pop()
+        if process.proc is not None and process.proc.poll() is None:
+            stopped.append(f"{type(process).__name__} pid {process.proc.pid}")
+            process.cleanup()
+    return stopped
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
@@ -45,8 +62,9 @@ def end_process(process: subprocess.Popen[Any] | None, timeout: float = 15.0) ->
         process.wait()
 
 
-def wait_serving(address: str, deadline: float = STARTUP_DEADLINE) -> None:
-    """Poll the grpc health service until it says SERVING."""
+def wait_serving(address: str, deadline: float = STARTUP_DEADLINE,
+                 process: subprocess.Popen[Any] | None = None) -> None:
+    """Poll the grpc health service until it says SERVING (or *process* exits)."""
     end = time.monotonic() + deadline
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
@@ -57,6 +75,9 @@ def wait_serving(address: str, deadline: float = STARTUP_DEADLINE) -> None:
                     return
             except grpc.RpcError:
                 pass
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"flotilla server for {address} exited with "
+                                   f"{process.returncode} before serving")
             if time.monotonic() > end:
                 raise TimeoutError(f"flotilla server at {address} not serving after {deadline}s")
             time.sleep(0.05)
@@ -85,7 +106,12 @@ class ServerProcess:
             stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()
-        wait_serving(self.address)
+        _STARTED.append(self)
+        try:
+            wait_serving(self.address, process=self.proc)
+        except BaseException:
+            self.stop()  # never leave a server running that the caller will not stop
+            raise
         return self
 
     def kill(self, sig: int = signal.SIGKILL) -> int:
@@ -95,6 +121,8 @@ class ServerProcess:
 
     def stop(self) -> None:
         end_process(self.proc)
+
+    cleanup = stop
 
     def client(self) -> Client:
         return Client(self.address)
@@ -165,6 +193,7 @@ class AgentProcess:
             args += ["--driver", driver]
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         log.close()
+        _STARTED.append(self)
         return self
 
     def again(self) -> AgentProcess:

@@ -62,11 +62,12 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerC
     tmp = tmp_path_factory.mktemp("docker-mesh")
     address = bridge_gateway(docker_client)
     prefix = f"e2e-{uuid.uuid4().hex[:8]}"
-    server = ServerProcess(tmp / "server", extra_args=("--node-grace", "5")).start()
-    agents = [AgentProcess(server, f"{prefix}-n{i}", address, tmp / f"n{i}",
-                           drivers=("docker", "process")).start() for i in (1, 2)]
     port = free_port(address)
+    server = ServerProcess(tmp / "server", extra_args=("--node-grace", "5")).start()
+    agents: list[AgentProcess] = []
     try:
+        agents += [AgentProcess(server, f"{prefix}-n{i}", address, tmp / f"n{i}",
+                                drivers=("docker", "process")).start() for i in (1, 2)]
         with server.client() as client:
             eventually(lambda: len(client.list("Node", "")[0]) == 2, 30, "two nodes")
             client.apply([(doc, "mesh") for doc in manifests(port, docker_workload)])

@@ -59,12 +59,13 @@ def ingress(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.Dock
             flotilla_images: None) -> Iterator[tuple[ServerProcess, str]]:  # noqa: F811
     tmp = tmp_path_factory.mktemp("docker-mtls")
     address = bridge_gateway(docker_client)
+    port = free_port(address)
     server = ServerProcess(tmp / "server", extra_args=(
         "--mtls", "--default-intention", "deny")).start()
     agent = AgentProcess(server, f"e2e-{uuid.uuid4().hex[:8]}-tls", address, tmp / "node",
-                         drivers=("docker", "process")).start()
-    port = free_port(address)
+                         drivers=("docker", "process"))
     try:
+        agent.start()
         with server.client() as client:
             client.apply([(doc, "mtls") for doc in manifests(port)])
             for name, count in (("backend", 2), ("frontend", 1), ("ingress", 1)):

@@ -129,9 +129,9 @@ class Mesh:
 def mesh(tmp_path: Path, docker_client: docker.DockerClient,
          flotilla_images: None) -> Iterator[Mesh]:  # noqa: F811 - the imported fixture
     node = f"e2e-{uuid.uuid4().hex[:8]}-mesh"
+    address = bridge_gateway(docker_client)
     server = ServerProcess(tmp_path / "server").start()
-    agent = AgentProcess(server, node, bridge_gateway(docker_client), tmp_path / "agent",
-                         drivers=("docker",))
+    agent = AgentProcess(server, node, address, tmp_path / "agent", drivers=("docker",))
     found = Mesh(server, agent, node, docker_client)
     try:
         agent.start()

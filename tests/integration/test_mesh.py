@@ -41,9 +41,11 @@ def envoy_restarted(agents: list[AgentProcess]) -> Callable[[dict[str, Any], obj
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     tmp = tmp_path_factory.mktemp("mesh")
     server = ServerProcess(tmp / "server", extra_args=("--node-grace", "5")).start()
-    agents = [AgentProcess(server, name, address, tmp / name).start() for name, address in NODES]
+    agents: list[AgentProcess] = []
     port = free_port()
     try:
+        agents += [AgentProcess(server, name, address, tmp / name).start()
+                   for name, address in NODES]
         with server.client() as client:
             eventually(lambda: len(client.list("Node", "")[0]) == 3, 30, "three nodes")
             client.apply([(doc, "mesh") for doc in manifests(port, process_workload)])

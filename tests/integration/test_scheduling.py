@@ -41,9 +41,10 @@ def web(name: str, replicas: int, **spec: Any) -> dict[str, Any]:
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[tuple[ServerProcess, list[AgentProcess]]]:
     server = ServerProcess(tmp_path / "server", extra_args=("--node-grace", str(GRACE))).start()
-    agents = [AgentProcess(server, name, address, tmp_path / name, labels=(label,)).start()
-              for name, address, label in NODES]
+    agents: list[AgentProcess] = []
     try:
+        agents += [AgentProcess(server, name, address, tmp_path / name, labels=(label,)).start()
+                   for name, address, label in NODES]
         with server.client() as client:
             eventually(lambda: len(ready_nodes(client)) == 3, 30, "three ready nodes")
         yield server, agents
