@@ -40,7 +40,9 @@ class FlotillaGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+            return result
         except ServerUnavailable as error:
             err.print(f"[red]error:[/red] {error}", markup=True)
             err.print(
@@ -439,10 +441,47 @@ def _emit(fmt: str, docs: list[dict[str, Any]], *, single: bool, namespaces: boo
     out.print(text, markup=False, end="" if text.endswith("\n") else "\n")
 
 
+class _WatchedStdout:
+    """sys.stdout, noting whether its reader went away (EPIPE): click and rich
+    each turn that into exit 1, which fails `flotilla get ... | head -1` under
+    `set -o pipefail`."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.reader_gone = False
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self._stream.write(text))
+        except BrokenPipeError:
+            self.reader_gone = True
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self.reader_gone = True
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main() -> None:
     from controlplane.cli import cluster, mesh  # noqa: F401  (registers their commands)
 
-    cli(prog_name="flotilla")
+    watched = _WatchedStdout(sys.stdout)
+    sys.stdout = watched  # type: ignore[assignment]
+    try:
+        cli(prog_name="flotilla")
+    except SystemExit:
+        if not watched.reader_gone:
+            raise
+        # The reader has what it wanted: done, quietly, as kubectl is; what is
+        # still buffered goes nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), watched.fileno())
+        raise SystemExit(0) from None
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ through apply / get / describe / delete, and exit codes mean what they say."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -140,3 +143,22 @@ def test_dry_run_stores_nothing(server: ServerProcess) -> None:
     assert result.returncode == 0, result.stderr
     assert "created (dry run)" in result.stdout
     assert json.loads(run_cli("get", "all", "-o", "json", server=server).stdout)["items"] == []
+
+
+@pytest.mark.parametrize("args", [["get", "all"], ["get", "services", "-o", "name"],
+                                  ["get", "services", "-o", "yaml"], ["--help"]],
+                         ids=["table", "names", "yaml", "help"])
+def test_a_closed_pipe_ends_the_cli_quietly_with_exit_0(server: ServerProcess,
+                                                        args: list[str]) -> None:
+    """`flotilla get ... | head -1` under `set -o pipefail`: the reader is gone
+    before the CLI writes (the read end closed first makes that certain)."""
+    assert run_cli("apply", "-f", str(EXAMPLES), server=server).returncode == 0
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        result = subprocess.run([sys.executable, "-m", "controlplane", *args], stdout=write,
+                                stderr=subprocess.PIPE, text=True, timeout=60,
+                                env={**os.environ, "FLOTILLA_SERVER": server.address})
+    finally:
+        os.close(write)
+    assert (result.returncode, result.stderr) == (0, "")
