@@ -44,6 +44,20 @@ class Schema(BaseModel):
     )
 
 
+#: The key, in a field's ``json_schema_extra``, of why the field is refused:
+#: the schema knows its shape, Flotilla does not give it an effect yet.
+NOT_SUPPORTED = "flotilla-not-supported"
+#: The key, in a field's ``json_schema_extra``, of values refused the same way.
+NOT_SUPPORTED_VALUES = "flotilla-not-supported-values"
+
+
+def not_supported_yet(why: str, default: Any = None) -> Any:
+    """A field that validates but is refused at apply when set (anything but
+    *default*): *why* says what is missing and what to do instead. The issue
+    that gives the field its effect removes the marker."""
+    return Field(default=default, json_schema_extra={NOT_SUPPORTED: why})
+
+
 def _one_of(model: BaseModel, fields: tuple[str, ...], where: str) -> None:
     given = [f for f in fields if getattr(model, f) is not None]
     if len(given) != 1:
@@ -252,7 +266,9 @@ class ServiceSpec(Schema):
     placement: Placement = Placement()
     upstreams: list[Upstream] = []
     update: UpdateStrategy = UpdateStrategy()
-    autoscaling: Autoscaling | None = None
+    autoscaling: Autoscaling | None = not_supported_yet(
+        "autoscaling is not supported yet: nothing scales instances on load; "
+        "set spec.replicas (or `flotilla scale`) instead")
     mounts: list[Mount] = []
     #: Instances registered in Consul by others serve this Service.
     external: External | None = None
@@ -471,11 +487,20 @@ class TrafficPolicySpec(Schema):
     retries: Retries | None = None
     circuit_breaker: CircuitBreaker | None = None
     outlier_detection: OutlierDetection | None = None
-    subsets: list[Subset] = []
-    split: Split = []
-    routes: list[Route] = []
-    faults: Faults | None = None
-    rate_limit: RateLimit | None = None
+    subsets: list[Subset] = not_supported_yet(
+        "subsets are not supported yet: every instance of the destination serves "
+        "every request; remove subsets", default=[])
+    split: Split = not_supported_yet(
+        "weighted splits are not supported yet: traffic is balanced over every "
+        "instance; remove split", default=[])
+    routes: list[Route] = not_supported_yet(
+        "routes are not supported yet: every request goes to every instance; "
+        "remove routes", default=[])
+    faults: Faults | None = not_supported_yet(
+        "fault injection is not supported yet: no delay or abort would be injected; "
+        "remove faults")
+    rate_limit: RateLimit | None = not_supported_yet(
+        "rate limits are not supported yet: no request would be limited; remove rateLimit")
 
     @model_validator(mode="after")
     def _subsets(self) -> TrafficPolicySpec:
@@ -568,8 +593,12 @@ class GatewayTLS(Schema):
 class Listener(Schema):
     name: Name
     port: Port
-    protocol: Literal["http", "https", "tcp"] = "http"
-    tls: GatewayTLS | None = None
+    protocol: Literal["http", "https", "tcp"] = Field(default="http", json_schema_extra={
+        NOT_SUPPORTED_VALUES: {"https": "https listeners are not supported yet: the gateway "
+                               "would serve plain HTTP on this port; use protocol http (and "
+                               "terminate TLS in front of the gateway)"}})
+    tls: GatewayTLS | None = not_supported_yet(
+        "TLS at the gateway is not supported yet; remove tls and use protocol http")
     routes: Annotated[list[GatewayRoute], Field(min_length=1)]
 
     @model_validator(mode="after")

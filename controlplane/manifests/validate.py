@@ -12,14 +12,20 @@ from __future__ import annotations
 import difflib
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from controlplane.errors import FieldViolation, InvalidManifest
-from controlplane.manifests.schemas import SPEC_SCHEMAS, Document, Schema
+from controlplane.manifests.schemas import (
+    NOT_SUPPORTED,
+    NOT_SUPPORTED_VALUES,
+    SPEC_SCHEMAS,
+    Document,
+    Schema,
+)
 from controlplane.manifests.types import FieldError
 from controlplane.model import API_VERSION, KINDS, SYSTEM_KINDS, Resource
 
@@ -133,6 +139,9 @@ def to_resource(doc: Any, source: str = "") -> Resource:
         spec = schema.model_validate(envelope.spec)
     except ValidationError as exc:
         raise InvalidManifest(violations_of(exc, schema, "spec", label)) from None
+    refused = [FieldViolation(path, why, label) for path, why in not_supported(spec, "spec")]
+    if refused:
+        raise InvalidManifest(refused)
     normalize = getattr(spec, "normalized", None)
     if normalize is not None:
         spec = normalize()
@@ -146,6 +155,29 @@ def to_resource(doc: Any, source: str = "") -> Resource:
         annotations=dict(meta.annotations),
         resource_version=meta.resource_version or 0,
     )
+
+
+def not_supported(model: BaseModel, path: str) -> Iterator[tuple[str, str]]:
+    """``(field path, why)`` for every field set in *model* (walked through
+    nested models and lists of them) that the schema marks as not supported
+    yet, or whose value it marks so."""
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        where = f"{path}.{field.alias or name}"
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        why = extra.get(NOT_SUPPORTED)
+        if isinstance(why, str) and value != field.get_default(call_default_factory=True):
+            yield where, why
+            continue
+        values = extra.get(NOT_SUPPORTED_VALUES)
+        if isinstance(values, dict) and isinstance(value, str) and value in values:
+            yield where, str(values[value])
+        if isinstance(value, BaseModel):
+            yield from not_supported(value, where)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    yield from not_supported(item, f"{where}[{i}]")
 
 
 def _label(doc: Mapping[str, Any], source: str) -> str:
@@ -305,6 +337,7 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
 __all__ = [
     "KIND_ALIASES",
     "Schema",
+    "not_supported",
     "parse_yaml",
     "resolve_kind",
     "to_resource",
