@@ -343,7 +343,7 @@ def check(ctx: click.Context, source: str, destination: str, namespace: str, pat
         call += f" {request.method} {request.path}"
     out.print(f"{call}: {decision.explain()}", markup=False)
     if not settings.mtls:
-        out.print("(not enforced: the server runs without --mtls)", markup=False)
+        out.print("(not enforced: the server runs with --no-mtls)", markup=False)
     if decision.action == DENY:
         ctx.exit(1)
 

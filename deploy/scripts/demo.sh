@@ -7,16 +7,30 @@ cd "$(dirname "$0")/../.."
 FLOTILLA="$VENV/bin/flotilla"
 # The process driver runs the example apps with this Python and these modules.
 export PATH="$PWD/$VENV/bin:$PATH" PYTHONPATH="$PWD/deploy/apps${PYTHONPATH:+:$PYTHONPATH}"
+# FLOTILLA_DEMO_PORT: the control plane's port; FLOTILLA_DEMO_INGRESS_PORT: the
+# example gateway's listener (deploy/examples/ingress.yaml says 8000).
 PORT=${FLOTILLA_DEMO_PORT:-7300}
+INGRESS_PORT=${FLOTILLA_DEMO_INGRESS_PORT:-8000}
 export FLOTILLA_SERVER="127.0.0.1:$PORT"
 DATA=.run/demo
+EXAMPLES=deploy/examples
 mkdir -p .run && rm -rf "$DATA"
+if [[ "$INGRESS_PORT" != 8000 ]]; then
+  EXAMPLES=.run/demo-examples
+  rm -rf "$EXAMPLES" && cp -r deploy/examples "$EXAMPLES"
+  sed -i "s/port: 8000$/port: $INGRESS_PORT/" "$EXAMPLES/ingress.yaml"
+fi
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 show() { printf '$ %s\n' "$*"; "$@"; }
 
 if "$FLOTILLA" get all >/dev/null 2>&1; then
   echo "something already answers on $FLOTILLA_SERVER; stop it or set FLOTILLA_DEMO_PORT" >&2
+  exit 1
+fi
+if python3 -c 'import socket,sys; socket.create_server(("0.0.0.0", int(sys.argv[1]))).close()' \
+    "$INGRESS_PORT" 2>/dev/null; then :; else
+  echo "port $INGRESS_PORT (the example ingress) is taken; free it or set FLOTILLA_DEMO_INGRESS_PORT" >&2
   exit 1
 fi
 
@@ -40,9 +54,9 @@ done
 head -2 .run/demo.log
 
 step "apply the example mesh app: ingress -> frontend (HTTP) -> backend (gRPC, 3 replicas)"
-show "$FLOTILLA" apply -f deploy/examples/ --wait
+show "$FLOTILLA" apply -f "$EXAMPLES/" --wait
 step "apply it again: nothing changes"
-show "$FLOTILLA" apply -f deploy/examples/
+show "$FLOTILLA" apply -f "$EXAMPLES/"
 
 step "what is stored"
 show "$FLOTILLA" get all
@@ -57,7 +71,7 @@ step "every instance runs with an Envoy sidecar configured by Flotilla's xDS"
 show "$FLOTILLA" proxy-status
 
 # Requests through the ingress: which frontend answered, which backend it called.
-INGRESS="$("$FLOTILLA" get nodes -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["items"][0]["spec"]["address"])'):8000"
+INGRESS="$("$FLOTILLA" get nodes -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["items"][0]["spec"]["address"])'):$INGRESS_PORT"
 through_ingress() {
   python3 - "$1" "$INGRESS" <<'PY'
 import collections, json, sys, time, urllib.request
