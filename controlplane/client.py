@@ -48,16 +48,6 @@ _ACTIONS = {
     pb.APPLY_ACTION_CONFIGURED: "configured",
     pb.APPLY_ACTION_UNCHANGED: "unchanged",
 }
-_ERRORS: dict[grpc.StatusCode, type[errors.UserError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidManifest,
-    grpc.StatusCode.ABORTED: errors.Conflict,
-    grpc.StatusCode.NOT_FOUND: errors.NotFound,
-    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
-    grpc.StatusCode.OUT_OF_RANGE: errors.OutOfRange,
-    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
-}
-
-
 class ServerUnavailable(errors.TemporaryError):
     def __init__(self, address: str, detail: str) -> None:
         self.address = address
@@ -176,11 +166,7 @@ class Client:
     def register_instance(self, request: instances_pb2.RegisterInstanceRequest
                           ) -> instances_pb2.Instance:
         """One RegisterInstance call (no heartbeats: see :meth:`register`)."""
-        try:
-            instance: instances_pb2.Instance = self._call(self._instances.RegisterInstance,
-                                                          request)
-        except errors.InvalidManifest as error:
-            raise errors.InvalidRequest(error.violations) from None
+        instance: instances_pb2.Instance = self._call(self._instances.RegisterInstance, request)
         return instance
 
     def heartbeat(self, instance_id: str, timeout: float | None = None) -> None:
@@ -255,10 +241,8 @@ class Client:
                     agent_pb2.ProxyConfigRequest(instance_id=instance["metadata"]["name"]),
                     timeout=self.timeout)
             except grpc.RpcError as error:
-                kind = _ERRORS.get(error.code())
-                if kind is not None:
-                    raise kind(error.details() or "") from None
-                raise ServerUnavailable(endpoint, error.details() or "") from None
+                found = errors.user_error(error.code().name, error.details() or "")
+                raise found or ServerUnavailable(endpoint, error.details() or "") from None
         dump: dict[str, Any] = json.loads(reply.config_dump_json)
         return dump
 
@@ -274,10 +258,9 @@ class Client:
                 for chunk in stream:
                     yield chunk.data
             except grpc.RpcError as error:
-                if error.code() == grpc.StatusCode.NOT_FOUND:
-                    raise errors.NotFound(error.details() or "") from None
                 if error.code() != grpc.StatusCode.CANCELLED:
-                    raise ServerUnavailable(endpoint, error.details() or "") from None
+                    found = errors.user_error(error.code().name, error.details() or "")
+                    raise found or ServerUnavailable(endpoint, error.details() or "") from None
             finally:
                 stream.cancel()
 
@@ -312,15 +295,8 @@ class Client:
             # The server cancels calls in flight when it shuts down; nothing
             # was stored, and retrying against a live server is safe.
             return ServerUnavailable(self.address, "the call was cancelled (server shutting down?)")
-        kind = _ERRORS.get(code)
-        if kind is errors.InvalidManifest:
-            violations = _violations(error)
-            if violations:
-                return errors.InvalidManifest(violations)
-            return errors.InvalidManifest([errors.FieldViolation("", detail)])
-        if kind is not None:
-            return kind(detail)
-        return errors.FlotillaError(f"{code.name}: {detail}")
+        found = errors.user_error(code.name, detail, _violations(error))
+        return found or errors.FlotillaError(f"{code.name}: {detail}")
 
 
 def replicas_target(address: str) -> str:

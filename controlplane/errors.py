@@ -16,8 +16,10 @@
     └── PermanentError            recorded on the object's status
 
 Each user error names a gRPC status code by its name (``code``) so that this
-module imports no grpc; the server maps it, and the CLI maps it to exit code 1.
-Messages name the object or the field and say what to change.
+module imports no grpc; :func:`user_error` is the way back, from a status to
+the error the server raised (one table, :data:`USER_ERRORS_BY_CODE`, both
+ways). The CLI maps every user error to exit code 1. Messages name the object
+or the field and say what to change.
 """
 
 from __future__ import annotations
@@ -93,6 +95,30 @@ class PermissionDenied(UserError):
 
 class Unauthenticated(UserError):
     code = "UNAUTHENTICATED"
+
+
+#: Each user error by the name of its gRPC status code (each class's ``code``
+#: is the other way). INVALID_ARGUMENT is a manifest's or a request's, told
+#: apart by how the message starts.
+USER_ERRORS_BY_CODE: dict[str, type[UserError]] = {
+    kind.code: kind for kind in (InvalidManifest, Conflict, NotFound, FailedPrecondition,
+                                 OutOfRange, PermissionDenied, Unauthenticated)
+}
+
+
+def user_error(code: str, message: str,
+               violations: list[FieldViolation] | None = None) -> UserError | None:
+    """The user error a gRPC status (its code's name, its message and the
+    field violations of its details) carries back; None when the code is not
+    a user error's."""
+    kind = USER_ERRORS_BY_CODE.get(code)
+    if kind is None:
+        return None
+    if issubclass(kind, InvalidManifest):
+        if message.startswith(InvalidRequest.summary):
+            kind = InvalidRequest
+        return kind(violations or [FieldViolation("", message)])
+    return kind(message)
 
 
 class TemporaryError(FlotillaError):

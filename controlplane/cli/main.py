@@ -472,7 +472,7 @@ def main() -> None:
     from controlplane.cli import cluster, mesh  # noqa: F401  (registers their commands)
 
     watched = _WatchedStdout(sys.stdout)
-    sys.stdout = watched  # type: ignore[assignment]
+    sys.stdout = watched
     try:
         cli(prog_name="flotilla")
     except SystemExit:

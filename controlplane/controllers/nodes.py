@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from controlplane.errors import FieldViolation, InvalidManifest, NotFound, Unauthenticated
+from controlplane.errors import FieldViolation, InvalidRequest, NotFound, Unauthenticated
 from controlplane.manifests.types import check_dns_label, check_labels
 from controlplane.model import NODE_NAMESPACE, ObjectKey, Resource
 from controlplane.store import SqliteStore
@@ -81,7 +81,7 @@ class NodeRegistry:
         if cpu_millis <= 0 or memory_mib <= 0:
             problems.append(FieldViolation("capacity", "cpu and memory must be > 0"))
         if problems:
-            raise InvalidManifest(problems)
+            raise InvalidRequest(problems)
         current = self._store.get(node_key(name))
         spec: dict[str, Any] = {
             "address": address, "labels": dict(labels),
