@@ -41,7 +41,7 @@ from controlplane.model.external import (
     external_name,
     is_server_name,
 )
-from controlplane.store import SqliteStore
+from controlplane.store import Store
 
 log = logging.getLogger("flotilla.catalog")
 
@@ -113,7 +113,7 @@ class ExternalWatcher:
     ``connect()`` makes one Consul client per follower thread; its timeout
     must exceed ``wait``. ``publish`` is called from those threads."""
 
-    def __init__(self, store: SqliteStore, connect: Callable[[], HealthSource],
+    def __init__(self, store: Store, connect: Callable[[], HealthSource],
                  publish: Publish, *, wait: float = WAIT, max_backoff: float = 4.0) -> None:
         self._store = store
         self._connect = connect
@@ -125,7 +125,7 @@ class ExternalWatcher:
         self._thread = threading.Thread(target=self._loop, name="catalog-external", daemon=True)
 
     @classmethod
-    def from_url(cls, store: SqliteStore, url: str, token: str, publish: Publish
+    def from_url(cls, store: Store, url: str, token: str, publish: Publish
                  ) -> ExternalWatcher:
         """Following in the Consul at ``url`` (``consul://HOST:PORT``)."""
         address = parse_url(url)

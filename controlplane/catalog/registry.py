@@ -46,7 +46,7 @@ from controlplane.catalog.registrations import (
 )
 from controlplane.model import EventType
 from controlplane.errors import FlotillaError, OutOfRange, PermissionDenied
-from controlplane.store import SqliteStore
+from controlplane.store import Store
 
 log = logging.getLogger("flotilla.catalog")
 
@@ -81,7 +81,7 @@ class Registry:
     (for tests, and only while the loop is not running: the registry's state
     belongs to one thread)."""
 
-    def __init__(self, store: SqliteStore, catalog: Catalog, *, period: float = 2.0,
+    def __init__(self, store: Store, catalog: Catalog, *, period: float = 2.0,
                  max_backoff: float = 4.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._store = store
         self._catalog = catalog

@@ -24,7 +24,7 @@ from typing import Any
 from controlplane.errors import FieldViolation, InvalidRequest, NotFound, Unauthenticated
 from controlplane.manifests.types import check_dns_label, check_labels
 from controlplane.model import NODE_NAMESPACE, ObjectKey, Resource
-from controlplane.store import SqliteStore
+from controlplane.store import Store
 
 
 #: Status key of the wall-clock time of an object's last heartbeat, written
@@ -50,7 +50,7 @@ def node_key(name: str) -> ObjectKey:
 
 
 class NodeRegistry:
-    def __init__(self, store: SqliteStore, grace: float = 10.0,
+    def __init__(self, store: Store, grace: float = 10.0,
                  clock: Callable[[], float] = time.monotonic, *, shared: bool = False) -> None:
         self._store = store
         self.grace = grace

@@ -24,7 +24,7 @@ from controlplane.controllers.replicas import available, decide, template_hash, 
 from controlplane.errors import Conflict, OutOfRange
 from controlplane.model import SERVICE_LABEL, ObjectKey, Resource, WatchEvent, node_state
 from controlplane.model.endpoints import is_registered
-from controlplane.store import SqliteStore
+from controlplane.store import Store
 
 log = logging.getLogger("flotilla.reconciler")
 
@@ -53,7 +53,7 @@ class Reconciler:
     EDS (ACKed) before it is stopped. It acts only while ``is_leader()``
     (one replica of several reconciles)."""
 
-    def __init__(self, store: SqliteStore, nodes: NodeRegistry, *,
+    def __init__(self, store: Store, nodes: NodeRegistry, *,
                  rng: random.Random | None = None, resync: float = 5.0,
                  proxies_synced: Callable[[int], bool] = _no_proxies,
                  drain_timeout: float = DRAIN_TIMEOUT,

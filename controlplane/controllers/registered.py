@@ -50,7 +50,7 @@ from controlplane.model import DEFAULT_NAMESPACE, SERVICE_LABEL, ObjectKey, Reso
 from controlplane.model.endpoints import is_registered
 from controlplane.controllers.nodes import HEARTBEAT, heartbeat_age, with_heartbeat
 from controlplane.controllers.reconciler import always_leader
-from controlplane.store import SqliteStore
+from controlplane.store import Store
 
 log = logging.getLogger("flotilla.registered")
 
@@ -182,7 +182,7 @@ class RegisteredInstances:
     """Registers, renews and removes registered instances; ``start()`` runs
     the reaper. ``clock`` measures TTLs (monotonic seconds)."""
 
-    def __init__(self, store: SqliteStore, *, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, store: Store, *, clock: Callable[[], float] = time.monotonic,
                  rng: random.Random | None = None, interval: float = SWEEP_INTERVAL,
                  is_leader: Callable[[], bool] = always_leader, shared: bool = False) -> None:
         self._store = store

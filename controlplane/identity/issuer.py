@@ -40,7 +40,7 @@ from controlplane.model import (
     control_plane_spiffe_id,
     node_spiffe_id,
 )
-from controlplane.store import SqliteStore
+from controlplane.store import Store
 
 PRIVATE_KEY = "ca"
 KEEP_PER_INSTANCE = 2
@@ -50,7 +50,7 @@ NODE_LABEL = "flotilla.dev/node"
 
 
 class Issuer:
-    def __init__(self, store: SqliteStore, trust_domain: str,
+    def __init__(self, store: Store, trust_domain: str,
                  leaf_ttl: datetime.timedelta = datetime.timedelta(hours=24),
                  clock: Callable[[], float] = time.time, *, mtls: bool = False) -> None:
         self._store = store

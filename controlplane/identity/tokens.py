@@ -24,7 +24,7 @@ from pathlib import Path
 from controlplane.errors import Unauthenticated
 from controlplane.identity.proof import digest_of as _digest
 from controlplane.identity.proof import proof
-from controlplane.store import SqliteStore
+from controlplane.store import Store
 
 PRIVATE_KEY = "join-tokens"
 FILE_NAME = "join-token"
@@ -33,7 +33,7 @@ MAX_SKEW = 600.0
 
 
 class JoinTokens:
-    def __init__(self, store: SqliteStore, data_dir: Path) -> None:
+    def __init__(self, store: Store, data_dir: Path) -> None:
         self._store = store
         self.path = data_dir / FILE_NAME
         stored = store.get_private(PRIVATE_KEY) or {}

@@ -31,7 +31,7 @@ from controlplane.identity.proof import prove, unproven
 from controlplane.identity.tokens import JoinTokens
 from controlplane.model import ObjectKey, Resource, node_state
 from controlplane.server.status import abort
-from controlplane.store import SqliteStore
+from controlplane.store import Store
 
 #: Seconds between agent reports (the heartbeat).
 REPORT_INTERVAL = 1.0
@@ -53,7 +53,7 @@ def node_to_pb(node: Resource) -> nodes_pb2.Node:
     )
 
 
-def assignments_of(store: SqliteStore, node: str) -> agent_pb2.Assignments:
+def assignments_of(store: Store, node: str) -> agent_pb2.Assignments:
     instances = [i for i in store.list("Instance") if i.spec.get("node") == node]
     return agent_pb2.Assignments(assignments=[
         agent_pb2.Assignment(
@@ -85,7 +85,7 @@ def _issued_at(cert_pem: bytes) -> datetime.datetime:
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
-    def __init__(self, store: SqliteStore, nodes: NodeRegistry, issuer: Issuer,
+    def __init__(self, store: Store, nodes: NodeRegistry, issuer: Issuer,
                  tokens: JoinTokens) -> None:
         self._store = store
         self._nodes = nodes

@@ -51,7 +51,7 @@ from controlplane.server.identity import IdentityServicer
 from controlplane.server.resources import ResourceServicer
 from controlplane.server.xds import AggregatedDiscoveryServicer, ProxyServicer
 from controlplane.server.leader import ConsulLeader, Solo
-from controlplane.store import SqliteStore
+from controlplane.store import Store
 from controlplane.store.consul import ConsulLog
 from controlplane.store.sealing import Sealer, load_or_create_key
 from controlplane.xds.cache import XdsCache
@@ -122,7 +122,7 @@ class ControlPlane:
         self._lock_file = _lock_data_dir(config.data_dir)
         key = load_or_create_key(config.data_dir / "secrets.key")
         replicated = ConsulLog(config.store, config.store_token) if config.store else None
-        self.store = SqliteStore(
+        self.store = Store(
             config.data_dir / "flotilla.db", sealer=Sealer(key), durable=config.durable,
             log=replicated,
         )
@@ -287,7 +287,7 @@ def _catalog_address(listen: str) -> str:
     return host if host and host not in ("0.0.0.0", "::") else "127.0.0.1"
 
 
-def _warn_external_without_catalog(store: SqliteStore) -> None:
+def _warn_external_without_catalog(store: Store) -> None:
     """External Services stored before the server lost its --catalog have no
     endpoints now: say so once."""
     stranded = [str(s.key) for s in store.list("Service") if "external" in s.spec]

@@ -15,7 +15,7 @@ from controlplane.model import DEFAULT_NAMESPACE, SERVICE_LABEL, Resource
 from controlplane.model.endpoints import is_registered
 from controlplane.server.agents import node_to_pb
 from controlplane.server.status import abort
-from controlplane.store import SqliteStore
+from controlplane.store import Store
 
 _STATES = {
     "pending": instances_pb2.Instance.PENDING,
@@ -50,7 +50,7 @@ def _duration(seconds: float) -> duration_pb2.Duration:
 
 
 class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
-    def __init__(self, store: SqliteStore, nodes: NodeRegistry) -> None:
+    def __init__(self, store: Store, nodes: NodeRegistry) -> None:
         self._store = store
         self._nodes = nodes
 
@@ -74,7 +74,7 @@ class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
 
 
 class InstanceServicer(instances_pb2_grpc.InstanceServiceServicer):
-    def __init__(self, store: SqliteStore, registered: RegisteredInstances) -> None:
+    def __init__(self, store: Store, registered: RegisteredInstances) -> None:
         self._store = store
         self._registered = registered
 

@@ -15,7 +15,7 @@ from controlplane.manifests.references import View
 from controlplane.model import DEFAULT_NAMESPACE, KINDS, EventType, ObjectKey, Resource, WatchEvent
 from controlplane import convert
 from controlplane.server.status import abort
-from controlplane.store import SqliteStore
+from controlplane.store import Store
 
 #: How long a watch sleeps between checks that its client is still there.
 WATCH_POLL_SECONDS = 1.0
@@ -38,7 +38,7 @@ class ResourceServicer(pb_grpc.ResourceServiceServicer):
     """``catalog``: the server follows a Consul catalog, so external Services
     (``spec.external``) can have endpoints; without one they are refused."""
 
-    def __init__(self, store: SqliteStore, *, catalog: bool = False) -> None:
+    def __init__(self, store: Store, *, catalog: bool = False) -> None:
         self._store = store
         self._catalog = catalog
         self._stopping = threading.Event()
@@ -130,7 +130,7 @@ class ResourceServicer(pb_grpc.ResourceServiceServicer):
 
 
 def watch(
-    store: SqliteStore,
+    store: Store,
     kind: str | None,
     namespace: str | None,
     after: int,

@@ -5,6 +5,6 @@ resourceVersion and an event row, which is what watches replay. Secrets are
 encrypted at rest (AES-GCM) with a key kept beside the database (mode 0600).
 """
 
-from controlplane.store.sqlite import Admission, SqliteStore
+from controlplane.store.sqlite import Admission, Store
 
-__all__ = ["Admission", "SqliteStore"]
+__all__ = ["Admission", "Store"]

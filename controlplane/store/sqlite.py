@@ -62,7 +62,7 @@ def _retried(write: Callable[..., _T]) -> Callable[..., _T]:
     """A public write of a replicated store runs again (on the caught-up copy)
     when another replica appended to the log first."""
     @functools.wraps(write)
-    def retrying(self: SqliteStore, *args: Any, **kwargs: Any) -> _T:
+    def retrying(self: Store, *args: Any, **kwargs: Any) -> _T:
         for _ in range(_RETRIES):
             try:
                 return write(self, *args, **kwargs)
@@ -100,7 +100,14 @@ CREATE TABLE IF NOT EXISTS private (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
-class SqliteStore:
+class Store:
+    """The resource store: objects, events and private records in a SQLite
+    database in the data dir (WAL). Without ``log`` it is the embedded
+    default; with one it is a replica of the store replicated on Consul KV:
+    every write is appended to the log with check-and-set before it is
+    acknowledged, and a follower thread replays the other replicas' writes
+    into this copy. Thread-safe: one writer at a time under its lock."""
+
     def __init__(
         self,
         path: Path | str,
@@ -557,7 +564,7 @@ def _filters(kind: str | None, namespace: str | None) -> tuple[str, tuple[str, .
 class _TransactionView:
     """Reads inside a write transaction (the store's lock is already held)."""
 
-    def __init__(self, store: SqliteStore) -> None:
+    def __init__(self, store: Store) -> None:
         self._store = store
 
     def get(self, key: ObjectKey) -> Resource | None:

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from controlplane.errors import OutOfRange
 from controlplane.model import EventType, Resource, WatchEvent
 from controlplane.model.external import CatalogEndpoint, CatalogEndpoints, external_name
-from controlplane.store import SqliteStore
+from controlplane.store import Store
 from controlplane.xds.cache import XdsCache
 from controlplane.xds.intentions import Ranked, ranked
 from controlplane.xds.mesh import (
@@ -188,7 +188,7 @@ class ViewFeeder:
     #: Seconds a change waits for more before the view is rebuilt.
     COALESCE = 0.01
 
-    def __init__(self, store: SqliteStore, cache: XdsCache, mtls_domain: str = "",
+    def __init__(self, store: Store, cache: XdsCache, mtls_domain: str = "",
                  default_intention: str = "allow") -> None:
         self._store = store
         self._cache = cache

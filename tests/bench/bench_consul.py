@@ -52,7 +52,7 @@ from controlplane.catalog.registrations import registration_id
 from controlplane.catalog.registry import Registry
 from controlplane.client import Client
 from controlplane.model import Resource
-from controlplane.store import SqliteStore
+from controlplane.store import Store
 from tests.bench.report import text_table
 from tests.consul import ConsulAgent, find_consul
 from tests.harness import ServerProcess
@@ -163,7 +163,7 @@ def instance(name: str) -> Resource:
                     spec={"service": SERVICE, "node": "n1", "revision": 1})
 
 
-def turn_healthy(store: SqliteStore, names: Sequence[str], first_port: int) -> dict[str, float]:
+def turn_healthy(store: Store, names: Sequence[str], first_port: int) -> dict[str, float]:
     """Write each instance's status as healthy; when each write happened."""
     began: dict[str, float] = {}
     for offset, name in enumerate(names):
@@ -173,7 +173,7 @@ def turn_healthy(store: SqliteStore, names: Sequence[str], first_port: int) -> d
     return began
 
 
-def run_phase(store: SqliteStore, listings: Listings, name: str, count: int,
+def run_phase(store: Store, listings: Listings, name: str, count: int,
               together: bool, first_port: int) -> Phase:
     names = [f"{SERVICE}-{name}-{i}" for i in range(count)]
     store.apply([instance(n) for n in names])
@@ -321,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="flotilla-bench-") as tmp:
         consul = ConsulAgent(Path(tmp) / "consul").start()
-        store = SqliteStore(Path(tmp) / "flotilla.db")
+        store = Store(Path(tmp) / "flotilla.db")
         registry = Registry(store, ConsulCatalog.from_url(consul.url))
         listings = Listings(consul)
         try:

@@ -12,7 +12,7 @@ import pytest
 
 from controlplane.errors import Conflict, FailedPrecondition
 from controlplane.model import ObjectKey, Resource
-from controlplane.store import SqliteStore
+from controlplane.store import Store
 from controlplane.store.consul import ConsulLog
 from tests.consul import ConsulAgent, consul  # noqa: F401 - the fixture
 from tests.harness import eventually
@@ -23,13 +23,13 @@ def config_map(name: str, value: str, rv: int = 0) -> Resource:
                     resource_version=rv)
 
 
-def dump(store: SqliteStore) -> list[tuple[str, int, str]]:
+def dump(store: Store) -> list[tuple[str, int, str]]:
     return [(r.name, r.resource_version, r.spec["data"]["k"]) for r in store.list("ConfigMap")]
 
 
 @pytest.fixture
-def replicas(tmp_path: Path, consul: ConsulAgent) -> Iterator[list[SqliteStore]]:  # noqa: F811
-    stores = [SqliteStore(tmp_path / f"replica-{n}.db", log=ConsulLog(f"{consul.url}/test"))
+def replicas(tmp_path: Path, consul: ConsulAgent) -> Iterator[list[Store]]:  # noqa: F811
+    stores = [Store(tmp_path / f"replica-{n}.db", log=ConsulLog(f"{consul.url}/test"))
               for n in range(2)]
     try:
         yield stores
@@ -38,7 +38,7 @@ def replicas(tmp_path: Path, consul: ConsulAgent) -> Iterator[list[SqliteStore]]
             store.close()
 
 
-def test_writes_of_one_replica_reach_the_other(replicas: list[SqliteStore]) -> None:
+def test_writes_of_one_replica_reach_the_other(replicas: list[Store]) -> None:
     a, b = replicas
     created = a.apply([config_map("one", "1")])[0].resource
     found = eventually(lambda: b.get(created.key), 10, "the write on the other replica")
@@ -53,10 +53,10 @@ def test_writes_of_one_replica_reach_the_other(replicas: list[SqliteStore]) -> N
     eventually(lambda: a.get(created.key) is None, 10, "the delete on the first replica")
 
 
-def test_racing_writers_all_land_once_in_one_order(replicas: list[SqliteStore]) -> None:
+def test_racing_writers_all_land_once_in_one_order(replicas: list[Store]) -> None:
     a, b = replicas
 
-    def write(store: SqliteStore, prefix: str) -> None:
+    def write(store: Store, prefix: str) -> None:
         for n in range(25):
             store.apply([config_map(f"{prefix}-{n}", str(n))])
 
@@ -82,18 +82,18 @@ def test_racing_writers_all_land_once_in_one_order(replicas: list[SqliteStore]) 
 
 def test_a_restarted_replica_catches_up(tmp_path: Path, consul: ConsulAgent) -> None:  # noqa: F811
     url = f"{consul.url}/restart"
-    a = SqliteStore(tmp_path / "a.db", log=ConsulLog(url))
-    b = SqliteStore(tmp_path / "b.db", log=ConsulLog(url))
+    a = Store(tmp_path / "a.db", log=ConsulLog(url))
+    b = Store(tmp_path / "b.db", log=ConsulLog(url))
     try:
         a.apply([config_map("before", "1")])
         eventually(lambda: b.list("ConfigMap"), 10, "b in step")
         b.close()
         a.apply([config_map("while-away", "2")])
-        b = SqliteStore(tmp_path / "b.db", log=ConsulLog(url))
+        b = Store(tmp_path / "b.db", log=ConsulLog(url))
         assert dump(b) == dump(a)  # caught up before serving
         # A copy ahead of the log (the log wiped, or another cluster's) is refused.
         with pytest.raises(FailedPrecondition, match="start this replica with an empty"):
-            SqliteStore(tmp_path / "a.db", log=ConsulLog(f"{consul.url}/elsewhere"))
+            Store(tmp_path / "a.db", log=ConsulLog(f"{consul.url}/elsewhere"))
     finally:
         a.close()
         b.close()

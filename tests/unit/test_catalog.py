@@ -38,7 +38,7 @@ from controlplane.catalog.registrations import (
 from controlplane.catalog.registry import Registry
 from controlplane.errors import PermissionDenied, TemporaryError, UserError
 from controlplane.model import Resource
-from controlplane.store import SqliteStore
+from controlplane.store import Store
 
 WEB = Resource(kind="Service", name="web", labels={"version": "v2"}, generation=3,
                spec={"port": 8080})
@@ -251,8 +251,8 @@ class FakeClock:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    store = SqliteStore(tmp_path / "flotilla.db")
+def store(tmp_path: Path) -> Iterator[Store]:
+    store = Store(tmp_path / "flotilla.db")
     objects = [WEB, *NODES, instance("web-a"), instance("web-b", port=31001)]
     store.apply(objects)
     for written in objects:  # apply keeps specs; statuses are written apart
@@ -267,12 +267,12 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-def registry(store: SqliteStore, catalog: FakeCatalog, clock: FakeClock) -> Registry:
+def registry(store: Store, catalog: FakeCatalog, clock: FakeClock) -> Registry:
     return Registry(store, catalog, clock=clock)
 
 
 def test_the_registry_registers_serving_instances_and_repairs_the_catalog(
-        store: SqliteStore, clock: FakeClock) -> None:
+        store: Store, clock: FakeClock) -> None:
     catalog = FakeCatalog()
     catalog.entries["web-1"] = {"ID": "web-1", "Service": "web", "Meta": {}}  # someone else's
     stale = Registration("flotilla-default-web-z", "web", "127.0.0.9", 1, ("flotilla",),
@@ -301,7 +301,7 @@ def test_the_registry_registers_serving_instances_and_repairs_the_catalog(
 
 
 def test_a_check_set_critical_behind_its_back_passes_again_on_the_next_full_pass(
-        store: SqliteStore, clock: FakeClock) -> None:
+        store: Store, clock: FakeClock) -> None:
     catalog = FakeCatalog()
     reg = registry(store, catalog, clock)
     reg.sync(full=True)
@@ -314,7 +314,7 @@ def test_a_check_set_critical_behind_its_back_passes_again_on_the_next_full_pass
 
 
 def test_an_instance_that_stops_serving_is_deregistered_on_the_next_pass(
-        store: SqliteStore, clock: FakeClock) -> None:
+        store: Store, clock: FakeClock) -> None:
     catalog = FakeCatalog()
     reg = registry(store, catalog, clock)
     reg.sync(full=True)
@@ -326,7 +326,7 @@ def test_an_instance_that_stops_serving_is_deregistered_on_the_next_pass(
 
 
 def test_consul_down_raises_and_the_next_pass_reads_it_again(
-        store: SqliteStore, clock: FakeClock) -> None:
+        store: Store, clock: FakeClock) -> None:
     catalog = FakeCatalog()
     reg = registry(store, catalog, clock)
     catalog.down = True
@@ -338,7 +338,7 @@ def test_consul_down_raises_and_the_next_pass_reads_it_again(
 
 
 def test_a_rejected_entry_is_skipped_and_the_others_registered(
-        store: SqliteStore, clock: FakeClock) -> None:
+        store: Store, clock: FakeClock) -> None:
     catalog = FakeCatalog()
     catalog.rejected = {"flotilla-default-web-a"}
     reg = registry(store, catalog, clock)

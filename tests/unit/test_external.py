@@ -23,7 +23,7 @@ from controlplane.errors import InvalidManifest, TemporaryError
 from controlplane.manifests import check_batch, to_resource
 from controlplane.model import EventType, ObjectKey, Resource, WatchEvent
 from controlplane.model.external import CatalogEndpoint, external_name
-from controlplane.store import SqliteStore
+from controlplane.store import Store
 from controlplane.xds.builder import Builder
 from controlplane.xds.cache import XdsCache
 from controlplane.xds.feed import MeshIndex, ViewFeeder
@@ -332,13 +332,13 @@ def test_proxyless_clients_get_no_external_services_and_gateways_do() -> None:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    store = SqliteStore(tmp_path / "flotilla.db")
+def store(tmp_path: Path) -> Iterator[Store]:
+    store = Store(tmp_path / "flotilla.db")
     yield store
     store.close()
 
 
-def test_the_feeder_puts_catalog_changes_in_the_view(store: SqliteStore) -> None:
+def test_the_feeder_puts_catalog_changes_in_the_view(store: Store) -> None:
     store.apply([external(), consumer()])
     cache = XdsCache()
     feeder = ViewFeeder(store, cache)
@@ -404,7 +404,7 @@ class Published:
 
 
 @pytest.fixture
-def watched(store: SqliteStore) -> Iterator[tuple[ExternalWatcher, FakeConsul, Published]]:
+def watched(store: Store) -> Iterator[tuple[ExternalWatcher, FakeConsul, Published]]:
     consul, published = FakeConsul(), Published()
     watcher = ExternalWatcher(store, lambda: consul, published, wait=0.1, max_backoff=0.2)
     watcher.start()
@@ -413,7 +413,7 @@ def watched(store: SqliteStore) -> Iterator[tuple[ExternalWatcher, FakeConsul, P
 
 
 def test_the_watcher_follows_the_names_external_services_follow(
-        store: SqliteStore, watched: tuple[ExternalWatcher, FakeConsul, Published]) -> None:
+        store: Store, watched: tuple[ExternalWatcher, FakeConsul, Published]) -> None:
     watcher, consul, published = watched
     consul.set("payments", entry(), entry("127.0.0.6", id="pay-2", statuses=("critical",)))
     store.apply([external(), external("pay-too", service="payments"), consumer()])
@@ -430,7 +430,7 @@ def test_the_watcher_follows_the_names_external_services_follow(
 
 
 def test_consul_away_keeps_the_last_endpoints_and_a_restarted_consul_starts_over(
-        store: SqliteStore, watched: tuple[ExternalWatcher, FakeConsul, Published]) -> None:
+        store: Store, watched: tuple[ExternalWatcher, FakeConsul, Published]) -> None:
     _, consul, published = watched
     consul.set("payments", entry(), index=500)
     store.apply([external()])

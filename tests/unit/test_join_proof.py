@@ -12,7 +12,7 @@ from controlplane.api.flotilla.v1 import agent_pb2, nodes_pb2
 from controlplane.errors import Unauthenticated
 from controlplane.identity.proof import digest_of, prove, proves, unproven
 from controlplane.identity.tokens import JoinTokens
-from controlplane.store import SqliteStore
+from controlplane.store import Store
 
 
 def request() -> agent_pb2.JoinRequest:
@@ -43,7 +43,7 @@ def test_a_proof_covers_every_field_and_not_itself() -> None:
 
 
 def test_the_server_knows_which_token_a_join_proves(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "db")
+    store = Store(tmp_path / "db")
     try:
         tokens = JoinTokens(store, tmp_path)
         token = tokens.path.read_text().strip()

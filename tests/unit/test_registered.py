@@ -21,7 +21,7 @@ from controlplane.controllers.registered import (
 )
 from controlplane.errors import InvalidRequest, NotFound
 from controlplane.model import SERVICE_LABEL, ObjectKey, Resource
-from controlplane.store import SqliteStore
+from controlplane.store import Store
 from controlplane.xds.mesh import Endpoint, mesh_view
 
 PAYMENTS = Resource(kind="Service", name="payments", spec={"port": 9000, "replicas": 0})
@@ -87,8 +87,8 @@ class FakeClock:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    store = SqliteStore(tmp_path / "flotilla.db")
+def store(tmp_path: Path) -> Iterator[Store]:
+    store = Store(tmp_path / "flotilla.db")
     store.apply([PAYMENTS])
     yield store
     store.close()
@@ -99,16 +99,16 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-def registered(store: SqliteStore, clock: FakeClock) -> RegisteredInstances:
+def registered(store: Store, clock: FakeClock) -> RegisteredInstances:
     return RegisteredInstances(store, clock=clock)
 
 
-def instances(store: SqliteStore) -> list[Resource]:
+def instances(store: Store) -> list[Resource]:
     return list(store.list("Instance"))
 
 
 def test_a_registration_is_a_healthy_instance_without_a_node(
-        store: SqliteStore, clock: FakeClock) -> None:
+        store: Store, clock: FakeClock) -> None:
     stored = registered(store, clock).register(request(labels={"version": "v2"}))
     assert stored.name.startswith("payments-") and stored.namespace == "default"
     assert stored.spec["registered"] is True and stored.spec["node"] == ""
@@ -118,12 +118,12 @@ def test_a_registration_is_a_healthy_instance_without_a_node(
     assert instances(store) == [stored]
 
 
-def test_no_ttl_gets_the_default(store: SqliteStore, clock: FakeClock) -> None:
+def test_no_ttl_gets_the_default(store: Store, clock: FakeClock) -> None:
     stored = registered(store, clock).register(request(ttl=None))
     assert stored.spec["ttl"] == TTL_DEFAULT
 
 
-def test_bad_input_stores_nothing(store: SqliteStore, clock: FakeClock) -> None:
+def test_bad_input_stores_nothing(store: Store, clock: FakeClock) -> None:
     leases = registered(store, clock)
     with pytest.raises(InvalidRequest) as raised:
         leases.register(request(port=0, ttl=0.1))
@@ -140,7 +140,7 @@ def test_bad_input_stores_nothing(store: SqliteStore, clock: FakeClock) -> None:
 
 
 def test_heartbeats_keep_it_and_it_is_removed_after_its_ttl_without_them(
-        store: SqliteStore, clock: FakeClock) -> None:
+        store: Store, clock: FakeClock) -> None:
     leases = registered(store, clock)
     name = leases.register(request()).name
     for _ in range(5):  # 40 s of heartbeats every 8 s, TTL 10 s
@@ -156,7 +156,7 @@ def test_heartbeats_keep_it_and_it_is_removed_after_its_ttl_without_them(
 
 
 def test_registering_the_same_endpoint_again_renews_it(
-        store: SqliteStore, clock: FakeClock) -> None:
+        store: Store, clock: FakeClock) -> None:
     leases = registered(store, clock)
     first = leases.register(request())
     clock.now += 9.0
@@ -169,7 +169,7 @@ def test_registering_the_same_endpoint_again_renews_it(
     assert other.name != first.name and len(instances(store)) == 2
 
 
-def test_deregister_removes_it_at_once(store: SqliteStore, clock: FakeClock) -> None:
+def test_deregister_removes_it_at_once(store: Store, clock: FakeClock) -> None:
     leases = registered(store, clock)
     name = leases.register(request()).name
     leases.deregister(name)
@@ -181,7 +181,7 @@ def test_deregister_removes_it_at_once(store: SqliteStore, clock: FakeClock) -> 
 
 
 def test_after_a_restart_every_registration_gets_a_fresh_ttl(
-        store: SqliteStore, clock: FakeClock) -> None:
+        store: Store, clock: FakeClock) -> None:
     name = registered(store, clock).register(request()).name
     clock.now += 60.0  # the server was down for a minute
     restarted = registered(store, clock)
@@ -195,7 +195,7 @@ def test_after_a_restart_every_registration_gets_a_fresh_ttl(
 
 
 def test_a_status_a_crash_left_unwritten_is_written_on_restart(
-        store: SqliteStore, clock: FakeClock) -> None:
+        store: Store, clock: FakeClock) -> None:
     name = registered(store, clock).register(request()).name
     key = ObjectKey("Instance", "default", name)
     store.write_status(key, {})
@@ -205,7 +205,7 @@ def test_a_status_a_crash_left_unwritten_is_written_on_restart(
 
 
 def test_instances_of_a_deleted_service_and_deleted_instances_go(
-        store: SqliteStore, clock: FakeClock) -> None:
+        store: Store, clock: FakeClock) -> None:
     leases = registered(store, clock)
     first = leases.register(request()).name
     second = leases.register(request(port=9001)).name
@@ -220,7 +220,7 @@ def test_instances_of_a_deleted_service_and_deleted_instances_go(
 
 
 def test_eds_lists_a_registered_instance_while_it_exists(
-        store: SqliteStore, clock: FakeClock) -> None:
+        store: Store, clock: FakeClock) -> None:
     name = registered(store, clock).register(request()).name
     view = mesh_view(store.list())
     assert view.services[("default", "payments")].endpoints == (
@@ -228,7 +228,7 @@ def test_eds_lists_a_registered_instance_while_it_exists(
 
 
 def test_the_reconciler_neither_removes_nor_places_registered_instances(
-        store: SqliteStore, clock: FakeClock) -> None:
+        store: Store, clock: FakeClock) -> None:
     store.apply([Resource(kind="Node", namespace="cluster", name="n1",
                           spec={"address": "127.0.0.2", "capacity": {"cpu": 1000,
                                                                      "memory": 1024}})])

@@ -12,7 +12,7 @@ from controlplane.errors import Conflict, FailedPrecondition, InvalidManifest, N
 from controlplane.manifests import check_batch, to_resource
 from controlplane.manifests.references import View
 from controlplane.model import ApplyAction, EventType, ObjectKey, Resource
-from controlplane.store import SqliteStore
+from controlplane.store import Store
 from controlplane.store.sealing import Sealer, load_or_create_key
 
 
@@ -36,14 +36,14 @@ class FakeClock:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
+def store(tmp_path: Path) -> Iterator[Store]:
     sealer = Sealer(load_or_create_key(tmp_path / "key"))
-    db = SqliteStore(tmp_path / "s.db", sealer=sealer, clock=FakeClock(), history=2000)
+    db = Store(tmp_path / "s.db", sealer=sealer, clock=FakeClock(), history=2000)
     yield db
     db.close()
 
 
-def test_create_configure_unchanged(store: SqliteStore) -> None:
+def test_create_configure_unchanged(store: Store) -> None:
     created = store.apply([make("ConfigMap", "a", data={"k": "1"})])[0]
     assert created.action is ApplyAction.CREATED
     assert (created.resource.resource_version, created.resource.generation) == (1, 1)
@@ -57,7 +57,7 @@ def test_create_configure_unchanged(store: SqliteStore) -> None:
     assert changed.resource.create_time == 1000.0 < changed.resource.update_time
 
 
-def test_stale_version_is_a_conflict_and_changes_nothing(store: SqliteStore) -> None:
+def test_stale_version_is_a_conflict_and_changes_nothing(store: Store) -> None:
     store.apply([make("ConfigMap", "a", data={"k": "1"})])
     store.apply([make("ConfigMap", "a", data={"k": "2"})])
     stale = make("ConfigMap", "a", data={"k": "3"})
@@ -68,7 +68,7 @@ def test_stale_version_is_a_conflict_and_changes_nothing(store: SqliteStore) -> 
     assert store.resource_version == 2
 
 
-def test_admission_sees_the_batch_and_rolls_back(store: SqliteStore) -> None:
+def test_admission_sees_the_batch_and_rolls_back(store: Store) -> None:
     store.apply([make("Service", "api", image="x", upstreams=[{"name": "db"}]),
                  make("Service", "db", image="y")], admit=admit)
     with pytest.raises(InvalidManifest, match="Service default/nope does not exist"):
@@ -78,7 +78,7 @@ def test_admission_sees_the_batch_and_rolls_back(store: SqliteStore) -> None:
     assert store.resource_version == 2
 
 
-def test_delete_is_refused_while_referenced(store: SqliteStore) -> None:
+def test_delete_is_refused_while_referenced(store: Store) -> None:
     store.apply([make("Service", "db", image="y"),
                  make("Service", "api", image="x", upstreams=[{"name": "db"}])], admit=admit)
     db, api = ObjectKey("Service", "default", "db"), ObjectKey("Service", "default", "api")
@@ -92,7 +92,7 @@ def test_delete_is_refused_while_referenced(store: SqliteStore) -> None:
     assert store.list() == []
 
 
-def test_events_replay_in_order_with_filters(store: SqliteStore) -> None:
+def test_events_replay_in_order_with_filters(store: Store) -> None:
     store.apply([make("ConfigMap", "a"), make("Service", "s", image="x")])
     store.apply([make("ConfigMap", "a", data={"x": "y"})])
     store.delete([ObjectKey("ConfigMap", "default", "a")])
@@ -105,7 +105,7 @@ def test_events_replay_in_order_with_filters(store: SqliteStore) -> None:
     assert store.events(4) == []
 
 
-def test_history_is_compacted_and_old_watches_are_told(store: SqliteStore) -> None:
+def test_history_is_compacted_and_old_watches_are_told(store: Store) -> None:
     for i in range(3500):
         store.apply([make("ConfigMap", "c", data={"i": str(i)})])
     with pytest.raises(OutOfRange, match="older than the retained history"):
@@ -116,19 +116,19 @@ def test_history_is_compacted_and_old_watches_are_told(store: SqliteStore) -> No
 def test_secrets_are_sealed_on_disk_and_survive_reopen(tmp_path: Path) -> None:
     key = load_or_create_key(tmp_path / "key")
     assert (tmp_path / "key").stat().st_mode & 0o777 == 0o600
-    db = SqliteStore(tmp_path / "s.db", sealer=Sealer(key))
+    db = Store(tmp_path / "s.db", sealer=Sealer(key))
     db.apply([make("Secret", "s", stringData={"pw": "topsecret-value"})])
     db.close()
     raw = b"".join(p.read_bytes() for p in tmp_path.glob("s.db*"))
     assert b"dG9wc2VjcmV0" not in raw and b"topsecret" not in raw
-    reopened = SqliteStore(tmp_path / "s.db", sealer=Sealer(key))
+    reopened = Store(tmp_path / "s.db", sealer=Sealer(key))
     secret = reopened.get(ObjectKey("Secret", "default", "s"))
     assert secret is not None and secret.spec["data"] == {"pw": "dG9wc2VjcmV0LXZhbHVl"}
     assert reopened.resource_version == 1
     reopened.close()
 
 
-def test_dry_run_leaves_no_trace(store: SqliteStore) -> None:
+def test_dry_run_leaves_no_trace(store: Store) -> None:
     outcome = store.apply([make("ConfigMap", "a")], dry_run=True)[0]
     assert outcome.action is ApplyAction.CREATED
     assert store.list() == [] and store.resource_version == 0
