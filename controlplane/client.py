@@ -41,7 +41,7 @@ from controlplane.model import NODE_NAMESPACE
 
 DEFAULT_SERVER = "127.0.0.1:7300"
 
-log = logging.getLogger("flotilla.client")
+log = logging.getLogger(__name__)
 
 _ACTIONS = {
     pb.APPLY_ACTION_CREATED: "created",

@@ -36,7 +36,7 @@ from sidecar.link import ControlPlaneLink, Refused
 from sidecar.sds import SdsServer
 from sidecar.runner import Assignment, Backoff, InstanceRunner
 
-log = logging.getLogger("flotilla.agent")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from cryptography import x509
 
 from controlplane.identity.ca import new_key_and_csr
 
-log = logging.getLogger("flotilla.agent")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from controlplane.api.flotilla.v1 import (
 from controlplane.identity.ca import CONTROL_PLANE_NAME, new_key_and_csr
 from controlplane.identity.proof import digest_of, prove, proves
 
-log = logging.getLogger("flotilla.agent")
+log = logging.getLogger(__name__)
 
 #: Seconds an old channel stays open after a renewal (calls on it finish).
 RETIRE_AFTER = 10.0

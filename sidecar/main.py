@@ -11,7 +11,7 @@ from sidecar.agent import Agent, AgentConfig
 from sidecar.drivers.base import Driver
 from sidecar.drivers.process import ProcessDriver
 
-log = logging.getLogger("flotilla.agent")
+log = logging.getLogger(__name__)
 
 
 def docker_driver(name: str, address: str, data_dir: Path | None = None) -> Driver | None:

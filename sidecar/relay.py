@@ -29,7 +29,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
-log = logging.getLogger("flotilla.agent")
+log = logging.getLogger(__name__)
 
 _CHUNK = 64 * 1024
 

@@ -18,7 +18,7 @@ from controlplane.manifests.types import parse_duration
 from sidecar.drivers.base import Driver, DriverError, Running, Sidecar, Workload, WorkloadState
 from sidecar.health import probe
 
-log = logging.getLogger("flotilla.agent")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

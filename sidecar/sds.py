@@ -33,7 +33,7 @@ from google.protobuf import any_pb2
 
 from sidecar.identity import Certificates, Material
 
-log = logging.getLogger("flotilla.agent")
+log = logging.getLogger(__name__)
 
 SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 CERTIFICATE = "default"

@@ -43,7 +43,7 @@ from controlplane.model.external import (
 )
 from controlplane.store import Store
 
-log = logging.getLogger("flotilla.catalog")
+log = logging.getLogger(__name__)
 
 #: Seconds a blocking query waits in Consul before it answers unchanged.
 WAIT = 15.0

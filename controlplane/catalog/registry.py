@@ -48,7 +48,7 @@ from controlplane.model import EventType
 from controlplane.errors import FlotillaError, OutOfRange, PermissionDenied
 from controlplane.store import Store
 
-log = logging.getLogger("flotilla.catalog")
+log = logging.getLogger(__name__)
 
 #: The kinds whose changes can change the desired entries.
 WATCHED_KINDS = ("Instance", "Service", "Node")

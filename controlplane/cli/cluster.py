@@ -13,7 +13,14 @@ from typing import Any
 import click
 
 from controlplane import errors
-from controlplane.cli.main import cli, client_of, default_data_dir, out, parse_selector
+from controlplane.cli.main import (
+    cli,
+    client_of,
+    default_data_dir,
+    default_log_level,
+    out,
+    parse_selector,
+)
 from controlplane.model import SERVICE_LABEL
 
 
@@ -135,7 +142,7 @@ def agent(ctx: click.Context, name: str, address: str, labels: tuple[str, ...],
         raise click.UsageError("the agent needs the cluster's join token: --join-token TOKEN "
                                "or --join-token-file PATH (the server writes it to the "
                                "join-token file in its data dir)")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    default_log_level(ctx, logging.INFO)
     node = build_agent(
         server=ctx.find_root().obj["server"], name=name, address=address,
         labels=parse_selector(",".join(labels)), cpu=cpu, memory=memory, drivers=drivers,

@@ -55,6 +55,39 @@ class FlotillaGroup(click.Group):
             ctx.exit(EXIT_USER_ERROR)
 
 
+_LOG_LEVEL = "flotilla.log_level"
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def _log_level(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value:
+        logging.getLogger().setLevel(value.upper())
+        ctx.find_root().meta[_LOG_LEVEL] = value
+
+
+def log_level_option() -> click.Option:
+    """``--log-level``, which every command takes (before or after its name)."""
+    return click.Option(["--log-level"], type=click.Choice(["debug", "info", "warning", "error"],
+                                                             case_sensitive=False),
+                        envvar="FLOTILLA_LOG_LEVEL", expose_value=False, callback=_log_level,
+                        help="Log this much and more on stderr (env FLOTILLA_LOG_LEVEL) "
+                             "[default: info for server, agent and dev; else warning].")
+
+
+def default_log_level(ctx: click.Context, level: int) -> None:
+    """A long-running command's level, unless --log-level said otherwise."""
+    if _LOG_LEVEL not in ctx.find_root().meta:
+        logging.getLogger().setLevel(level)
+
+
+def _with_log_level(command: click.Command) -> None:
+    if not any(p.name == "log_level" for p in command.params):
+        command.params.append(log_level_option())
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _with_log_level(sub)
+
+
 @click.group(cls=FlotillaGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--server", envvar="FLOTILLA_SERVER", default=DEFAULT_SERVER, show_default=True,
@@ -67,6 +100,9 @@ class FlotillaGroup(click.Group):
 def cli(ctx: click.Context, server: str, timeout: float) -> None:
     """Flotilla: a service-mesh-centric container orchestrator."""
     ctx.obj = {"server": server, "timeout": timeout}
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format=_LOG_FORMAT)
+    default_log_level(ctx, logging.WARNING)
 
 
 def client_of(ctx: click.Context) -> Client:
@@ -339,7 +375,7 @@ def server(listen: str, agent_listen: str, data_dir: Path | None, durable: bool,
     """Run the control plane."""
     from controlplane.server.app import ServerConfig, run
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    default_log_level(click.get_current_context(), logging.INFO)
     run(ServerConfig(data_dir=data_dir or default_data_dir("server"), listen=listen,
                      agent_listen=agent_listen, durable=durable, node_grace=node_grace,
                      trust_domain=trust_domain, cert_ttl=cert_ttl, mtls=mtls,
@@ -410,7 +446,6 @@ def dev(listen: str, data_dir: Path | None, address: str | None,
 
     data = data_dir or default_data_dir("dev")
     address = address or local_address(drivers)
-    logging.basicConfig(level=logging.WARNING)
 
     def start_agent(server: str) -> Callable[[], None]:
         agent = build_agent(server=server, name="dev", address=address, labels={}, cpu=None,
@@ -470,6 +505,8 @@ class _WatchedStdout:
 
 def main() -> None:
     from controlplane.cli import cluster, mesh  # noqa: F401  (registers their commands)
+
+    _with_log_level(cli)
 
     watched = _WatchedStdout(sys.stdout)
     sys.stdout = watched

@@ -26,7 +26,7 @@ from controlplane.model import SERVICE_LABEL, ObjectKey, Resource, WatchEvent, n
 from controlplane.model.endpoints import is_registered
 from controlplane.store import Store
 
-log = logging.getLogger("flotilla.reconciler")
+log = logging.getLogger(__name__)
 
 _SUFFIX = "bcdfghjklmnpqrstvwxz2456789"
 

@@ -52,7 +52,7 @@ from controlplane.controllers.nodes import HEARTBEAT, heartbeat_age, with_heartb
 from controlplane.controllers.reconciler import always_leader
 from controlplane.store import Store
 
-log = logging.getLogger("flotilla.registered")
+log = logging.getLogger(__name__)
 
 #: The TTLs a registration may ask for, in seconds, and the one it gets
 #: when it asks for none.

@@ -57,7 +57,7 @@ from controlplane.store.sealing import Sealer, load_or_create_key
 from controlplane.xds.cache import XdsCache
 from controlplane.xds.feed import ViewFeeder
 
-log = logging.getLogger("flotilla.server")
+log = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = "127.0.0.1:7300"
 #: The grpc health service that is SERVING on the replica that leads only.

@@ -16,7 +16,7 @@ from controlplane.identity.issuer import Issuer
 from controlplane.server.agents import leaf_response
 from controlplane.server.status import abort
 
-log = logging.getLogger("flotilla.identity")
+log = logging.getLogger(__name__)
 
 
 def bundle_of(issuer: Issuer) -> identity_pb2.TrustBundle:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from controlplane.store.consul import ConsulHttp
 
-log = logging.getLogger("flotilla.leader")
+log = logging.getLogger(__name__)
 
 
 class Solo:

@@ -31,7 +31,7 @@ from controlplane.xds.cache import ProxyState, XdsCache
 from controlplane.xds.mesh import ProxyError, proxy_of
 from controlplane.xds.snapshot import CLUSTER, LISTENER, SHORT, TYPES, Snapshot, version_of
 
-log = logging.getLogger("flotilla.xds")
+log = logging.getLogger(__name__)
 
 #: Types a request with no names subscribes to entirely.
 _WILDCARD_TYPES = (CLUSTER, LISTENER)

@@ -51,7 +51,7 @@ from controlplane.model import (
 from controlplane.store.consul import ConsulLog, LogMoved
 from controlplane.store.sealing import Sealer
 
-log = logging.getLogger("flotilla.store")
+log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 

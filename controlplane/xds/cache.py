@@ -23,7 +23,7 @@ from controlplane.xds.builder import Builder
 from controlplane.xds.mesh import MeshView, Proxy
 from controlplane.xds.snapshot import Snapshot, check
 
-log = logging.getLogger("flotilla.xds")
+log = logging.getLogger(__name__)
 
 #: Put on a stream's queue when its snapshot changed.
 WAKE = object()

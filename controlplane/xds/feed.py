@@ -34,7 +34,7 @@ from controlplane.xds.mesh import (
     service_view,
 )
 
-log = logging.getLogger("flotilla.xds")
+log = logging.getLogger(__name__)
 
 MESH_KINDS = ("Service", "Instance", "TrafficPolicy", "Gateway", "Node", "Intention")
 Key = tuple[str, str]

@@ -137,7 +137,7 @@ MIB = 1024 * 1024
 NANO_CPUS_PER_MILLI = 1_000_000
 #: Docker's zero time, reported as StartedAt by a container never started.
 _NEVER = "0001-01-01T00:00:00Z"
-log = logging.getLogger("flotilla.agent")
+log = logging.getLogger(__name__)
 _RFC3339 = re.compile(r"(?P<base>[^.Z+]+)(?:\.(?P<frac>\d+))?(?P<zone>Z|[+-]\d\d:\d\d)$")
 
 #: Inspect data of one container, as the Engine API returns it.

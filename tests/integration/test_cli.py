@@ -162,3 +162,44 @@ def test_a_closed_pipe_ends_the_cli_quietly_with_exit_0(server: ServerProcess,
     finally:
         os.close(write)
     assert (result.returncode, result.stderr) == (0, "")
+
+
+def _command_paths() -> list[list[str]]:
+    import click
+
+    from controlplane.cli import cluster, main, mesh  # noqa: F401 - registers commands
+
+    def walk(group: click.Group, prefix: list[str]) -> list[list[str]]:
+        found = []
+        for name, command in sorted(group.commands.items()):
+            found.append([*prefix, name])
+            if isinstance(command, click.Group):
+                found += walk(command, [*prefix, name])
+        return found
+
+    return walk(main.cli, [])
+
+
+def test_every_command_takes_log_level() -> None:
+    paths = _command_paths()
+    assert len(paths) >= 20
+    script = ("import sys; from click.testing import CliRunner; from controlplane.cli import "
+              "main, cluster, mesh; main._with_log_level(main.cli); paths = " + repr(paths) +
+              "; bad = [p for p in paths if CliRunner().invoke(main.cli, [*p, '--log-level', "
+              "'debug', '--help']).exit_code != 0]; print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert run_cli("--log-level", "bogus", "get", "svc").returncode == 2
+
+
+def test_a_server_logs_less_when_asked(tmp_path: Path) -> None:
+    logs = []
+    for name, args in (("default", ()), ("quiet", ("--log-level", "warning"))):
+        server = ServerProcess(tmp_path / name, extra_args=args).start()
+        try:
+            assert run_cli("get", "svc", server=server).returncode == 0
+        finally:
+            server.stop()
+        logs.append(server.log())
+    assert " INFO " in logs[0] and " INFO " not in logs[1], logs
