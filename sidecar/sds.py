@@ -7,16 +7,16 @@ Secrets, by the names the xDS builder asks for:
   instance id);
 - ``ROOTCA``: every root the mesh trusts.
 
-State of the world over ``StreamSecrets``: a response whenever the secret's
-version (its serial or bundle) changes; ACKs and NACKs are read and dropped
-(a NACKed secret is logged). The key never leaves the node: it goes from
-memory to a local socket.
+State of the world over ``StreamSecrets``, by the same protocol state machine
+as the control plane's ADS (:class:`controlplane.xds.stream.SotwStream`): a
+response whenever a secret's version (a hash of its bytes: the serial, the
+bundle) changes; a NACKed secret is logged and not sent again until it
+changes. The key never leaves the node: it goes from memory to a local
+socket.
 """
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import logging
 import queue
 import threading
@@ -29,8 +29,9 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.secret.v3 import sds_pb2_grpc
-from google.protobuf import any_pb2
 
+from controlplane.xds.snapshot import Item, Snapshot
+from controlplane.xds.stream import SotwStream
 from sidecar.identity import Certificates, Material
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,13 @@ SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Sec
 CERTIFICATE = "default"
 ROOTS = "ROOTCA"
 _END = object()
-_nonces = itertools.count(1)
+
+
+def secrets(material: Material) -> Snapshot:
+    """Both secrets of one instance, as a snapshot its SDS stream serves from."""
+    found = {name: secret(name, material) for name in (CERTIFICATE, ROOTS)}
+    return Snapshot({SECRET_TYPE: {name: Item(name, item) for name, item in found.items()
+                                   if item is not None}})
 
 
 def secret(name: str, material: Material) -> secret_pb2.Secret | None:
@@ -95,8 +102,8 @@ class SdsServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):
             requests.put(_END)
 
         threading.Thread(target=read, daemon=True, name="sds-reader").start()
-        instance, sent = "", ""
-        names: list[str] = []
+        stream = SotwStream(wildcard_types=())
+        instance = ""
         while not self._stopping.is_set() and context.is_active():
             try:
                 message = requests.get(timeout=0.2)
@@ -107,30 +114,16 @@ class SdsServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):
             if isinstance(message, discovery_pb2.DiscoveryRequest):
                 if message.node.id:
                     instance = message.node.id
-                if message.resource_names:
-                    names = list(message.resource_names)
-                if message.HasField("error_detail"):
-                    log.warning("%s: Envoy rejected its secrets: %s", instance,
-                                message.error_detail.message)
+                nack = stream.on_request(message)
+                if nack is not None:
+                    log.warning("%s: Envoy rejected its secrets: %s", instance, nack.error)
             with self._changed:
                 generation = self._generation
             material = self._certificates.current(instance) if instance else None
-            if material is None or not names:
+            if material is None:
                 self._wait_change(generation)
                 continue
-            version = hashlib.blake2b(
-                f"{material.serial}\n{material.bundle_pem}".encode(), digest_size=8).hexdigest()
-            if version != sent:
-                found = [s for s in (secret(n, material) for n in names) if s is not None]
-                packed = []
-                for item in found:
-                    wrapped = any_pb2.Any()
-                    wrapped.Pack(item)
-                    packed.append(wrapped)
-                sent = version
-                yield discovery_pb2.DiscoveryResponse(
-                    version_info=version, resources=packed, type_url=SECRET_TYPE,
-                    nonce=str(next(_nonces)))
+            yield from stream.next_responses(secrets(material))
             if message is None:
                 self._wait_change(generation)
 

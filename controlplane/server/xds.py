@@ -1,26 +1,23 @@
 """The Aggregated Discovery Service: state-of-the-world and incremental (delta)
 xDS over one gRPC stream per proxy, Envoy v3 types.
 
-Each stream reads its requests on a thread of its own and pushes from the
-handler's thread whenever a request arrives or the cache wakes it. Per type
-it keeps what the client asked for, the nonces in flight and what the client
-has ACKed. A NACK keeps the last good config: what was rejected is not sent
-again until the snapshot changes, and the error shows in `proxy-status`.
-
-Delta (what Flotilla's bootstrap asks for) sends only resources whose version
-changed and the names that went away; state of the world (what gRPC's
-proxyless clients speak) resends a whole type when any of it changed.
+This servicer only moves messages: each stream reads its requests on a thread
+of its own into the proxy's inbox, which the cache also wakes when the
+proxy's snapshot changes; on every message the stream's protocol state
+machine (:mod:`controlplane.xds.stream`) takes the request and says what to
+send, and the cache records where the proxy stands (ACKs, NACKs, in sync),
+under its lock. A NACK keeps the last good config: what was rejected is not
+sent again until the snapshot changes, and the error shows in
+`proxy-status`.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
-import re
 import queue
 import threading
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
@@ -29,63 +26,12 @@ from google.protobuf import json_format, timestamp_pb2
 from controlplane.api.flotilla.v1 import proxies_pb2, proxies_pb2_grpc
 from controlplane.xds.cache import ProxyState, XdsCache
 from controlplane.xds.mesh import ProxyError, proxy_of
-from controlplane.xds.snapshot import CLUSTER, LISTENER, SHORT, TYPES, Snapshot, version_of
+from controlplane.xds.stream import DeltaStream, Nack, SotwStream, StreamStatus
+from controlplane.xds.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
-#: Types a request with no names subscribes to entirely.
-_WILDCARD_TYPES = (CLUSTER, LISTENER)
 _END = object()
-_nonces = itertools.count(1)
-
-
-def _nonce() -> str:
-    return str(next(_nonces))
-
-
-@dataclass
-class _Delta:
-    """One type's state on a delta stream."""
-
-    wildcard: bool = False
-    names: set[str] = field(default_factory=set)
-    #: What the client has or is being sent: name -> version.
-    client: dict[str, str] = field(default_factory=dict)
-    acked: dict[str, str] = field(default_factory=dict)
-    #: Versions the client refused; not sent again.
-    rejected: dict[str, str] = field(default_factory=dict)
-    #: nonce -> the changes it carried (None: removed).
-    pending: dict[str, dict[str, str | None]] = field(default_factory=dict)
-    responded: bool = False
-
-    def wants(self, name: str) -> bool:
-        return self.wildcard or name in self.names
-
-    def diff(self, snap: Snapshot, type_url: str) -> tuple[list[str], list[str]]:
-        """(names to send, names to remove)."""
-        items = snap.of(type_url)
-        send = [name for name, item in items.items() if self.wants(name)
-                and self.client.get(name) != item.version
-                and self.rejected.get(name) != item.version]
-        removed = [name for name in self.client if self.wants(name) and name not in items]
-        return send, removed
-
-
-@dataclass
-class _Sotw:
-    """One type's state on a state-of-the-world stream."""
-
-    names: set[str] | None = None
-    sent_version: str = ""
-    sent_names: set[str] | None = None
-    sent_nonce: str = ""
-    acked_version: str = ""
-    rejected_version: str = ""
-    responded: bool = False
-
-    def chosen(self, snap: Snapshot, type_url: str) -> list[str]:
-        items = snap.of(type_url)
-        return sorted(items if self.names is None else (n for n in self.names if n in items))
 
 
 class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
@@ -97,6 +43,35 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
         self._stopping.set()
         for state in self._cache.states():
             state.inbox.put(_END)
+
+    def DeltaAggregatedResources(self, request_iterator: Iterator[discovery_pb2.DeltaDiscoveryRequest],
+                                 context: grpc.ServicerContext
+                                 ) -> Iterator[discovery_pb2.DeltaDiscoveryResponse]:
+        stream = DeltaStream()
+        yield from self._serve(request_iterator, context, "delta",
+                               discovery_pb2.DeltaDiscoveryRequest, stream.on_request,
+                               stream.next_responses, stream.status)
+
+    def StreamAggregatedResources(self, request_iterator: Iterator[discovery_pb2.DiscoveryRequest],
+                                  context: grpc.ServicerContext
+                                  ) -> Iterator[discovery_pb2.DiscoveryResponse]:
+        stream = SotwStream()
+        yield from self._serve(request_iterator, context, "sotw",
+                               discovery_pb2.DiscoveryRequest, stream.on_request,
+                               stream.next_responses, stream.status)
+
+    def _serve(self, requests: Iterator[Any], context: grpc.ServicerContext, protocol: str,
+               request_type: type[Any], take: Callable[[Any], Nack | None],
+               responses: Callable[[Snapshot], list[Any]],
+               status: Callable[[Snapshot], StreamStatus]) -> Iterator[Any]:
+        for state, message in self._messages(requests, context, protocol):
+            if isinstance(message, request_type):
+                nack = take(message)
+                if nack is not None:
+                    self._cache.nacked(state, nack)
+            snap = state.snapshot  # one snapshot per exchange, judged as sent
+            yield from responses(snap)
+            self._cache.exchanged(state, status(snap), snap)
 
     # --- plumbing ------------------------------------------------------------------
 
@@ -151,172 +126,6 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
             self._cache.disconnect(state)
             log.info("proxy %s disconnected", state.proxy.id)
 
-    @staticmethod
-    def _nacked(state: ProxyState, type_url: str, error: str) -> None:
-        state.last_nack = f"{SHORT.get(type_url, type_url)}: {_summary(error)}"
-        state.nack_version = state.view_version
-        log.warning("proxy %s rejected %s", state.proxy.id, state.last_nack)
-
-    # --- delta -----------------------------------------------------------------------
-
-    def DeltaAggregatedResources(self, request_iterator: Iterator[discovery_pb2.DeltaDiscoveryRequest],
-                                 context: grpc.ServicerContext
-                                 ) -> Iterator[discovery_pb2.DeltaDiscoveryResponse]:
-        types: dict[str, _Delta] = {}
-        for state, message in self._messages(request_iterator, context, "delta"):
-            if isinstance(message, discovery_pb2.DeltaDiscoveryRequest):
-                self._delta_request(state, types, message)
-            snap = state.snapshot  # one snapshot per exchange, judged as sent
-            for type_url in TYPES:
-                if type_url in types:
-                    response = self._delta_push(snap, types[type_url], type_url)
-                    if response is not None:
-                        yield response
-            self._delta_status(state, snap, types)
-
-    def _delta_request(self, state: ProxyState, types: dict[str, _Delta],
-                       request: discovery_pb2.DeltaDiscoveryRequest) -> None:
-        type_url = request.type_url
-        first = type_url not in types
-        sub = types.setdefault(type_url, _Delta())
-        if first:
-            sub.wildcard = type_url in _WILDCARD_TYPES and not request.resource_names_subscribe
-            sub.client = dict(request.initial_resource_versions)
-            sub.acked = dict(sub.client)
-        for name in request.resource_names_subscribe:
-            if name == "*":
-                sub.wildcard = True
-            else:
-                sub.names.add(name)
-        for name in request.resource_names_unsubscribe:
-            if name == "*":
-                sub.wildcard = False
-            sub.names.discard(name)
-            if not sub.wants(name):
-                sub.client.pop(name, None)
-                sub.acked.pop(name, None)
-        if request.response_nonce:
-            changes = sub.pending.pop(request.response_nonce, None)
-            if changes is not None and request.HasField("error_detail"):
-                self._nacked(state, type_url, request.error_detail.message)
-                for name, version in changes.items():
-                    if version is not None:
-                        sub.rejected[name] = version
-                    if name in sub.acked:
-                        sub.client[name] = sub.acked[name]
-                    else:
-                        sub.client.pop(name, None)
-            elif changes is not None:
-                for name, version in changes.items():
-                    if version is None:
-                        sub.acked.pop(name, None)
-                    else:
-                        sub.acked[name] = version
-                        sub.rejected.pop(name, None)
-
-    def _delta_push(self, snap: Snapshot, sub: _Delta,
-                    type_url: str) -> discovery_pb2.DeltaDiscoveryResponse | None:
-        send, removed = sub.diff(snap, type_url)
-        if not send and not removed and sub.responded:
-            return None
-        sub.responded = True
-        items = snap.of(type_url)
-        nonce = _nonce()
-        changes: dict[str, str | None] = {name: items[name].version for name in send}
-        changes.update({name: None for name in removed})
-        for name in send:
-            sub.client[name] = items[name].version
-        for name in removed:
-            sub.client.pop(name, None)
-        sub.pending[nonce] = changes
-        return discovery_pb2.DeltaDiscoveryResponse(
-            type_url=type_url, nonce=nonce, removed_resources=removed,
-            system_version_info=snap.type_version(type_url),
-            resources=[discovery_pb2.Resource(name=name, version=items[name].version,
-                                              resource=items[name].packed()) for name in send],
-        )
-
-    def _delta_status(self, state: ProxyState, snap: Snapshot,
-                      types: dict[str, _Delta]) -> None:
-        in_sync = True
-        for type_url, sub in types.items():
-            state.acked_versions[SHORT.get(type_url, type_url)] = version_of(
-                "\n".join(f"{n}={v}" for n, v in sorted(sub.acked.items())).encode())
-            send, removed = sub.diff(snap, type_url)
-            if sub.pending:
-                state.pending.add(SHORT.get(type_url, type_url))
-            else:
-                state.pending.discard(SHORT.get(type_url, type_url))
-            rejected = any(sub.rejected.get(n) == i.version
-                           for n, i in snap.of(type_url).items() if sub.wants(n))
-            if rejected:  # the current config still holds what was rejected
-                state.nack_version = state.view_version
-            in_sync = in_sync and not sub.pending and not send and not removed and not rejected
-        if in_sync and types:
-            state.last_nack = ""
-        self._cache.mark_synced(state, in_sync and bool(types), snap)
-
-    # --- state of the world --------------------------------------------------------
-
-    def StreamAggregatedResources(self, request_iterator: Iterator[discovery_pb2.DiscoveryRequest],
-                                  context: grpc.ServicerContext
-                                  ) -> Iterator[discovery_pb2.DiscoveryResponse]:
-        types: dict[str, _Sotw] = {}
-        for state, message in self._messages(request_iterator, context, "sotw"):
-            if isinstance(message, discovery_pb2.DiscoveryRequest):
-                self._sotw_request(state, types, message)
-            snap = state.snapshot
-            for type_url in TYPES:
-                if type_url in types:
-                    response = self._sotw_push(snap, types[type_url], type_url)
-                    if response is not None:
-                        yield response
-            in_sync = bool(types)
-            for type_url, sub in types.items():
-                short = SHORT.get(type_url, type_url)
-                state.acked_versions[short] = sub.acked_version
-                if sub.sent_version != sub.acked_version:
-                    state.pending.add(short)
-                else:
-                    state.pending.discard(short)
-                current = snap.type_version(type_url, sub.chosen(snap, type_url))
-                in_sync = in_sync and sub.acked_version == current
-                if current == sub.rejected_version:
-                    state.nack_version = state.view_version
-            if in_sync:
-                state.last_nack = ""
-            self._cache.mark_synced(state, in_sync, snap)
-
-    def _sotw_request(self, state: ProxyState, types: dict[str, _Sotw],
-                      request: discovery_pb2.DiscoveryRequest) -> None:
-        type_url = request.type_url
-        sub = types.setdefault(type_url, _Sotw())
-        if request.response_nonce and request.response_nonce != sub.sent_nonce:
-            return  # answers an older response; a newer one is on its way
-        names = set(request.resource_names)
-        sub.names = None if not names and type_url in _WILDCARD_TYPES else names
-        if request.response_nonce:
-            if request.HasField("error_detail"):
-                self._nacked(state, type_url, request.error_detail.message)
-                sub.rejected_version = sub.sent_version
-            else:
-                sub.acked_version = request.version_info
-
-    def _sotw_push(self, snap: Snapshot, sub: _Sotw,
-                   type_url: str) -> discovery_pb2.DiscoveryResponse | None:
-        chosen = sub.chosen(snap, type_url)
-        version = snap.type_version(type_url, chosen)
-        same = version == sub.sent_version and sub.names == sub.sent_names
-        if sub.responded and (same or version == sub.rejected_version):
-            return None
-        sub.responded = True
-        sub.sent_version, sub.sent_names, sub.sent_nonce = version, sub.names, _nonce()
-        items = snap.of(type_url)
-        return discovery_pb2.DiscoveryResponse(
-            version_info=version, type_url=type_url, nonce=sub.sent_nonce,
-            resources=[items[name].packed() for name in chosen],
-        )
-
 
 class ProxyServicer(proxies_pb2_grpc.ProxyServiceServicer):
     def __init__(self, cache: XdsCache, settings: proxies_pb2.MeshSettings) -> None:
@@ -346,14 +155,3 @@ def status_of(state: ProxyState) -> proxies_pb2.ProxyStatus:
         view_version=state.view_version, synced_version=state.synced_version,
         nack_version=state.nack_version,
     )
-
-
-def _summary(error: str, limit: int = 400) -> str:
-    """Envoy's NACK messages can quote whole resources: keep the resource's
-    name and the reason after the quoted proto."""
-    error = " ".join(error.split())
-    if len(error) <= limit:
-        return error
-    named = re.search(r'name: "([^"]+)"', error)
-    reason = re.split(r"\}\s*:\s", error)[-1]
-    return f"{named.group(1) + ': ' if named else ''}{reason[-(limit - 60):]}"

@@ -6,15 +6,19 @@ snapshot changed. A snapshot that fails the consistency check is not served:
 the proxy keeps its last good one and the problem is recorded on its status.
 
 Each stream owns its protocol state (nonces, subscriptions, what the client
-has); it tells the cache whether its proxy has everything its snapshot holds
-(``mark_synced``), which is what ``synced_version`` — and so
-`flotilla apply --wait` — is made of.
+has: :mod:`controlplane.xds.stream`); after every exchange the servicer hands
+the cache where the proxy stands (``exchanged``, ``nacked``), and the cache
+records it on the proxy's state under its lock: whether the proxy has
+everything its snapshot holds is what ``synced_version`` — and so
+`flotilla apply --wait` — is made of. Every ``ProxyState`` field is written
+only by the cache, under its lock.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import re
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -22,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from controlplane.xds.builder import Builder
 from controlplane.xds.mesh import MeshView, Proxy
 from controlplane.xds.snapshot import Snapshot, check
+from controlplane.xds.stream import Nack, StreamStatus
 
 log = logging.getLogger(__name__)
 
@@ -106,17 +111,31 @@ class XdsCache:
             return all(state.synced_version >= version for state in self._states)
 
     def states(self) -> list[ProxyState]:
+        """Every connected proxy's state (live: read, never write, its fields)."""
         with self._lock:
             return list(self._states)
 
-    def mark_synced(self, state: ProxyState, in_sync: bool, judged: Snapshot) -> None:
-        """Called by a stream after each exchange: does its proxy have all of
-        ``judged`` (the snapshot the stream compared with), ACKed? Credited
-        only while ``judged`` is still the proxy's snapshot: a view installed
-        meanwhile is not synced yet."""
+    def nacked(self, state: ProxyState, nack: Nack) -> None:
+        """The proxy refused what a response carried: it keeps its last good
+        config, and ``proxy-status`` shows why."""
         with self._lock:
-            current = judged is state.snapshot
-            state.in_sync = in_sync and current
+            state.last_nack = f"{nack.short}: {_summary(nack.error)}"
+            state.nack_version = state.view_version
+        log.warning("proxy %s rejected %s", state.proxy.id, state.last_nack)
+
+    def exchanged(self, state: ProxyState, status: StreamStatus, judged: Snapshot) -> None:
+        """Where the proxy stands after an exchange, against ``judged`` (the
+        snapshot its stream compared with). In sync is credited only while
+        ``judged`` is still the proxy's snapshot: a view installed meanwhile
+        is not synced yet."""
+        with self._lock:
+            state.acked_versions = dict(status.acked)
+            state.pending = set(status.pending)
+            if status.rejected:  # the current config still holds what was rejected
+                state.nack_version = state.view_version
+            if status.in_sync:
+                state.last_nack = ""
+            state.in_sync = status.in_sync and judged is state.snapshot
             if state.in_sync:
                 state.synced_version = max(state.synced_version, state.view_version)
 
@@ -150,3 +169,14 @@ class XdsCache:
         state.in_sync = False
         state.wake()
         return 1
+
+
+def _summary(error: str, limit: int = 400) -> str:
+    """Envoy's NACK messages can quote whole resources: keep the resource's
+    name and the reason after the quoted proto."""
+    error = " ".join(error.split())
+    if len(error) <= limit:
+        return error
+    named = re.search(r'name: "([^"]+)"', error)
+    reason = re.split(r"\}\s*:\s", error)[-1]
+    return f"{named.group(1) + ': ' if named else ''}{reason[-(limit - 60):]}"

@@ -68,6 +68,7 @@ from controlplane.xds.builder import Builder, cluster_name
 from controlplane.xds.cache import ProxyState, XdsCache
 from controlplane.xds.mesh import SIDECAR, Endpoint, MeshView, Proxy, ServiceView
 from controlplane.xds.snapshot import ENDPOINT, Snapshot
+from controlplane.xds.stream import StreamStatus
 from sidecar.envoy import Admin, bootstrap, command, find_envoy
 from tests.bench.report import text_table
 from tests.harness import free_port
@@ -214,8 +215,8 @@ class TimedCache(XdsCache):
         super().__init__()
         self.synced_at: dict[tuple[str, int], float] = {}
 
-    def mark_synced(self, state: ProxyState, in_sync: bool, judged: Snapshot) -> None:
-        super().mark_synced(state, in_sync, judged)
+    def exchanged(self, state: ProxyState, status: StreamStatus, judged: Snapshot) -> None:
+        super().exchanged(state, status, judged)
         if state.in_sync:
             self.synced_at.setdefault((state.proxy.id, state.synced_version), now())
 

@@ -21,6 +21,7 @@ from controlplane.server.xds import AggregatedDiscoveryServicer, ProxyServicer, 
 from controlplane.xds.cache import ProxyState, XdsCache
 from controlplane.xds.mesh import SIDECAR, Endpoint, MeshView, Proxy, ServiceView
 from controlplane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SHORT, TYPES, Snapshot
+from controlplane.xds.stream import StreamStatus
 from tests.harness import eventually
 from tests.xds_client import Held, Reject, XdsClient
 
@@ -253,12 +254,12 @@ class Interleaved(XdsCache):
         self.interleave: Callable[[], object] | None = None
         self.reported: list[int] = []
 
-    def mark_synced(self, state: ProxyState, in_sync: bool, judged: Snapshot) -> None:
-        hook = self.interleave if in_sync else None
+    def exchanged(self, state: ProxyState, status: StreamStatus, judged: Snapshot) -> None:
+        hook = self.interleave if status.in_sync else None
         if hook is not None:
             self.interleave = None
             hook()
-        super().mark_synced(state, in_sync, judged)
+        super().exchanged(state, status, judged)
         if hook is not None:
             self.reported.append(state.synced_version)
 
