@@ -82,8 +82,15 @@ def required_driver(workload: Mapping[str, Any]) -> str | None:
 
 
 def _request(instance: Resource) -> PlacementRequest:
+    """The scheduler's view of a pending instance; ``spec.placement`` is the
+    Service's, as validated (an instance stored without a field gets the
+    model's default)."""
     workload = instance.spec.get("workload") or {}
     placement = instance.spec.get("placement") or {}
+
+    def names(field: str) -> tuple[str, ...]:
+        return tuple(placement.get(field) or ())
+
     return PlacementRequest(
         instance_id=_id(instance), namespace=instance.namespace,
         service=instance.spec["service"], resources=_capacity(workload.get("resources") or {}),
@@ -92,9 +99,11 @@ def _request(instance: Resource) -> PlacementRequest:
         constraints=tuple(Constraint.of(c["key"], c.get("operator", "="), c.get("value"),
                                         c.get("values"))
                           for c in placement.get("constraints") or ()),
-        strategy=Strategy(placement.get("strategy", "binpack")),
-        affinity=tuple(placement.get("affinity") or ()),
-        anti_affinity=tuple(placement.get("antiAffinity") or ()),
+        strategy=Strategy(placement.get("strategy", PlacementRequest.strategy)),
+        affinity=names("affinity"), anti_affinity=names("antiAffinity"),
+        preferred_affinity=names("preferredAffinity"),
+        preferred_anti_affinity=names("preferredAntiAffinity"),
+        spread_by=names("spreadBy"),
     )
 
 

@@ -31,6 +31,7 @@ from controlplane.manifests.types import (
     Port,
     PositiveInt,
     check_dns_label,
+    check_label_key,
 )
 from controlplane.model.external import is_consul_name, is_server_name
 
@@ -125,14 +126,49 @@ class Constraint(Schema):
         return self
 
 
+#: A node label key, as in ``spec.placement.spreadBy``.
+LabelKey = Annotated[str, AfterValidator(check_label_key)]
+
+
 class Placement(Schema):
+    """Where a Service's instances may run, and which nodes they prefer.
+
+    Services named here are in the same namespace. ``affinity`` and
+    ``antiAffinity`` are required (a node that breaks one is not a candidate);
+    the ``preferred`` forms only score.
+    """
+
     constraints: list[Constraint] = []
-    #: binpack fills nodes up; spread balances load across them.
-    strategy: Literal["binpack", "spread"] = "binpack"
-    #: Place next to instances of these services (same namespace).
+    #: spread balances load across nodes and keeps replicas apart; binpack
+    #: fills the fullest node first, replicas included.
+    strategy: Literal["binpack", "spread"] = "spread"
+    #: Only nodes running an instance of each of these services; naming
+    #: the Service itself is ignored.
     affinity: list[Name] = []
-    #: Keep away from instances of these services (same namespace).
+    #: Only nodes running no instance of these services; naming the Service
+    #: itself keeps its replicas on distinct nodes.
     anti_affinity: list[Name] = []
+    #: Prefer nodes running instances of these services.
+    preferred_affinity: list[Name] = []
+    #: Prefer nodes running no instance of these services.
+    preferred_anti_affinity: list[Name] = []
+    #: Balance the replicas across the values of these node labels (rack,
+    #: zone); nodes without a label are used only when no labelled node fits.
+    spread_by: list[LabelKey] = []
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Placement:
+        for i, name in enumerate(self.anti_affinity):
+            if name in self.affinity:
+                raise FieldError(
+                    f"antiAffinity[{i}]",
+                    f"{name!r} is also in affinity: no node can both run it and not run it; "
+                    "keep it in one of them (or make one preferredAffinity / "
+                    "preferredAntiAffinity)")
+        for i, key in enumerate(self.spread_by):
+            if key in self.spread_by[:i]:
+                raise FieldError(f"spreadBy[{i}]", f"{key!r} is listed twice; list it once")
+        return self
 
 
 class Upstream(Schema):

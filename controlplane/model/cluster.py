@@ -142,7 +142,8 @@ class Constraint:
 
 
 class Strategy(enum.Enum):
-    """binpack fills nodes up; spread balances load across them."""
+    """spread balances load across nodes and keeps a service's replicas
+    apart; binpack fills the fullest node first, replicas included."""
 
     BINPACK = "binpack"
     SPREAD = "spread"
@@ -152,8 +153,14 @@ class Strategy(enum.Enum):
 class PlacementRequest:
     """One pending instance that needs a node.
 
-    ``affinity`` and ``anti_affinity`` name other services in the same
-    namespace; replicas of ``service`` itself are always spread across nodes.
+    The (anti-)affinity fields name services in the same namespace.
+    ``affinity`` and ``anti_affinity`` are required: a node without an
+    instance of every ``affinity`` service, or with one of an
+    ``anti_affinity`` service, is infeasible. The ``preferred_`` forms only
+    score. Naming ``service`` itself is ignored in the affinity fields; in
+    ``anti_affinity`` it keeps the replicas on distinct nodes, in
+    ``preferred_anti_affinity`` it prefers that. ``spread_by`` names node
+    label keys whose values the service's instances are balanced across.
     """
 
     instance_id: str
@@ -165,9 +172,12 @@ class PlacementRequest:
     #: A driver the node must offer; None accepts any node.
     driver: str | None = None
     constraints: tuple[Constraint, ...] = ()
-    strategy: Strategy = Strategy.BINPACK
+    strategy: Strategy = Strategy.SPREAD
     affinity: tuple[str, ...] = ()
     anti_affinity: tuple[str, ...] = ()
+    preferred_affinity: tuple[str, ...] = ()
+    preferred_anti_affinity: tuple[str, ...] = ()
+    spread_by: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

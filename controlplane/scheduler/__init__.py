@@ -3,10 +3,12 @@ instances to a plan.
 
 ``schedule(snapshot, pending, rng) -> Plan`` runs each request through a
 pipeline (see README.md): feasibility (:mod:`.feasibility`: node state,
-driver, label constraints, host ports, cpu, memory) -> scoring
-(:mod:`.scoring`: binpack or spread, replicas spread across nodes,
-affinity / anti-affinity to other services) -> selection (:mod:`.select`: a
-bounded, rng-shuffled walk over the nodes). An instance no node can take
+driver, label constraints, required affinity / anti-affinity, host ports,
+cpu, memory; each check written once for the fast path and the explanation)
+-> scoring (:mod:`.scoring`: binpack fills nodes, spread balances them and
+keeps replicas apart, preferred affinity / anti-affinity) -> selection
+(:mod:`.select`: a bounded, rng-shuffled walk over the nodes, narrowed to
+the least-used values of ``spread_by`` labels). An instance no node can take
 gets an explanation that counts every node's reason.
 
 :func:`check_plan` is the plan applier's re-check of a plan against fresh

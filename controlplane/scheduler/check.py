@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from controlplane.model.cluster import ClusterSnapshot, Placement, Plan
-from controlplane.scheduler.feasibility import detail, fit_rejection, static_rejection
+from controlplane.scheduler.feasibility import Check, detail, fit_check, static_rejection
 from controlplane.scheduler.state import Allocation
 
 
@@ -38,8 +38,15 @@ def check_plan(snapshot: ClusterSnapshot, plan: Plan) -> list[PlanConflict]:
     """
     alloc = Allocation(snapshot)
     conflicts: list[PlanConflict] = []
+    #: One fit check per shape (cpu, memory, host ports): they read the live allocation.
+    fits: dict[tuple[int, int, frozenset[int]], Check] = {}
     for placement in plan.placements:
-        reason = _conflict(alloc, placement)
+        need, ports = placement.resources, placement.host_ports
+        shape = (need.cpu_millis, need.memory_mib, ports)
+        fit = fits.get(shape)
+        if fit is None:
+            fit = fits[shape] = fit_check(alloc, need, ports)
+        reason = _conflict(alloc, placement, fit)
         if reason is None:
             alloc.place(placement.instance_id, placement.node, placement.resources,
                         placement.host_ports)
@@ -48,13 +55,12 @@ def check_plan(snapshot: ClusterSnapshot, plan: Plan) -> list[PlanConflict]:
     return conflicts
 
 
-def _conflict(alloc: Allocation, placement: Placement) -> str | None:
+def _conflict(alloc: Allocation, placement: Placement, fit: Check) -> str | None:
     where = alloc.placed_on.get(placement.instance_id)
     if where is not None:
         return f"already placed on node {where}"
     i = alloc.index.get(placement.node)
     if i is None:
         return "node is gone"
-    reason = (static_rejection(alloc.nodes[i], None, ())
-              or fit_rejection(alloc, i, placement.resources, placement.host_ports))
+    reason = static_rejection(alloc.nodes[i], None, ()) or fit(i)
     return None if reason is None else detail(reason, placement.resources, alloc.free(i))

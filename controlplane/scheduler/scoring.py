@@ -3,19 +3,24 @@
 ``score = fit + affinity bonus - penalty``, where
 
 - **fit** lies in [0, 1]: the node's mean cpu/memory utilisation after the
-  placement for ``binpack`` (fill nodes up), one minus that for ``spread``;
-- **penalty** is ``REPLICA_PENALTY`` per replica of the same service already
-  on the node (replicas spread across nodes by default) plus
-  ``ANTI_AFFINITY_PENALTY`` per ``anti_affinity`` service with an instance
-  there;
-- **bonus** is ``AFFINITY_BONUS`` per ``affinity`` service with an instance
-  on the node.
+  placement for ``binpack`` (fill the fullest node first, replicas of the
+  same service included), one minus that for ``spread``;
+- **penalty** is, for ``spread`` only, ``REPLICA_PENALTY`` per replica of
+  the same service already on the node (so spread also keeps replicas
+  apart), plus ``ANTI_AFFINITY_PENALTY`` per ``preferred_anti_affinity``
+  service with an instance there;
+- **bonus** is ``AFFINITY_BONUS`` per ``preferred_affinity`` service with an
+  instance on the node.
 
-Services are matched in the request's namespace; a service naming itself in
-either list is ignored. With all weights at 1, one replica more or less, or
-one (anti-)affinity match, outweighs any difference in fit. A node with no
-penalty is *clean*: selection counts clean candidates to decide when it has
-seen enough.
+Services are matched in the request's namespace; a service naming itself is
+ignored in ``preferred_affinity`` and counts in ``preferred_anti_affinity``
+(its replicas then avoid each other under binpack too). With all weights at
+1, one replica more or less, or one preferred (anti-)affinity match,
+outweighs any difference in fit. A node with no penalty is *clean*:
+selection counts clean candidates to decide when it has seen enough.
+
+The required rules (``affinity``, ``anti_affinity``) are feasibility checks,
+and ``spread_by`` ranks nodes before any score does (see :mod:`.select`).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from controlplane.scheduler.state import Allocation
 REPLICA_PENALTY = 1.0
 AFFINITY_BONUS = 1.0
 ANTI_AFFINITY_PENALTY = 1.0
+
+_NONE: dict[int, int] = {}
 
 
 class Scorer:
@@ -42,11 +49,19 @@ class Scorer:
         self._mem = request.resources.memory_mib
         self._spread = request.strategy is Strategy.SPREAD
         ns, own = request.namespace, request.service
-        self._replicas: dict[int, int] = alloc.services.get((ns, own), {})
-        self._attract = [alloc.services[(ns, s)] for s in dict.fromkeys(request.affinity)
-                         if s != own and (ns, s) in alloc.services]
-        self._repel = [alloc.services[(ns, s)] for s in dict.fromkeys(request.anti_affinity)
-                       if s != own and (ns, s) in alloc.services]
+        self._replicas: dict[int, int] = (alloc.services.get((ns, own), _NONE)
+                                          if self._spread else _NONE)
+        self._attract = self._found(alloc, ns, request.preferred_affinity, own)
+        self._repel = self._found(alloc, ns, request.preferred_anti_affinity)
+
+    @staticmethod
+    def _found(alloc: Allocation, ns: str, services: tuple[str, ...],
+               skip: str | None = None) -> list[dict[int, int]]:
+        """The instance counts of those of ``services`` that have instances."""
+        if not services:
+            return []
+        return [alloc.services[(ns, s)] for s in dict.fromkeys(services)
+                if s != skip and (ns, s) in alloc.services]
 
     def fit(self, i: int) -> float:
         alloc = self._alloc
@@ -71,7 +86,7 @@ class Scorer:
         return self.fit(i) + bonus - penalty, penalty == 0.0
 
     def attracting(self) -> Iterator[int]:
-        """Nodes holding an instance of an ``affinity`` service, each once."""
+        """Nodes holding an instance of a ``preferred_affinity`` service, each once."""
         seen: set[int] = set()
         for counts in self._attract:
             for i in counts:

@@ -2,7 +2,8 @@
 
 An :class:`Allocation` starts from a :class:`ClusterSnapshot` and records
 every placement the pass makes, so later placements in the same plan see the
-capacity, host ports and service counts the earlier ones took.
+capacity, host ports and service counts (per node, and per node-label value
+for ``spread_by``) the earlier ones took.
 
 Contract: one Allocation belongs to one call of ``schedule`` or
 ``check_plan``; it is never shared, stored or returned. Nodes are addressed
@@ -33,14 +34,26 @@ class Allocation:
         self.services: dict[ServiceKey, dict[int, int]] = {}
         #: Node name of every placed instance, including those on unlisted nodes.
         self.placed_on: dict[str, str] = {}
+        #: Instances of a service per value of a node label, kept only for the
+        #: (service, label key) pairs someone asked for: {key: {value: count}}.
+        self._by_label: dict[ServiceKey, dict[str, dict[str, int]]] = {}
         for instance in snapshot.placed:
             self.place(instance.id, instance.node, instance.resources, instance.host_ports,
                        (instance.namespace, instance.service))
 
-    def fits(self, i: int, cpu: int, memory: int, host_ports: frozenset[int]) -> bool:
-        """True when node ``i`` has the cpu, memory and host ports free."""
-        return (self.free_cpu[i] >= cpu and self.free_mem[i] >= memory
-                and (not host_ports or self.ports[i].isdisjoint(host_ports)))
+    def label_counts(self, service: ServiceKey, key: str) -> dict[str, int]:
+        """Instances of ``service`` on the nodes with each value of label
+        ``key`` (nodes without the label count nowhere). The mapping stays
+        live: later placements update it. Callers must not mutate it."""
+        keys = self._by_label.setdefault(service, {})
+        counts = keys.get(key)
+        if counts is None:
+            counts = keys[key] = {}
+            for i, count in self.services.get(service, {}).items():
+                value = self.nodes[i].labels.get(key)
+                if value is not None:
+                    counts[value] = counts.get(value, 0) + count
+        return counts
 
     def place(self, instance_id: str, node: str, resources: Capacity,
               host_ports: frozenset[int], service: ServiceKey | None = None) -> None:
@@ -57,6 +70,13 @@ class Allocation:
         if service is not None:
             counts = self.services.setdefault(service, {})
             counts[i] = counts.get(i, 0) + 1
+            by_label = self._by_label.get(service)
+            if by_label:
+                labels = self.nodes[i].labels
+                for key, values in by_label.items():
+                    value = labels.get(key)
+                    if value is not None:
+                        values[value] = values.get(value, 0) + 1
 
     def free(self, i: int) -> Capacity:
         return Capacity(self.free_cpu[i], self.free_mem[i])

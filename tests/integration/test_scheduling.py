@@ -21,8 +21,9 @@ from tests.harness import AgentProcess, ServerProcess, eventually, run_cli
 
 APPS = Path(__file__).resolve().parents[1] / "apps"
 GRACE = 3.0
-NODES = [("n2", "127.0.0.2", "zone=a"), ("n3", "127.0.0.3", "zone=b"),
-         ("n4", "127.0.0.4", "zone=c")]
+NODES = [("n2", "127.0.0.2", ("zone=a", "rack=r1")), ("n3", "127.0.0.3", ("zone=b", "rack=r1")),
+         ("n4", "127.0.0.4", ("zone=c", "rack=r2"))]
+RACKS = {"n2": "r1", "n3": "r1", "n4": "r2"}
 
 
 def web(name: str, replicas: int, **spec: Any) -> dict[str, Any]:
@@ -43,8 +44,8 @@ def cluster(tmp_path: Path) -> Iterator[tuple[ServerProcess, list[AgentProcess]]
     server = ServerProcess(tmp_path / "server", extra_args=("--node-grace", str(GRACE))).start()
     agents: list[AgentProcess] = []
     try:
-        agents += [AgentProcess(server, name, address, tmp_path / name, labels=(label,)).start()
-                   for name, address, label in NODES]
+        agents += [AgentProcess(server, name, address, tmp_path / name, labels=labels).start()
+                   for name, address, labels in NODES]
         with server.client() as client:
             eventually(lambda: len(ready_nodes(client)) == 3, 30, "three ready nodes")
         yield server, agents
@@ -91,6 +92,19 @@ def test_constraint_puts_everything_on_the_matching_node(
         client.apply([(spec, "zoned")])
         placed = eventually(lambda: healthy(client, "zoned", 3), 30, "3 healthy instances")
         assert {i["spec"]["node"] for i in placed} == {"n3"}
+
+
+def test_spread_by_a_label_balances_its_values_under_binpack(
+    cluster: tuple[ServerProcess, list[AgentProcess]]
+) -> None:
+    server, _ = cluster
+    with server.client() as client:
+        spec = web("racked", 4, placement={"strategy": "binpack", "spreadBy": ["rack"]})
+        client.apply([(spec, "racked")])
+        placed = eventually(lambda: healthy(client, "racked", 4), 30, "4 healthy instances")
+        assert Counter(RACKS[i["spec"]["node"]] for i in placed) == {"r1": 2, "r2": 2}
+        # binpack fills within rack r1: both of its replicas share one node
+        assert len({i["spec"]["node"] for i in placed}) == 2
 
 
 def test_too_large_is_unschedulable_with_an_explanation(

@@ -1,5 +1,6 @@
-"""The scheduler: tables for each feasibility check, scoring rule and
-explanation, the acceptance scenarios, and Hypothesis properties."""
+"""The scheduler: tables for each feasibility check, scoring rule,
+spreadBy case and explanation, the acceptance scenarios, the mapping from
+``spec.placement``, and Hypothesis properties."""
 
 from __future__ import annotations
 
@@ -7,11 +8,16 @@ import random
 import re
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from controlplane.controllers import placement as placement_controller
+from controlplane.errors import InvalidManifest
+from controlplane.manifests import to_resource
+from controlplane.model import Resource
 from controlplane.model.cluster import (
     Capacity,
     ClusterSnapshot,
@@ -27,7 +33,7 @@ from controlplane.model.cluster import (
     Unschedulable,
 )
 from controlplane.scheduler import candidate_limit, check_plan, schedule
-from controlplane.scheduler.feasibility import NodeIndex, fit_rejection, static_rejection
+from controlplane.scheduler.feasibility import NodeIndex, dynamic_check, static_rejection
 from controlplane.scheduler.scoring import Scorer
 from controlplane.scheduler.state import Allocation
 
@@ -43,11 +49,13 @@ def request(instance_id: str, service: str = "web", cpu: int = 100, memory: int 
             ports: Sequence[int] = (), driver: str | None = None,
             constraints: Sequence[Constraint] = (), spread: bool = False,
             affinity: Sequence[str] = (), anti_affinity: Sequence[str] = (),
-            namespace: str = "default") -> PlacementRequest:
+            preferred_affinity: Sequence[str] = (), preferred_anti_affinity: Sequence[str] = (),
+            spread_by: Sequence[str] = (), namespace: str = "default") -> PlacementRequest:
     return PlacementRequest(instance_id, namespace, service, Capacity(cpu, memory),
                             frozenset(ports), driver, tuple(constraints),
                             Strategy.SPREAD if spread else Strategy.BINPACK,
-                            tuple(affinity), tuple(anti_affinity))
+                            tuple(affinity), tuple(anti_affinity), tuple(preferred_affinity),
+                            tuple(preferred_anti_affinity), tuple(spread_by))
 
 
 def placed(instance_id: str, service: str, on: str, cpu: int = 100, memory: int = 128, *,
@@ -173,6 +181,21 @@ ZONE_B = Constraint.of("zone", "=", "b")
          "missing label gpu"),
         (node("a", gpu="a100"), request("i", constraints=[Constraint.of("gpu", "not-exists")]),
          [], "constraint gpu not-exists not met"),
+        (node("a"), request("i", affinity=["cache"]), [placed("c", "cache", "a")], None),
+        (node("a"), request("i", affinity=["cache"]), [placed("c", "db", "a")],
+         "no instance of cache (none placed yet)"),
+        (node("a"), request("i", affinity=["cache", "db"]), [placed("c", "cache", "a")],
+         "no instance of db (none placed yet)"),
+        (node("a"), request("i", affinity=["cache"]),
+         [placed("c", "cache", "a", namespace="other")], "no instance of cache (none placed yet)"),
+        (node("a"), request("i", affinity=["web"]), [], None),
+        (node("a"), request("i", anti_affinity=["db"]), [placed("d", "db", "a")],
+         "instance of db present"),
+        (node("a"), request("i", anti_affinity=["db"]), [placed("c", "cache", "a")], None),
+        (node("a"), request("i", anti_affinity=["web"]), [placed("w", "web", "a")],
+         "instance of web present"),
+        (node("a"), request("i", preferred_affinity=["cache"],
+                            preferred_anti_affinity=["db"]), [placed("d", "db", "a")], None),
         # The first failed check is the one reported.
         (node("a", cpu=10, state=NodeState.DOWN, zone="a"), request("i", constraints=[ZONE_B]),
          [], "node down"),
@@ -180,12 +203,23 @@ ZONE_B = Constraint.of("zone", "=", "b")
          "missing label zone=b"),
         (node("a", cpu=10), request("i", ports=[80]), [placed("x", "db", "a", ports=[80])],
          "host port 80 in use"),
+        (node("a", zone="a"), request("i", constraints=[ZONE_B], affinity=["cache"]), [],
+         "missing label zone=b"),
+        (node("a"), request("i", affinity=["cache"], anti_affinity=["db"]),
+         [placed("d", "db", "a")], "no instance of cache (none placed yet)"),
+        (node("a", cpu=10), request("i", anti_affinity=["db"], ports=[80]),
+         [placed("d", "db", "a", ports=[80])], "instance of db present"),
     ],
     ids=["cpu short", "cpu exact", "memory short", "memory taken", "memory exact",
          "cpu before memory", "port in use", "lowest port in use", "other port",
          "no driver", "driver offered", "any driver", "down", "draining", "= unmet", "= met",
          "!= unmet", "in unmet", "not-in unmet", "exists unmet", "not-exists unmet",
-         "state first", "constraint before cpu", "port before cpu"],
+         "affinity met", "affinity unmet", "affinity needs every service",
+         "affinity per namespace", "self affinity ignored", "anti-affinity unmet",
+         "anti-affinity met", "self anti-affinity", "preferred rules never reject",
+         "state first", "constraint before cpu", "port before cpu",
+         "constraint before affinity", "affinity before anti-affinity",
+         "anti-affinity before port and cpu"],
 )
 def test_feasibility(target: Node, pending: PlacementRequest, already: list[PlacedInstance],
                      outcome: str | None) -> None:
@@ -196,33 +230,48 @@ def test_feasibility(target: Node, pending: PlacementRequest, already: list[Plac
 # --- explanations --------------------------------------------------------------------
 
 
+ABC = [node("a"), node("b"), node("c")]
+
+
 @pytest.mark.parametrize(
-    ("nodes", "pending", "explanation"),
+    ("nodes", "pending", "already", "explanation"),
     [
         ([node("a", memory=256, zone="b"), node("b", memory=256, zone="b"),
           node("c", memory=4096, zone="a")],
-         request("i", memory=512, constraints=[ZONE_B]),
+         request("i", memory=512, constraints=[ZONE_B]), [],
          "0/3 nodes fit: 2 insufficient memory (need 512 MiB, max free 256 MiB), "
          "1 missing label zone=b"),
         ([node("a", memory=128), node("b", memory=256), node("c", memory=64)],
-         request("i", memory=512),
+         request("i", memory=512), [],
          "0/3 nodes fit: 3 insufficient memory (need 512 MiB, max free 256 MiB)"),
         ([node("a", cpu=500), node("b", memory=64), node("c", state=NodeState.DOWN),
           node("d", drivers=frozenset({"process"}))],
-         request("i", cpu=1000, memory=128, driver="docker"),
+         request("i", cpu=1000, memory=128, driver="docker"), [],
          "0/4 nodes fit: 1 insufficient cpu (need 1000 millicores, max free 500 millicores), "
          "1 insufficient memory (need 128 MiB, max free 64 MiB), 1 no driver docker, "
          "1 node down"),
         ([node("a", zone="c"), node("b", zone="c"), node("c", state=NodeState.DRAINING)],
-         request("i", constraints=[Constraint.of("zone", "in", values=["a", "b"])]),
+         request("i", constraints=[Constraint.of("zone", "in", values=["a", "b"])]), [],
          "0/3 nodes fit: 2 constraint zone in (a,b) not met, 1 node draining"),
-        ([], request("i"), "0/0 nodes fit: the cluster has no nodes"),
+        ([], request("i"), [], "0/0 nodes fit: the cluster has no nodes"),
+        (ABC, request("i", affinity=["cache"]), [],
+         "0/3 nodes fit: 3 no instance of cache (none placed yet)"),
+        ([node("a", memory=256), node("b"), node("c")], request("i", memory=512,
+                                                                affinity=["cache"]),
+         [placed("c1", "cache", "a", memory=128)],
+         "0/3 nodes fit: 2 no instance of cache, "
+         "1 insufficient memory (need 512 MiB, max free 128 MiB)"),
+        (ABC, request("i", anti_affinity=["db"]),
+         [placed("d1", "db", "a"), placed("d2", "db", "b"), placed("d3", "db", "c")],
+         "0/3 nodes fit: 3 instance of db present"),
     ],
     ids=["acceptance example", "max free over nodes", "one of each", "in and draining",
-         "no nodes"],
+         "no nodes", "affinity to nothing yet", "affinity where it does not fit",
+         "anti-affinity everywhere"],
 )
-def test_explanation(nodes: list[Node], pending: PlacementRequest, explanation: str) -> None:
-    assert run(nodes, [pending]).failures == (Unschedulable("i", explanation),)
+def test_explanation(nodes: list[Node], pending: PlacementRequest,
+                     already: list[PlacedInstance], explanation: str) -> None:
+    assert run(nodes, [pending], already).failures == (Unschedulable("i", explanation),)
 
 
 def test_explanation_sees_earlier_placements_in_the_plan() -> None:
@@ -241,6 +290,8 @@ def test_explanation_sees_earlier_placements_in_the_plan() -> None:
 #: Two equal nodes; "a" is the fuller one unless a case places more on "b".
 PAIR = [node("a"), node("b")]
 FILLER = placed("filler", "batch", "a", 2000, 4096)
+#: The same, to make "b" the fuller one.
+FILLER_B = placed("filler", "batch", "b", 2000, 4096)
 
 
 @pytest.mark.parametrize(
@@ -248,25 +299,32 @@ FILLER = placed("filler", "batch", "a", 2000, 4096)
     [
         (request("i"), [FILLER], "a"),
         (request("i", spread=True), [FILLER], "b"),
-        (request("i"), [FILLER, placed("w1", "web", "a")], "b"),
+        (request("i"), [FILLER, placed("w1", "web", "a")], "a"),
         (request("i", spread=True), [placed("w1", "web", "b")], "a"),
-        (request("i"), [FILLER, placed("w1", "web", "a", namespace="other")], "a"),
-        (request("i", affinity=["cache"]), [FILLER, placed("c1", "cache", "b")], "b"),
-        (request("i", affinity=["cache"]),
+        (request("i", spread=True), [FILLER_B, placed("w1", "web", "a", namespace="other")],
+         "a"),
+        (request("i", preferred_affinity=["cache"]), [FILLER, placed("c1", "cache", "b")], "b"),
+        (request("i", preferred_affinity=["cache"]),
          [FILLER, placed("c1", "cache", "b", namespace="other")], "a"),
-        (request("i", affinity=["web"]), [FILLER, placed("w1", "web", "a")], "b"),
-        (request("i", anti_affinity=["db"]), [FILLER, placed("d1", "db", "a")], "b"),
-        (request("i", anti_affinity=["db"], spread=True), [placed("d1", "db", "b")], "a"),
-        (request("i", affinity=["cache"], anti_affinity=["db"]),
+        (request("i", preferred_affinity=["web"]), [FILLER_B, placed("w1", "web", "a")], "b"),
+        (request("i", preferred_anti_affinity=["db"]), [FILLER, placed("d1", "db", "a")], "b"),
+        (request("i", preferred_anti_affinity=["db"], spread=True), [placed("d1", "db", "b")],
+         "a"),
+        (request("i", preferred_anti_affinity=["web"]), [FILLER, placed("w1", "web", "a")], "b"),
+        (request("i", preferred_affinity=["cache"], preferred_anti_affinity=["db"]),
          [placed("c1", "cache", "a"), placed("d1", "db", "a"), placed("c2", "cache", "b")], "b"),
-        (request("i", affinity=["cache"]),
-         [FILLER, placed("c1", "cache", "b"), placed("w1", "web", "b")], "a"),
+        (request("i", preferred_affinity=["cache"], spread=True),
+         [FILLER_B, placed("c1", "cache", "b"), placed("w1", "web", "b")], "a"),
+        (request("i", affinity=["cache"], spread=True),
+         [FILLER_B, placed("c1", "cache", "b"), placed("w1", "web", "b")], "b"),
     ],
-    ids=["binpack fuller", "spread emptier", "replicas spread over binpack",
-         "replicas spread over spread", "replicas counted per namespace",
-         "affinity over binpack", "affinity per namespace", "self affinity ignored",
-         "anti-affinity over binpack", "anti-affinity over spread",
-         "anti-affinity cancels affinity", "replica cancels affinity, binpack decides"],
+    ids=["binpack fuller", "spread emptier", "binpack stacks replicas",
+         "spread keeps replicas apart", "replicas counted per namespace",
+         "preferred affinity over binpack", "preferred affinity per namespace",
+         "self preferred affinity ignored", "preferred anti-affinity over binpack",
+         "preferred anti-affinity over spread", "self preferred anti-affinity under binpack",
+         "preferred anti-affinity cancels affinity", "replica cancels affinity, spread decides",
+         "required affinity over replica and spread"],
 )
 def test_scoring(pending: PlacementRequest, already: list[PlacedInstance], chosen: str) -> None:
     for seed in range(5):
@@ -300,12 +358,50 @@ def test_candidate_limit(nodes: int, strategy: Strategy, limit: int) -> None:
 THREE = [node("node-1", zone="a"), node("node-2", zone="b"), node("node-3", zone="c")]
 
 
-@pytest.mark.parametrize("spread", [False, True], ids=["binpack", "spread"])
 @pytest.mark.parametrize("seed", range(5))
-def test_six_replicas_on_three_nodes_land_two_per_node(seed: int, spread: bool) -> None:
-    plan = run(THREE, [request(f"web-{k}", spread=spread) for k in range(6)], seed=seed)
+def test_six_replicas_on_three_nodes_land_two_per_node(seed: int) -> None:
+    plan = run(THREE, [request(f"web-{k}", spread=True) for k in range(6)], seed=seed)
     assert not plan.failures
     assert Counter(p.node for p in plan.placements) == {"node-1": 2, "node-2": 2, "node-3": 2}
+
+
+#: Two empty, identical nodes that hold four replicas each.
+FOUR_EACH = [node("a", cpu=400, memory=512), node("b", cpu=400, memory=512)]
+
+
+@pytest.mark.parametrize(
+    ("replicas", "spread", "per_node"),
+    [(4, False, [4]), (4, True, [2, 2]), (6, False, [4, 2]), (6, True, [3, 3]),
+     (8, False, [4, 4])],
+    ids=["binpack fills one node", "spread halves", "binpack overflows to the next",
+         "spread six", "binpack fills both"],
+)
+@pytest.mark.parametrize("seed", range(5))
+def test_binpack_fills_a_node_first_counting_the_plan(seed: int, replicas: int, spread: bool,
+                                                      per_node: list[int]) -> None:
+    """Regression (issue 12): binpack put 4 replicas 2/2 on two empty nodes."""
+    plan = run(FOUR_EACH, [request(f"web-{k}", spread=spread) for k in range(replicas)],
+               seed=seed)
+    assert not plan.failures
+    assert sorted(Counter(p.node for p in plan.placements).values(), reverse=True) == per_node
+
+
+def test_self_anti_affinity_keeps_binpack_replicas_on_distinct_nodes() -> None:
+    plan = run(FOUR_EACH + [node("c", cpu=400, memory=512)],
+               [request(f"web-{k}", anti_affinity=["web"]) for k in range(4)])
+    assert sorted(p.node for p in plan.placements) == ["a", "b", "c"]
+    assert plan.failures == (Unschedulable("web-3", "0/3 nodes fit: 3 instance of web present"),)
+
+
+def test_required_affinity_waits_for_its_service_then_follows_it() -> None:
+    pending = [request("web-0", affinity=["cache"]), request("cache-0", "cache"),
+               request("web-1", affinity=["cache"]), request("web-2", affinity=["cache"])]
+    for seed in range(5):
+        plan = run(THREE, pending, seed=seed)
+        assert plan.failures == (Unschedulable(
+            "web-0", "0/3 nodes fit: 3 no instance of cache (none placed yet)"),)
+        cache = plan.node_of("cache-0")
+        assert plan.node_of("web-1") == plan.node_of("web-2") == cache
 
 
 def test_zone_constraint_puts_all_on_the_matching_node() -> None:
@@ -342,8 +438,14 @@ def test_repeated_and_already_placed_instances_are_not_placed_again() -> None:
 
 def test_replicas_spread_one_per_node_on_a_large_cluster() -> None:
     nodes = [node(f"n{i:03d}") for i in range(300)]
-    plan = run(nodes, [request(f"web-{k}") for k in range(300)])
+    plan = run(nodes, [request(f"web-{k}", spread=True) for k in range(300)])
     assert len({p.node for p in plan.placements}) == 300
+
+
+def test_binpack_replicas_fill_nodes_on_a_large_cluster() -> None:
+    nodes = [node(f"n{i:03d}") for i in range(300)]
+    plan = run(nodes, [request(f"web-{k}", cpu=1000, memory=1024) for k in range(40)])
+    assert sorted(Counter(p.node for p in plan.placements).values()) == [4] * 10
 
 
 def test_binpack_fills_nodes_up_on_a_large_cluster() -> None:
@@ -356,18 +458,220 @@ def test_binpack_fills_nodes_up_on_a_large_cluster() -> None:
     assert len({p.node for p in plan.placements}) <= ideal * 1.2
 
 
-def test_affinity_finds_its_node_on_a_large_cluster() -> None:
+@pytest.mark.parametrize("required", [False, True], ids=["preferred", "required"])
+def test_affinity_finds_its_node_on_a_large_cluster(required: bool) -> None:
     nodes = [node(f"n{i:03d}") for i in range(500)]
+    pending = (request("web-0", affinity=["cache"]) if required else
+               request("web-0", preferred_affinity=["cache"]))
     for seed in range(3):
-        plan = run(nodes, [request("web-0", affinity=["cache"])],
-                   [placed("cache-0", "cache", "n123")], seed)
+        plan = run(nodes, [pending], [placed("cache-0", "cache", "n123")], seed)
         assert plan.placements[0].node == "n123"
 
 
 def test_constraint_with_few_matching_nodes_on_a_large_cluster() -> None:
     nodes = [node(f"n{i:03d}", zone="b" if i % 100 == 7 else "a") for i in range(1000)]
-    plan = run(nodes, [request(f"web-{k}", constraints=[ZONE_B]) for k in range(20)])
+    plan = run(nodes, [request(f"web-{k}", constraints=[ZONE_B], spread=True) for k in range(20)])
     assert Counter(p.node for p in plan.placements) == {f"n{i:03d}": 2 for i in range(7, 1000, 100)}
+
+
+# --- spreadBy ----------------------------------------------------------------------------
+
+
+def racked(name: str, rack: str | None, cpu: int = 4000, **labels: str) -> Node:
+    if rack is not None:
+        labels["rack"] = rack
+    return Node(name, "10.0.0.1", Capacity(cpu, 8192), labels, BOTH)
+
+
+def per_value(plan: Plan, nodes: Sequence[Node], key: str = "rack") -> dict[str, int]:
+    """Placements per value of label ``key`` ("" for nodes without it)."""
+    labels = {n.name: n.labels.get(key, "") for n in nodes}
+    return dict(Counter(labels[p.node] for p in plan.placements))
+
+
+#: Rack a has three nodes, rack b one.
+UNEVEN = [racked("a1", "a"), racked("a2", "a"), racked("a3", "a"), racked("b1", "b")]
+
+
+ZONE_X = [Constraint.of("zone", "=", "x")]
+
+
+@pytest.mark.parametrize(
+    ("nodes", "replicas", "spread", "constraints", "already", "expected"),
+    [
+        (UNEVEN, 4, False, [], [], {"a": 2, "b": 2}),
+        (UNEVEN, 6, True, [], [], {"a": 3, "b": 3}),
+        (UNEVEN, 2, False, [], [placed("w0", "web", "a1"), placed("w1", "web", "a2")],
+         {"b": 2}),
+        (UNEVEN, 2, False, [], [placed("w0", "web", "a1", namespace="other"),
+                                placed("d0", "db", "a1")], {"a": 1, "b": 1}),
+        ([racked("a1", "a"), racked("a2", "a"), racked("b1", "b", cpu=100)], 4, False, [], [],
+         {"a": 3, "b": 1}),
+        ([racked("a1", "a"), racked("u1", None), racked("u2", None)], 3, True, [], [],
+         {"a": 3}),
+        ([racked("a1", "a", cpu=100), racked("u1", None)], 3, False, [], [], {"a": 1, "": 2}),
+        ([racked("a1", "a", zone="x"), racked("b1", "b", zone="x"), racked("c1", "c", zone="y")],
+         4, False, ZONE_X, [], {"a": 2, "b": 2}),
+    ],
+    ids=["binpack balances racks", "spread balances uneven racks", "earlier instances count",
+         "only the same service counts", "full rack overflows", "unlabelled nodes last",
+         "unlabelled nodes when labelled are full", "racks the constraint excludes"],
+)
+@pytest.mark.parametrize("seed", range(5))
+def test_spread_by(seed: int, nodes: list[Node], replicas: int, spread: bool,
+                   constraints: list[Constraint], already: list[PlacedInstance],
+                   expected: dict[str, int]) -> None:
+    pending = [request(f"web-{k}", spread=spread, spread_by=["rack"], constraints=constraints)
+               for k in range(replicas)]
+    plan = run(nodes, pending, already, seed)
+    assert not plan.failures
+    assert per_value(plan, nodes) == expected
+
+
+def test_spread_by_binpack_fills_within_the_rack() -> None:
+    nodes = [racked("a1", "a"), racked("a2", "a"), racked("b1", "b"), racked("b2", "b")]
+    for seed in range(5):
+        plan = run(nodes, [request(f"web-{k}", spread_by=["rack"]) for k in range(6)], seed=seed)
+        assert per_value(plan, nodes) == {"a": 3, "b": 3}
+        assert len({p.node for p in plan.placements}) == 2
+
+
+def test_spread_by_two_keys_balances_both() -> None:
+    nodes = [racked("x1", "r1", zone="x"), racked("x2", "r2", zone="x"),
+             racked("y3", "r3", zone="y")]
+    for seed in range(5):
+        plan = run(nodes, [request(f"web-{k}", spread_by=["zone", "rack"]) for k in range(4)],
+                   seed=seed)
+        assert per_value(plan, nodes, "zone") == {"x": 2, "y": 2}
+        assert per_value(plan, nodes) == {"r1": 1, "r2": 1, "r3": 2}
+
+
+def test_spread_by_with_required_affinity_spreads_over_the_affine_nodes() -> None:
+    nodes = [racked(f"{rack}{k}", rack) for rack in "abc" for k in range(3)]
+    caches = [placed("c0", "cache", "a0"), placed("c1", "cache", "a1"),
+              placed("c2", "cache", "b0")]
+    pending = [request(f"web-{k}", affinity=["cache"], spread_by=["rack"]) for k in range(4)]
+    for seed in range(5):
+        plan = run(nodes, pending, caches, seed)
+        assert per_value(plan, nodes) == {"a": 2, "b": 2}
+        assert {p.node for p in plan.placements} <= {"a0", "a1", "b0"}
+
+
+def test_spread_by_on_a_large_cluster() -> None:
+    nodes = [racked(f"n{i:04d}", f"r{i % 25:02d}") for i in range(1000)]
+    pending = [request(f"{s}-{r}", f"svc{s}", spread=s % 2 == 0, spread_by=["rack"])
+               for r in range(30) for s in range(20)]
+    plan = run(nodes, pending)
+    assert len(plan.placements) == len(pending)
+    for s in range(20):
+        mine = Plan(tuple(p for p in plan.placements if p.instance_id.startswith(f"{s}-")))
+        counts = per_value(mine, nodes)
+        assert len(counts) == 25 and max(counts.values()) - min(counts.values()) <= 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 6), st.lists(st.integers(1, 4), min_size=6, max_size=6),
+       st.integers(0, 3), st.integers(1, 3), st.integers(1, 30), st.booleans(),
+       st.integers(0, 2**32))
+def test_spread_by_balances_when_every_value_has_room(
+        racks: int, per_rack: list[int], unlabelled: int, services: int, replicas: int,
+        spread: bool, seed: int) -> None:
+    # Every node could hold every replica: each rack has room for all of them.
+    room = Capacity(100 * services * replicas, 128 * services * replicas)
+    nodes = [Node(f"r{r}-{k}", "addr", room, {"rack": f"r{r}"}, BOTH)
+             for r in range(racks) for k in range(per_rack[r])]
+    nodes += [Node(f"u{k}", "addr", room, {}, BOTH) for k in range(unlabelled)]
+    pending = [request(f"s{s}-{k}", f"svc{s}", spread=spread, spread_by=["rack"])
+               for k in range(replicas) for s in range(services)]
+    plan = run(nodes, pending, seed=seed)
+    assert len(plan.placements) == len(pending)
+    for s in range(services):
+        mine = Plan(tuple(p for p in plan.placements if p.instance_id.startswith(f"s{s}-")))
+        counts = per_value(mine, nodes)
+        values = [counts.get(f"r{r}", 0) for r in range(racks)]
+        assert max(values) - min(values) <= 1, counts
+        assert "" not in counts, "an unlabelled node was used while racks had room"
+
+
+# --- from spec.placement to the scheduler -------------------------------------------------
+
+
+def stored_placement(placement: dict[str, Any]) -> Any:
+    """``spec.placement`` of Service web as validated and stored."""
+    doc = {"apiVersion": "flotilla.dev/v1", "kind": "Service", "metadata": {"name": "web"},
+           "spec": {"command": ["run"], "placement": placement}}
+    return to_resource(doc).spec["placement"]
+
+
+def stored_node(name: str, rack: str) -> Resource:
+    return Resource("Node", name, "cluster", spec={
+        "address": "10.0.0.1", "capacity": {"cpu": 4000, "memory": 8192},
+        "labels": {"rack": rack}, "drivers": ["process"]}, status={"state": "ready"})
+
+
+def stored_instance(name: str, service: str, placement: Any, node: str = "") -> Resource:
+    return Resource("Instance", name, spec={
+        "service": service, "workload": {"command": ["run"], "resources": {"cpu": 100,
+                                                                           "memory": 64}},
+        "placement": placement, "node": node})
+
+
+@pytest.mark.parametrize(
+    ("placement", "per_node", "used"),  # used: the nodes it may use
+    [
+        ({}, [2, 1, 1], None),
+        ({"strategy": "binpack"}, [4], None),
+        ({"strategy": "binpack", "spreadBy": ["rack"]}, [2, 2], None),
+        ({"affinity": ["cache"]}, [4], {"n3"}),
+        ({"strategy": "binpack", "antiAffinity": ["cache"]}, [4], {"n1", "n2"}),
+        ({"strategy": "binpack", "preferredAffinity": ["cache"]}, [4], {"n3"}),
+        ({"strategy": "binpack", "preferredAntiAffinity": ["cache"]}, [4], {"n1", "n2"}),
+        ({"strategy": "binpack", "antiAffinity": ["web"]}, [1, 1, 1], None),
+    ],
+    ids=["defaults spread", "binpack", "spreadBy", "affinity", "anti-affinity",
+         "preferred affinity", "preferred anti-affinity", "self anti-affinity"],
+)
+def test_spec_placement_reaches_the_scheduler(placement: dict[str, Any], per_node: list[int],
+                                              used: set[str] | None) -> None:
+    stored = stored_placement(placement)
+    nodes = [stored_node("n1", "r1"), stored_node("n2", "r2"), stored_node("n3", "r2")]
+    cache = stored_instance("cache-0", "cache", {}, node="n3")
+    pending = [stored_instance(f"web-{k}", "web", stored) for k in range(4)]
+    for seed in range(5):
+        decided = placement_controller.plan(nodes, [cache, *pending], pending,
+                                            random.Random(seed))
+        counts = Counter(p.node for p in decided.placements)
+        assert sorted(counts.values(), reverse=True) == per_node
+        assert used is None or set(counts) <= used
+        assert len(decided.failures) == 4 - sum(per_node)
+
+
+def test_an_affinity_to_a_service_that_runs_nowhere_explains_itself() -> None:
+    pending = [stored_instance("web-0", "web", stored_placement({"affinity": ["cache"]}))]
+    decided = placement_controller.plan([stored_node("n1", "r1"), stored_node("n2", "r1")],
+                                        pending, pending, random.Random(0))
+    assert [f.explanation for f in decided.failures] == [
+        "0/2 nodes fit: 2 no instance of cache (none placed yet)"]
+
+
+@pytest.mark.parametrize(
+    ("placement", "expected"),
+    [
+        ({"affinity": ["db"], "antiAffinity": ["cache", "db"]},
+         "spec.placement.antiAffinity[1]: 'db' is also in affinity"),
+        ({"spreadBy": ["rack", "rack"]}, "spec.placement.spreadBy[1]: 'rack' is listed twice"),
+        ({"spreadBy": ["-rack"]}, "spec.placement.spreadBy[0]: label key '-rack' is not valid"),
+        ({"preferredAffinity": ["Cache"]}, "spec.placement.preferredAffinity[0]: 'Cache' is not"),
+        ({"spread": ["rack"]}, "spec.placement.spread: unknown field; did you mean"),
+    ],
+    ids=["required contradiction", "spreadBy twice", "spreadBy bad key", "bad service name",
+         "misspelt"],
+)
+def test_spec_placement_rules(placement: dict[str, Any], expected: str) -> None:
+    with pytest.raises(InvalidManifest) as caught:
+        stored_placement(placement)
+    found = [f"{v.path}: {v.message}" for v in caught.value.violations]
+    assert any(v.startswith(expected) for v in found), found
 
 
 # --- the plan applier's re-check -----------------------------------------------------------
@@ -454,8 +758,11 @@ requests = st.builds(
     driver=st.sampled_from([None, None, "docker", "process"]),
     constraints=st.one_of(st.just(()), st.lists(constraints, max_size=2).map(tuple)),
     strategy=st.sampled_from(list(Strategy)),
-    affinity=st.lists(SERVICES, max_size=2).map(tuple),
-    anti_affinity=st.lists(SERVICES, max_size=2).map(tuple),
+    affinity=st.one_of(st.just(()), st.lists(SERVICES, max_size=2).map(tuple)),
+    anti_affinity=st.one_of(st.just(()), st.lists(SERVICES, max_size=2).map(tuple)),
+    preferred_affinity=st.lists(SERVICES, max_size=2).map(tuple),
+    preferred_anti_affinity=st.lists(SERVICES, max_size=2).map(tuple),
+    spread_by=st.lists(st.sampled_from(["zone", "disk"]), max_size=2, unique=True).map(tuple),
 )
 
 
@@ -474,10 +781,12 @@ def test_plans_are_sound(snapshot: ClusterSnapshot, pending: list[PlacementReque
     already = {p.id for p in snapshot.placed}
     assert not already & {p.instance_id for p in plan.placements}
 
-    # No node over capacity, host ports never collide, every hard rule holds.
+    # No node over capacity, host ports never collide, every hard rule holds
+    # (the (anti-)affinity ones against what ran there when it was placed).
     allocated = snapshot.allocated()
     ports = {name: [q for p in snapshot.placed if p.node == name for q in p.host_ports]
              for name in nodes}
+    running = {name: {p.service for p in snapshot.placed if p.node == name} for name in nodes}
     for p in plan.placements:
         target, wanted = nodes[p.node], by_id[p.instance_id]
         assert p.resources == wanted.resources and p.host_ports == wanted.host_ports
@@ -488,6 +797,9 @@ def test_plans_are_sound(snapshot: ClusterSnapshot, pending: list[PlacementReque
         assert target.state is NodeState.READY
         assert wanted.driver is None or wanted.driver in target.drivers
         assert all(c.holds(target.labels) for c in wanted.constraints)
+        assert set(wanted.affinity) - {wanted.service} <= running[p.node]
+        assert not set(wanted.anti_affinity) & running[p.node]
+        running[p.node].add(wanted.service)
     assert check_plan(snapshot, plan) == []
 
     # Explanations count every node once.
@@ -508,7 +820,8 @@ def test_plans_are_sound(snapshot: ClusterSnapshot, pending: list[PlacementReque
 def test_replicas_spread_evenly_when_everything_fits(nodes: int, services: int, replicas: int,
                                                       seed: int) -> None:
     cluster = [node(f"n{i}", cpu=100_000, memory=100_000) for i in range(nodes)]
-    pending = [request(f"{s}-{r}", f"svc{s}") for s in range(services) for r in range(replicas)]
+    pending = [request(f"{s}-{r}", f"svc{s}", spread=True) for s in range(services)
+               for r in range(replicas)]
     plan = run(cluster, pending, seed=seed)
     assert len(plan.placements) == len(pending)
     per_node = Counter((p.instance_id.split("-")[0], p.node) for p in plan.placements)
@@ -533,9 +846,9 @@ def test_node_index_finds_exactly_the_statically_feasible_nodes(
 def test_a_request_fails_only_when_no_node_fits(snapshot: ClusterSnapshot,
                                                 pending: PlacementRequest, seed: int) -> None:
     alloc = Allocation(snapshot)
+    dynamic = dynamic_check(alloc, pending)
     fitting = sum(
         1 for i, n in enumerate(snapshot.nodes)
-        if static_rejection(n, pending.driver, pending.constraints) is None
-        and fit_rejection(alloc, i, pending.resources, pending.host_ports) is None)
+        if static_rejection(n, pending.driver, pending.constraints) is None and dynamic(i) is None)
     plan = schedule(snapshot, [pending], random.Random(seed))
     assert len(plan.placements) == (1 if fitting else 0)
