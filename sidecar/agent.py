@@ -30,13 +30,19 @@ from controlplane.api.flotilla.v1 import (
 )
 from controlplane.convert import dict_of
 from sidecar import envoy
-from sidecar.drivers.base import Driver, DriverError, Sidecar
+from sidecar.drivers.base import Driver, DriverError, MountedFiles, Sidecar
+from sidecar.history import History, last_lines
 from sidecar.identity import Certificates, Refusal, Request, Signed
 from sidecar.link import ControlPlaneLink, Refused
 from sidecar.sds import SdsServer
 from sidecar.runner import Assignment, Backoff, InstanceRunner
 
 log = logging.getLogger(__name__)
+
+#: The largest message the agent takes from the control plane: an
+#: Assignments message carries the ConfigMap and Secret data (up to 1 MiB
+#: each) of every instance on the node, well past gRPC's default of 4 MiB.
+ASSIGNMENTS_MAX_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -83,12 +89,16 @@ class Agent:
             ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.min_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 1000),
+            ("grpc.max_receive_message_length", ASSIGNMENTS_MAX_BYTES),
         ])
         #: Why the agent gave up (a refused join token), when it did.
         self.failure = ""
         #: Whether Envoys use the certificates (the mesh runs mTLS).
         self._mtls = False
         self._runners: dict[str, InstanceRunner] = {}
+        #: What the agent remembers of its instances across runs and restarts
+        #: (counts, how runs ended, the last output of those that did).
+        self.history = History(config.data_dir / "history")
         #: Runners told to stop whose workload may still be winding down.
         self._retiring: dict[str, InstanceRunner] = {}
         self._lock = threading.Lock()
@@ -228,10 +238,12 @@ class Agent:
                 if instance_id in self._runners or driver is None:
                     continue
                 runner = InstanceRunner(assignment, driver, self._report_now.set,
-                                        self.config.backoff, self._sidecar(assignment))
+                                        self.config.backoff, self._sidecar(assignment),
+                                        history=self.history)
                 self._runners[instance_id] = runner
                 runner.start()
             known = set(self._runners) | set(self._retiring)
+        self.history.keep_only(known)  # e.g. instances deleted while the agent was away
         for driver in self.drivers.values():
             for running in driver.list():
                 if running.instance_id not in known:
@@ -336,7 +348,7 @@ class Agent:
                     instance_id=instance_id, namespace=runner.assignment.namespace,
                     state=status.state, reason=status.reason,
                     address=status.address, port=status.port, restarts=status.restarts,
-                    exit_code=status.exit_code,
+                    exit_code=status.exit_code, sidecar_restarts=status.sidecar_restarts,
                 )
                 cert = self.certificates.current(instance_id)
                 if cert is not None:
@@ -360,31 +372,48 @@ class _LogServicer(agent_pb2_grpc.LogServiceServicer):
 
     def Logs(self, request: agent_pb2.LogsRequest,
              context: grpc.ServicerContext) -> Iterator[agent_pb2.LogChunk]:
-        runner = self._agent.runners().get(request.instance_id)
+        """An instance's output: from its driver while the runtime has its
+        workload, else (it exited) the last output the agent kept of it."""
+        instance_id = request.instance_id
+        runner = self._agent.runners().get(instance_id)
         driver = self._agent.drivers.get(runner.assignment.driver) if runner else None
         if driver is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"instance {request.instance_id} does not "
+            context.abort(grpc.StatusCode.NOT_FOUND, f"instance {instance_id} does not "
                           f"run on node {self._agent.config.name}")
             return
+
+        def read() -> Iterator[bytes]:
+            if driver.inspect(instance_id) is None:
+                kept = self._agent.history.output(instance_id)
+                if kept:
+                    yield last_lines(kept, request.tail)
+                return
+            yield from driver.logs(instance_id, request.tail or None, request.follow)
+
         # A driver's follow may block on a quiet instance: read it on a daemon
         # thread, so this handler can notice the caller leaving (or shutdown).
-        chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=1000)
+        chunks: queue.Queue[bytes | DriverError | None] = queue.Queue(maxsize=1000)
 
         def pump() -> None:
             try:
-                for data in driver.logs(request.instance_id, request.tail or None,
-                                        request.follow):
+                for data in read():
                     chunks.put(data)
+            except DriverError as error:
+                chunks.put(error)
             finally:
                 chunks.put(None)
 
-        threading.Thread(target=pump, name=f"logs-{request.instance_id}", daemon=True).start()
+        threading.Thread(target=pump, name=f"logs-{instance_id}", daemon=True).start()
         while context.is_active() and not self._agent.stopping:
             try:
                 data = chunks.get(timeout=0.5)
             except queue.Empty:
                 continue
             if data is None:
+                return
+            if isinstance(data, DriverError):
+                context.abort(grpc.StatusCode.UNAVAILABLE,
+                              f"node {self._agent.config.name}: {data}")
                 return
             yield agent_pb2.LogChunk(data=data)
 
@@ -415,4 +444,6 @@ def _assignment(message: agent_pb2.Assignment) -> Assignment:
     return Assignment(
         instance_id=message.instance_id, namespace=message.namespace, service=message.service,
         revision=message.revision, spec=dict_of(message.spec), driver=message.driver,
+        env_from=dict(message.env_from),
+        mounts=tuple(MountedFiles(m.path, dict(m.files), m.mode) for m in message.mounts),
     )

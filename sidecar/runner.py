@@ -1,8 +1,13 @@
 """One thread per instance: start it, watch it, health-check it, restart it
 by its restart policy with exponential backoff, stop it when told.
 
-Contract: only the runner's own thread calls the driver for its instance;
-``status()`` may be read from any thread.
+An exited sidecar Envoy is started again while the app keeps running: at
+once, then backing off while it exits before it serves; the instance's reason
+says so until it serves again, and ``sidecar_restarts`` counts it.
+
+Contract: only the runner's own thread calls the driver for its instance and
+writes its history (``sidecar.history``); ``status()`` may be read from any
+thread.
 """
 
 from __future__ import annotations
@@ -15,8 +20,18 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from controlplane.manifests.types import parse_duration
-from sidecar.drivers.base import Driver, DriverError, Running, Sidecar, Workload, WorkloadState
+from sidecar import envoy
+from sidecar.drivers.base import (
+    Driver,
+    DriverError,
+    MountedFiles,
+    Running,
+    Sidecar,
+    Workload,
+    WorkloadState,
+)
 from sidecar.health import probe
+from sidecar.history import OUTPUT_LINES, Ended, History, Record
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +44,10 @@ class Assignment:
     revision: int
     spec: Mapping[str, Any]
     driver: str
+    #: ``spec.envFrom`` as the control plane resolved it (may hold Secret
+    #: values: left out of repr); ``spec.env`` wins over it.
+    env_from: Mapping[str, str] = field(default_factory=dict, repr=False)
+    mounts: tuple[MountedFiles, ...] = ()
 
     def workload(self, restarts: int = 0, sidecar: Sidecar | None = None) -> Workload:
         spec = self.spec
@@ -42,10 +61,11 @@ class Assignment:
         return Workload(
             instance_id=self.instance_id, namespace=self.namespace, service=self.service,
             revision=self.revision, image=spec.get("image"), command=spec.get("command"),
-            args=tuple(spec.get("args") or ()), env=dict(spec.get("env") or {}),
+            args=tuple(spec.get("args") or ()),
+            env={**self.env_from, **(spec.get("env") or {})},
             port=spec.get("port"), protocol=spec.get("protocol", "http"),
             cpu_millis=int(resources.get("cpu", 100)), memory_mib=int(resources.get("memory", 128)),
-            restarts=restarts, sidecar=sidecar,
+            restarts=restarts, sidecar=sidecar, mounts=self.mounts,
         )
 
 
@@ -70,6 +90,8 @@ class InstanceStatus:
     port: int = 0
     restarts: int = 0
     exit_code: int = 0
+    #: Times its sidecar Envoy was started again (not in ``restarts``).
+    sidecar_restarts: int = 0
     #: Seconds until the next start attempt, while crash-looping.
     backoff: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -81,10 +103,14 @@ class InstanceRunner:
     #: health check that has never passed keeps the instance "starting"
     #: instead of restarting it: slow starters are not killed in a loop.
     STARTUP_GRACE = 30.0
+    #: The reason while the instance's Envoy is started again, until it serves.
+    SIDECAR_DOWN = "sidecar exited; restarting it"
+    #: States an instance's restart policy lets it rest in.
+    RESTING = ("exited", "failed")
 
     def __init__(self, assignment: Assignment, driver: Driver,
                  on_change: Callable[[], None], backoff: Backoff = Backoff(),
-                 sidecar: Sidecar | None = None) -> None:
+                 sidecar: Sidecar | None = None, *, history: History) -> None:
         self.assignment = assignment
         self._sidecar = sidecar
         self._driver = driver
@@ -95,6 +121,14 @@ class InstanceRunner:
         self._stop = threading.Event()
         self._stop_timeout = 10.0
         self._adopted = False
+        self._history = history
+        #: What supervising the app last found (shown once the sidecar serves).
+        self._app_reason = ""
+        #: The sidecar was started again and does not serve yet; its
+        #: consecutive restarts without serving, and when the next may be.
+        self._sidecar_down = False
+        self._sidecar_failures = 0
+        self._sidecar_due = 0.0
         self._thread = threading.Thread(
             target=self._run, name=f"instance-{assignment.instance_id}", daemon=True
         )
@@ -149,6 +183,7 @@ class InstanceRunner:
                 self._driver.stop(self.instance_id, self._stop_timeout)
             except DriverError as error:
                 log.warning("%s: stop failed: %s", self.instance_id, error)
+            self._history.forget(self.instance_id)  # the node no longer runs it
             self.stopped.set()
 
     def _step(self, failures: int) -> int:
@@ -157,8 +192,10 @@ class InstanceRunner:
         running = self._driver.inspect(self.instance_id)
         if not self._adopted:
             self._adopted = True
-            if running is not None:  # started by an earlier agent: keep its count
-                self._set(restarts=running.restarts)
+            failures, rest = self._adopt(running)
+            if rest:
+                self._stop.wait()
+                return failures
         if running is None or running.state is WorkloadState.EXITED:
             if running is not None:
                 failures, again = self._exited(running, failures)
@@ -170,15 +207,36 @@ class InstanceRunner:
                 return failures
         return self._supervise(running, failures)
 
+    def _adopt(self, running: Running | None) -> tuple[int, bool]:
+        """Go on from what an earlier agent left on the node: the counts go on,
+        and an instance its restart policy let rest stays so. Returns
+        (consecutive failures, rest?)."""
+        past = self._history.get(self.instance_id)
+        self._set(sidecar_restarts=past.sidecar_restarts)
+        if running is not None:  # started by an earlier agent: keep its count
+            self._set(restarts=running.restarts)
+            return 0, False
+        ended = past.ended
+        if ended is None:
+            return 0, False
+        self._set(restarts=ended.restarts, exit_code=ended.exit_code)
+        if ended.state in self.RESTING:
+            self._set(state=ended.state, reason=ended.reason, backoff=0.0)
+            return 0, True
+        return 1, False  # it was being restarted: the next start is a restart
+
     def _exited(self, running: Running, failures: int) -> tuple[int, bool]:
-        """Record an exit; returns (consecutive failures, restart?)."""
+        """Record an exit and keep the run's last output; returns
+        (consecutive failures, restart?)."""
         code = running.exit_code if running.exit_code is not None else -1
         policy = self.assignment.spec.get("restartPolicy", "always")
+        self._keep_output()
         self._driver.stop(self.instance_id, 1.0)  # clean up what is left of it
         if policy == "never" or (policy == "on-failure" and code == 0):
             state = "exited" if code == 0 else "failed"
             self._set(state=state, reason=f"exited with code {code}", exit_code=code,
                       backoff=0.0)
+            self._ended()
             return failures, False
         ran = time.time() - running.started_at if running.started_at else 0.0
         failures = 1 if ran >= self._backoff.reset_after else failures + 1
@@ -189,7 +247,22 @@ class InstanceRunner:
                    f"(restart {self._status.restarts + 1}, back-off doubles up to "
                    f"{self._backoff.cap:g}s)",
         )
+        self._ended()
         return failures, True
+
+    def _keep_output(self) -> None:
+        """Keep the run's last output: the driver removes it with the workload."""
+        try:
+            self._history.keep_output(self.instance_id,
+                                      self._driver.logs(self.instance_id, OUTPUT_LINES))
+        except DriverError as error:
+            log.warning("%s: its last output is lost: %s", self.instance_id, error)
+
+    def _ended(self) -> None:
+        """Remember how the run ended (the status now), across agent restarts."""
+        status = self.status()
+        self._history.put(self.instance_id, Record(status.sidecar_restarts, Ended(
+            status.state, status.reason, status.exit_code, status.restarts, time.time())))
 
     def _start_after_backoff(self, failures: int) -> Running | None:
         if failures and self._stop.wait(self._backoff.delay(failures)):
@@ -202,6 +275,9 @@ class InstanceRunner:
             self._set(state="failed", reason=str(error))
             self._stop.wait(2.0)
             return None
+        # A new run: the last one's end and output are the past.
+        self._history.put(self.instance_id, Record(self._status.sidecar_restarts))
+        self._history.drop_output(self.instance_id)
         self._set(address=running.address, port=running.port or 0)
         return running
 
@@ -209,9 +285,10 @@ class InstanceRunner:
         """Watch a running instance until it exits, fails its health check or
         the runner stops; returns the consecutive failure count."""
         check = self.assignment.spec.get("healthCheck")
-        self._set(address=running.address, port=running.port or 0,
-                  state="starting" if check else "running",
-                  reason="waiting for the first health check" if check else "")
+        self._sidecar_down, self._sidecar_failures, self._sidecar_due = False, 0, 0.0
+        self._app("waiting for the first health check" if check else "", ok=True,
+                  address=running.address, port=running.port or 0,
+                  state="starting" if check else "running")
         if check:
             interval = parse_duration(str(check.get("interval", "5s")))
             threshold = int(check.get("failureThreshold", 3))
@@ -224,10 +301,7 @@ class InstanceRunner:
             now = self._driver.inspect(self.instance_id)
             if now is None or now.state is WorkloadState.EXITED:
                 return failures
-            if now.proxy is WorkloadState.EXITED:
-                log.warning("%s: its Envoy exited; starting it again", self.instance_id)
-                self._set(reason="sidecar exited; restarting it")
-                self._driver.restart_proxy(self.instance_id)
+            if self._watch_sidecar(now):
                 continue
             if not check or time.monotonic() < next_check:
                 continue
@@ -239,19 +313,59 @@ class InstanceRunner:
                                (running.app_port if running.app_address else running.port) or 0)
             if ok:
                 fails, passed = 0, True
-                self._set(state="healthy", reason=detail)
+                self._app(detail, ok=True, state="healthy")
                 if time.time() - running.started_at >= self._backoff.reset_after:
                     failures = 0
                 continue
             fails += 1
             if not passed and time.monotonic() < startup_ends:
-                self._set(state="starting", reason=f"not healthy yet: {detail}")
+                self._app(f"not healthy yet: {detail}", ok=False, state="starting")
                 continue
             if fails < threshold:
-                self._set(reason=f"health check failing ({fails}/{threshold}): {detail}")
+                self._app(f"health check failing ({fails}/{threshold}): {detail}", ok=False)
                 continue
-            self._set(state="unhealthy", reason=f"health check failed {fails} times: {detail}; "
-                      "restarting")
+            self._app(f"health check failed {fails} times: {detail}; restarting", ok=False,
+                      state="unhealthy")
+            self._keep_output()
             self._driver.stop(self.instance_id, self._stop_timeout)
+            self._ended()
             return failures + 1
         return failures
+
+    def _app(self, reason: str, ok: bool, **changes: Any) -> None:
+        """Set what supervising the app found (``ok``: nothing wrong with it).
+        While the sidecar is down and the app is fine, the reason is the
+        sidecar's."""
+        self._app_reason = reason
+        self._set(reason=self.SIDECAR_DOWN if self._sidecar_down and ok else reason, **changes)
+
+    def _watch_sidecar(self, now: Running) -> bool:
+        """Start an exited Envoy again: at once, then backing off while it
+        exits before it serves; once it serves (LIVE: it has its config) the
+        reason is the app's again. Returns True while the Envoy is not running."""
+        if now.proxy is WorkloadState.EXITED:
+            if time.monotonic() >= self._sidecar_due:
+                self._sidecar_failures += 1
+                self._sidecar_due = time.monotonic() + self._backoff.delay(self._sidecar_failures)
+                self._restart_sidecar()
+            return True
+        if self._sidecar_down and _serving(now.admin):
+            log.info("%s: its Envoy serves again", self.instance_id)
+            self._sidecar_down, self._sidecar_failures, self._sidecar_due = False, 0, 0.0
+            self._set(reason=self._app_reason)
+        return False
+
+    def _restart_sidecar(self) -> None:
+        restarts = self._status.sidecar_restarts + 1
+        log.warning("%s: its Envoy exited; starting it again (sidecar restart %d)",
+                    self.instance_id, restarts)
+        self._sidecar_down = True
+        self._set(sidecar_restarts=restarts, reason=self.SIDECAR_DOWN)
+        self._history.put(self.instance_id, Record(restarts))
+        self._driver.restart_proxy(self.instance_id)
+
+
+def _serving(admin: str) -> bool:
+    """Whether the Envoy with its admin API at ``host:port`` is LIVE."""
+    host, _, port = admin.rpartition(":")
+    return bool(host) and port.isdigit() and envoy.Admin(host, int(port), timeout=1.0).ready()

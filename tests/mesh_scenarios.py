@@ -105,11 +105,18 @@ def _answers(mesh: Mesh) -> bool:
         return False
 
 
-class Load:
-    """Steady requests through the ingress on a thread; counts failures."""
+def _answered_by(body: dict[str, Any]) -> str:
+    return str(body["upstream"]["answeredBy"])
 
-    def __init__(self, mesh: Mesh, rate: float = 50.0) -> None:
-        self.mesh, self.rate = mesh, rate
+
+class Load:
+    """Steady requests to ``path`` through the ingress on a thread; counts
+    failures, and in ``backends`` what ``seen`` reads off each answer (by
+    default the backend instance that answered)."""
+
+    def __init__(self, mesh: Mesh, rate: float = 50.0, path: str = "/",
+                 seen: Callable[[dict[str, Any]], str] = _answered_by) -> None:
+        self.mesh, self.rate, self.path, self.seen = mesh, rate, path, seen
         self.ok = 0
         self.failures: list[str] = []
         self.backends: Counter[str] = Counter()
@@ -129,8 +136,8 @@ class Load:
         next_at = time.monotonic()
         while not self._stop.is_set() and time.monotonic() < deadline:
             try:
-                body = self.mesh.call()
-                self.backends[body["upstream"]["answeredBy"]] += 1
+                body = self.mesh.call(self.path)
+                self.backends[self.seen(body)] += 1
                 self.ok += 1
             except (OSError, ValueError, KeyError) as error:
                 self.failures.append(f"{type(error).__name__}: {error}")

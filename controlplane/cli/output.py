@@ -88,7 +88,7 @@ COLUMNS: dict[str, list[Column]] = {
         ("STATE", lambda d: d.get("status", {}).get("state", "pending")),
         ("NODE", lambda d: d["spec"].get("node") or "-"),
         ("ADDRESS", lambda d: _endpoint(d.get("status", {}))),
-        ("RESTARTS", lambda d: str(d.get("status", {}).get("restarts", 0))),
+        ("RESTARTS", lambda d: _restarts(d.get("status", {}))),
         ("REASON", lambda d: str(d.get("status", {}).get("reason", "")) or "-"),
     ],
     "Certificate": [
@@ -99,6 +99,13 @@ COLUMNS: dict[str, list[Column]] = {
         ("INSTANCE", lambda d: d["spec"].get("instance") or "-"),
     ],
 }
+
+
+def _restarts(status: dict[str, Any]) -> str:
+    """The app's restarts and its sidecar's, summed as Kubernetes sums a pod's
+    containers: ``3 (1 sidecar)``."""
+    app, sidecar = int(status.get("restarts", 0)), int(status.get("sidecarRestarts", 0))
+    return f"{app + sidecar} ({sidecar} sidecar)" if sidecar else str(app)
 
 
 def _endpoint(status: dict[str, Any]) -> str:

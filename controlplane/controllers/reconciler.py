@@ -2,7 +2,8 @@
 
 One thread on the leader. Store events only collect the Service keys they
 touch (instances clients registered are not the reconciler's: see
-:mod:`registered`); each pass then reconciles those keys (create or remove Instance
+:mod:`registered`; a ConfigMap or Secret touches the Services that mount it or
+take env from it, whose template holds its version); each pass then reconciles those keys (create or remove Instance
 objects, :mod:`replicas`) and places every pending instance in one scheduler
 call (:mod:`placement`). The plan applier below is the only writer of
 placements: it re-checks the plan against fresh state and commits each
@@ -22,6 +23,7 @@ from controlplane.controllers import placement
 from controlplane.controllers.nodes import NodeRegistry
 from controlplane.controllers.replicas import available, decide, template_hash, template_of
 from controlplane.errors import Conflict, OutOfRange
+from controlplane.manifests.sources import CONFIG_KINDS, sources_of, versions
 from controlplane.model import SERVICE_LABEL, ObjectKey, Resource, WatchEvent, node_state
 from controlplane.model.endpoints import is_registered
 from controlplane.store import Store
@@ -96,7 +98,7 @@ class Reconciler:
                 if head > seen:
                     try:
                         for event in self._store.events(seen, until=head, limit=100_000):
-                            keys |= _service_keys(event)
+                            keys |= self._touched(event)
                             full = full or event.resource.kind == "Node"
                     except OutOfRange:
                         full = True
@@ -139,7 +141,9 @@ class Reconciler:
             service = gateway_as_service(service)
         draining = [i for i in instances if i.spec.get("draining")]
         instances = [i for i in instances if not i.spec.get("draining")]
-        decision = decide(service, instances, usable)
+        sources = versions(service.spec, key.namespace, self._store.get) \
+            if service is not None else {}
+        decision = decide(service, instances, usable, sources)
         if service is not None:
             self._store.write_status(key, service_status(service, instances))
         by_name = {i.name: i for i in instances}
@@ -166,7 +170,7 @@ class Reconciler:
                                ignore_not_found=True)
             log.info("%s: removed %s", key, ", ".join(gone))
         if decision.create and service is not None:
-            created = [self._new_instance(service) for _ in range(decision.create)]
+            created = [self._new_instance(service, sources) for _ in range(decision.create)]
             self._store.apply(created)
             log.info("%s: created %s", key, ", ".join(i.name for i in created))
 
@@ -176,7 +180,16 @@ class Reconciler:
         waited = time.time() - float(instance.spec.get("drainingSince", 0))
         return waited >= self._drain_timeout or self._proxies_synced(instance.resource_version)
 
-    def _new_instance(self, service: Resource) -> Resource:
+    def _touched(self, event: WatchEvent) -> set[ObjectKey]:
+        """The Services an event touches: its own, its instances', or those
+        that mount or take env from the ConfigMap or Secret it changed."""
+        resource = event.resource
+        if resource.kind in CONFIG_KINDS:
+            return {s.key for s in self._store.list("Service", resource.namespace)
+                    if resource.key in sources_of(s.spec, s.namespace)}
+        return _service_keys(event)
+
+    def _new_instance(self, service: Resource, sources: dict[str, str]) -> Resource:
         suffix = "".join(self._rng.choice(_SUFFIX) for _ in range(5))
         spec = service.spec
         return Resource(
@@ -184,7 +197,7 @@ class Reconciler:
             labels={SERVICE_LABEL: service.name},
             spec={
                 "service": service.name, "revision": service.generation,
-                "template": template_hash(spec), "workload": template_of(spec),
+                "template": template_hash(spec, sources), "workload": template_of(spec),
                 "placement": spec.get("placement") or {}, "node": "", "driver": "",
                 **({"gateway": True} if service.kind == "Gateway" else {}),
             },

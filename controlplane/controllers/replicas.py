@@ -2,9 +2,11 @@
 
 A Service's *template* is everything in its spec that shapes one instance
 (image, command, env, port, resources, ...), hashed; changing ``replicas``,
-``autoscaling`` or ``update`` does not change it. Instances of an older
-template are replaced by a rolling update bounded by ``maxSurge`` and
-``maxUnavailable``.
+``autoscaling`` or ``update`` does not change it. The template also holds
+the versions of the ConfigMaps and Secrets the spec mounts or takes env from
+(:func:`controlplane.manifests.sources.versions`), so changing one of them
+makes a new template too. Instances of an older template are replaced by a
+rolling update bounded by ``maxSurge`` and ``maxUnavailable``.
 """
 
 from __future__ import annotations
@@ -27,8 +29,13 @@ def template_of(spec: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in spec.items() if k not in NOT_TEMPLATE}
 
 
-def template_hash(spec: Mapping[str, Any]) -> str:
-    raw = json.dumps(template_of(spec), sort_keys=True, separators=(",", ":"))
+def template_hash(spec: Mapping[str, Any], sources: Mapping[str, str] | None = None) -> str:
+    """``sources``: ``Kind/name`` -> version of each object the spec takes data
+    from (a spec without any hashes as it always did)."""
+    template = template_of(spec)
+    if sources:
+        template = {**template, "$sources": dict(sources)}
+    raw = json.dumps(template, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(raw.encode()).hexdigest()[:10]
 
 
@@ -44,8 +51,9 @@ class Decision:
 
 
 def decide(service: Resource | None, instances: Sequence[Resource],
-           usable_nodes: set[str]) -> Decision:
-    """What to do so that ``instances`` converge on ``service``.
+           usable_nodes: set[str], sources: Mapping[str, str] | None = None) -> Decision:
+    """What to do so that ``instances`` converge on ``service`` (with the
+    versions of its ``sources``, see :func:`template_hash`).
 
     Instances placed on a node that is not usable (down, draining, gone) are
     lost: removed, and replaced like any missing instance.
@@ -60,7 +68,7 @@ def decide(service: Resource | None, instances: Sequence[Resource],
     unavailable = int(update.get("maxUnavailable", 0))
     if update.get("strategy") == "recreate":
         surge, unavailable = 0, want
-    template = template_hash(service.spec)
+    template = template_hash(service.spec, sources)
     new = [i for i in current if i.spec.get("template") == template]
     old = [i for i in current if i.spec.get("template") != template]
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from controlplane.errors import FieldViolation
+from controlplane.manifests.sources import CONFIG_KINDS, env_problem, source_key
 from controlplane.model import ObjectKey, Reference, Resource
 
 
@@ -97,6 +98,10 @@ def check_batch(
                         "with tls.crt and tls.key", source,
                     )
                 )
+        if resource.kind == "Service":
+            out += _env_sources(resource, lookup, source)
+        if resource.kind in CONFIG_KINDS:
+            out += _env_consumers(resource, siblings, mine, source)
         if resource.kind == "TrafficPolicy":
             out += _one_policy_per_destination(resource, siblings, source)
         if resource.kind == "Intention":
@@ -109,6 +114,41 @@ def _dangling(ref: Reference) -> str:
         f"{ref.target} does not exist; create it first (or in the same apply), "
         "or fix the name"
     )
+
+
+def _env_sources(service: Resource, lookup: Any, source: str) -> list[FieldViolation]:
+    """Each ``envFrom`` object's keys must be variable names, its values text."""
+    out = []
+    for i, item in enumerate(_items(service.spec, "envFrom")):
+        key = source_key(item, service.namespace)
+        target = lookup(key)
+        problem = env_problem(target) if target is not None else None
+        if problem:
+            field = "configMap" if key.kind == "ConfigMap" else "secret"
+            out.append(FieldViolation(
+                f"spec.envFrom[{i}].{field}",
+                f"{key} {problem}, so its data cannot be environment variables; rename "
+                f"those keys, or mount the {key.kind} as files (spec.mounts) instead", source))
+    return out
+
+
+def _env_consumers(config: Resource, siblings: Any, mine: Mapping[ObjectKey, Resource],
+                   source: str) -> list[FieldViolation]:
+    """A ConfigMap or Secret a stored Service takes env from stays fit for it
+    (a Service in the same batch is judged by ``_env_sources``)."""
+    problem = env_problem(config)
+    if problem is None:
+        return []
+    for service in siblings("Service", config.namespace):
+        uses = [i for i, item in enumerate(_items(service.spec, "envFrom"))
+                if source_key(item, service.namespace) == config.key]
+        if uses and service.key not in mine:
+            return [FieldViolation(
+                "spec.data",
+                f"{config.key} {problem}, but Service {service.namespace}/{service.name} "
+                f"takes its keys as environment variables (spec.envFrom[{uses[0]}]); rename "
+                "those keys, or change that Service to mount it (spec.mounts)", source)]
+    return []
 
 
 def _one_policy_per_destination(

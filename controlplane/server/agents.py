@@ -29,14 +29,17 @@ from controlplane.identity.ca import BACKDATE, CertificateError, Leaf, parse_ide
 from controlplane.identity.issuer import Issuer
 from controlplane.identity.proof import prove, unproven
 from controlplane.identity.tokens import JoinTokens
+from controlplane.manifests import sources
 from controlplane.model import ObjectKey, Resource, node_state
 from controlplane.server.status import abort
 from controlplane.store import Store
 
 #: Seconds between agent reports (the heartbeat).
 REPORT_INTERVAL = 1.0
-#: Fields of a report copied into the Instance's status.
-_REPORTED = ("state", "reason", "address", "port", "restarts", "exit_code")
+#: Fields of a report copied into the Instance's status, and their names there.
+_REPORTED = {"state": "state", "reason": "reason", "address": "address", "port": "port",
+             "restarts": "restarts", "exit_code": "exitCode",
+             "sidecar_restarts": "sidecarRestarts"}
 
 
 def node_to_pb(node: Resource) -> nodes_pb2.Node:
@@ -54,16 +57,27 @@ def node_to_pb(node: Resource) -> nodes_pb2.Node:
 
 
 def assignments_of(store: Store, node: str) -> agent_pb2.Assignments:
+    """What ``node`` runs, with the ConfigMap and Secret data each instance
+    mounts or takes env from: the only place Secret values are decoded for a
+    node, and they go only to its stream."""
     instances = [i for i in store.list("Instance") if i.spec.get("node") == node]
+    lookup = functools.cache(store.get)  # one read of each object per message
     return agent_pb2.Assignments(assignments=[
-        agent_pb2.Assignment(
-            instance_id=i.name, namespace=i.namespace, service=i.spec["service"],
-            revision=int(i.spec.get("revision", 0)),
-            spec=convert.struct_of(i.spec.get("workload") or {}),
-            driver=i.spec.get("driver", ""),
-        )
+        _assignment(i, sources.project(i.spec.get("workload") or {}, i.namespace, lookup))
         for i in sorted(instances, key=lambda r: r.name)
     ])
+
+
+def _assignment(instance: Resource, projection: sources.Projection) -> agent_pb2.Assignment:
+    return agent_pb2.Assignment(
+        instance_id=instance.name, namespace=instance.namespace,
+        service=instance.spec["service"], revision=int(instance.spec.get("revision", 0)),
+        spec=convert.struct_of(instance.spec.get("workload") or {}),
+        driver=instance.spec.get("driver", ""),
+        env_from=dict(projection.env),
+        mounts=[agent_pb2.MountedFiles(path=m.path, files=dict(m.files), mode=m.mode)
+                for m in projection.mounts],
+    )
 
 
 def _timestamp(when: datetime.datetime) -> timestamp_pb2.Timestamp:
@@ -221,8 +235,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             instance = self._store.get(key)
             if instance is None or instance.spec.get("node") != request.node:
                 continue  # no longer this node's; the agent stops it
-            status = {field: getattr(report, field) for field in _REPORTED}
-            status["exitCode"] = status.pop("exit_code")
+            status = {name: getattr(report, field) for field, name in _REPORTED.items()}
             status["node"] = request.node
             if report.cert_serial:
                 status["certificate"] = {

@@ -57,6 +57,32 @@ def upstream_env(namespace: str, name: str, own_namespace: str) -> str:
 
 
 @dataclass(frozen=True)
+class MountedFiles:
+    """One ConfigMap's or Secret's data as files in a directory of the instance
+    (``spec.mounts``), as the control plane sent it for this node.
+
+    Docker: a directory the agent writes under its data dir, bind-mounted
+    read-only at ``path`` in the app container. Process: the app has no
+    filesystem of its own, so the files go to ``$FLOTILLA_MOUNT_ROOT`` +
+    ``path`` (``FLOTILLA_MOUNT_ROOT`` is the instance's ``mounts`` directory;
+    in a container it is empty, so ``$FLOTILLA_MOUNT_ROOT/etc/app/key`` reads
+    the file on both drivers). Either way each file is owned by the user the
+    app runs as, with permission bits ``mode``.
+    """
+
+    #: The directory inside the instance, absolute (as in the manifest).
+    path: str
+    #: File name -> content; left out of repr (a Secret's are secret).
+    files: Mapping[str, bytes] = field(default_factory=dict, repr=False)
+    #: 0o400 for a Secret's files, 0o444 for a ConfigMap's.
+    mode: int = 0o444
+
+
+#: The variable that tells an app where its mount paths are rooted.
+MOUNT_ROOT_ENV = "FLOTILLA_MOUNT_ROOT"
+
+
+@dataclass(frozen=True)
 class Workload:
     """What to run for one instance (from its Service's spec at ``revision``)."""
 
@@ -68,7 +94,10 @@ class Workload:
     image: str | None = None
     command: Sequence[str] | None = None
     args: Sequence[str] = ()
-    env: Mapping[str, str] = field(default_factory=dict)
+    #: ``spec.envFrom`` with ``spec.env`` on top (may hold Secret values, so
+    #: left out of repr); the driver's own variables (FLOTILLA_*, PORT, HOST)
+    #: win over it.
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
     #: The app's port inside the instance, or None for no listener.
     port: int | None = None
     protocol: str = "http"
@@ -78,6 +107,7 @@ class Workload:
     #: agent restarted on the node continues the count.
     restarts: int = 0
     sidecar: Sidecar | None = None
+    mounts: Sequence[MountedFiles] = ()
 
 
 class WorkloadState(enum.Enum):
@@ -131,7 +161,12 @@ class Driver(Protocol):
         ...
 
     def logs(self, instance_id: str, tail: int | None = None,
-             follow: bool = False) -> Iterator[bytes]: ...
+             follow: bool = False) -> Iterator[bytes]:
+        """The app's output as the runtime holds it (only the last ``tail``
+        lines; ``follow``: then what comes), in whole lines. It goes with the
+        workload (``stop``): the agent keeps the last output of a run that
+        ended itself (``sidecar.history``)."""
+        ...
 
     def restart_proxy(self, instance_id: str) -> None:
         """Start the instance's sidecar again (it exited); the app keeps running."""

@@ -47,7 +47,12 @@ Workload mapping (as Kubernetes does it): ``command`` replaces the image's
 ENTRYPOINT (and drops its CMD), ``args`` replace its CMD; ``env`` gets
 ``FLOTILLA_INSTANCE_ID``, ``FLOTILLA_SERVICE``, ``FLOTILLA_NAMESPACE`` and
 ``PORT`` (these win over ``env``); ``cpu_millis`` becomes ``NanoCpus`` and
-``memory_mib`` the memory limit, with no swap on top. The app runs under the
+``memory_mib`` the memory limit, with no swap on top. Each of ``mounts`` is a
+directory the driver writes under ``<data_dir>/mounts/<instance>/`` (mode
+0700 up to there), bind-mounted read-only at its path in the app container
+alone, its files handed to the user the image runs as (``USER``, names
+resolved through the image's ``/etc/passwd`` and ``/etc/group``), with
+``FLOTILLA_MOUNT_ROOT`` set empty; ``stop`` removes it. The app runs under the
 engine's init (``docker-init``), so SIGTERM stops it even before it installs a
 handler of its own (a bare PID 1 ignores it and waits for the KILL).
 
@@ -75,12 +80,15 @@ Contract:
 from __future__ import annotations
 
 import fcntl
+import io
 import ipaddress
 import logging
 import math
 import re
+import shutil
 import socket
 import struct
+import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -96,6 +104,7 @@ import docker.errors
 from controlplane.xds.mesh import GATEWAY, SIDECAR, Proxy, upstream_key
 from sidecar import envoy
 from sidecar.drivers.base import (
+    MOUNT_ROOT_ENV,
     DriverError,
     Running,
     Sidecar,
@@ -103,6 +112,7 @@ from sidecar.drivers.base import (
     WorkloadState,
     upstream_env,
 )
+from sidecar.drivers.files import check_mounts, give, write_mounts
 from sidecar.relay import Relay
 
 LABEL_NODE = "dev.flotilla.node"
@@ -146,6 +156,8 @@ Inspected = dict[str, Any]
 Summaries = list[dict[str, Any]]
 #: Ids of the containers one start created (the class's ``list`` shadows the builtin).
 CreatedIds = list[str]
+#: The lines of a file like /etc/passwd, each split at ':'.
+Table = list[list[str]]
 
 
 def container_name(instance_id: str, role: str) -> str:
@@ -261,6 +273,32 @@ def bridge_gateway(client: docker.DockerClient) -> str | None:
     return None
 
 
+def user_ids(user: str, passwd: Callable[[], Table], groups: Callable[[], Table]
+             ) -> tuple[int, int]:
+    """(uid, gid) of a container's ``USER`` (``name|uid[:group|gid]``), as the
+    engine resolves it: names through the image's ``passwd`` and ``groups``
+    (their lines split at ':'), a user's group from its passwd entry, root
+    (0, 0) for none."""
+    name, _, group = user.partition(":")
+    if not name:
+        return 0, 0
+    entry = next((e for e in passwd() if e[2 if name.isdigit() else 0] == name), None)
+    if entry is None and not name.isdigit():
+        raise DriverError(f"the image's USER {user!r} is not in its /etc/passwd; use a uid, "
+                          "or add the user to the image")
+    uid = int(name) if name.isdigit() else int(entry[2]) if entry is not None else 0
+    gid = int(entry[3]) if entry is not None else 0
+    if group.isdigit():
+        return uid, int(group)
+    if group:
+        found = next((e for e in groups() if e[0] == group), None)
+        if found is None:
+            raise DriverError(f"the image's USER {user!r} names a group that is not in its "
+                              "/etc/group; use a gid, or add the group to the image")
+        gid = int(found[2])
+    return uid, gid
+
+
 def _last_lines(output: bytes, count: int = 5) -> str:
     lines = output.decode(errors="replace").strip().splitlines()
     return " | ".join(lines[-count:]) or "(no output)"
@@ -294,6 +332,7 @@ class DockerDriver:
         self._pause_image = pause_image
         self._envoy_image = envoy_image
         self._xds_dir = (data_dir / "xds").resolve() if data_dir is not None else None
+        self._mounts_dir = (data_dir / "mounts").resolve() if data_dir is not None else None
         self._relay: Relay | None = None
         self._relay_lock = threading.Lock()
 
@@ -312,6 +351,7 @@ class DockerDriver:
         if sidecar is not None and sidecar.kind == GATEWAY:
             raise DriverError(f"instance {instance}: gateways run on the process driver only")
         mesh = pod_mesh(workload, sidecar) if sidecar is not None else None
+        check_mounts(workload.mounts)
         with self._engine(doing):
             self._require_image(workload.image)
             self._require_image(self._pause_image)
@@ -327,14 +367,18 @@ class DockerDriver:
                         doing, self._envoy_config(workload, mesh, pause_id), created)
                     self._api.start(envoy_id)
                     self._wait_live(workload, sidecar, pause_id, envoy_id)
-                app_id = self._create(doing, self._app_config(workload, pause_id, mesh),
+                binds = self._write_mounts(workload)
+                app_id = self._create(doing, self._app_config(workload, pause_id, mesh, binds),
                                       created)
+                if binds:
+                    give(list(binds), *self._app_user(app_id))
                 self._api.start(app_id)
             except BaseException:
                 # Leaves no half pod behind; the original error is what matters.
                 for container_id in reversed(created):
                     with suppress(Exception):
                         self._api.remove_container(container_id, v=True, force=True)
+                self._remove_mounts(instance)
                 raise
             running = self._running(self._inspect_pod(instance))
         if running is None:
@@ -369,6 +413,7 @@ class DockerDriver:
                 if admin is not None:
                     admin.drain()
             self._remove_pod(ids, timeout)
+        self._remove_mounts(instance_id)
 
     def logs(
         self, instance_id: str, tail: int | None = None, follow: bool = False
@@ -501,8 +546,8 @@ class DockerDriver:
             return "(no output)"
         return _last_lines(output)
 
-    def _app_config(self, workload: Workload, pause_id: str,
-                    mesh: PodMesh | None = None) -> dict[str, Any]:
+    def _app_config(self, workload: Workload, pause_id: str, mesh: PodMesh | None = None,
+                    binds: dict[Path, str] | None = None) -> dict[str, Any]:
         env = {
             **workload.env,
             **(mesh.env if mesh is not None else {}),
@@ -510,6 +555,8 @@ class DockerDriver:
             "FLOTILLA_SERVICE": workload.service,
             "FLOTILLA_NAMESPACE": workload.namespace,
         }
+        if workload.mounts:  # the paths are the container's own
+            env[MOUNT_ROOT_ENV] = ""
         if workload.port is not None:
             env["PORT"] = str(workload.port)
         memory = workload.memory_mib * MIB
@@ -529,8 +576,51 @@ class DockerDriver:
                 nano_cpus=workload.cpu_millis * NANO_CPUS_PER_MILLI,
                 mem_limit=memory,
                 memswap_limit=memory,
+                binds={str(source): {"bind": path, "mode": "ro"}
+                       for source, path in (binds or {}).items()} or None,
             ),
         }
+
+    # --- mounts -------------------------------------------------------------
+
+    def _mounts_root(self, instance_id: str) -> Path:
+        if self._mounts_dir is None:
+            raise DriverError(
+                f"node {self._node}: spec.mounts need the docker driver built with the agent's "
+                "data dir (DockerDriver(..., data_dir=...)), where the mounted files live")
+        self._mounts_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return self._mounts_dir / instance_id
+
+    def _write_mounts(self, workload: Workload) -> dict[Path, str]:
+        """The instance's mounts written afresh: host directory -> path in the app."""
+        if not workload.mounts:
+            return {}
+        root = self._mounts_root(workload.instance_id)
+        shutil.rmtree(root, ignore_errors=True)  # a start that died half way
+        return dict(write_mounts(root, workload.mounts))
+
+    def _remove_mounts(self, instance_id: str) -> None:
+        if self._mounts_dir is not None:
+            shutil.rmtree(self._mounts_dir / instance_id, ignore_errors=True)
+
+    def _app_user(self, app_id: str) -> tuple[int, int]:
+        """The (uid, gid) the created app container will run as."""
+        user = str(self._api.inspect_container(app_id)["Config"].get("User") or "")
+        return user_ids(user, lambda: self._table(app_id, "/etc/passwd"),
+                        lambda: self._table(app_id, "/etc/group"))
+
+    def _table(self, container_id: str, path: str) -> Table:
+        """The colon-separated lines of a file in a container (empty without it)."""
+        try:
+            chunks, _ = self._api.get_archive(container_id, path)
+        except docker.errors.NotFound:
+            return []
+        with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as archive:
+            member = archive.next()
+            data = archive.extractfile(member) if member is not None else None
+            text = data.read().decode(errors="replace") if data is not None else ""
+        return [line.split(":") for line in text.splitlines()
+                if line.count(":") >= 3 and not line.startswith("#")]
 
     def _create(self, doing: str, config: dict[str, Any], created: CreatedIds) -> str:
         """Creates a container and appends its id to *created*."""

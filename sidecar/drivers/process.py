@@ -13,6 +13,17 @@ its own (``envoy.json``, ``envoy.log``): its inbound listener takes the port
 on the node's address, the app listens on 127.0.0.1 (``HOST``/``PORT``), and
 each upstream gets a loopback port of its own, announced to the app as
 ``FLOTILLA_UPSTREAM_<NAME>=127.0.0.1:PORT``. The app starts once Envoy is LIVE.
+Envoy asks the kernel for a SIGTERM when its parent process ends
+(PR_SET_PDEATHSIG), so its parent is a small ``sh`` keeper, not the agent: an
+agent that restarts leaves every Envoy serving. Envoy leads a session of its
+own (``envoy_pid`` in ``state.json``); the keeper ends with it, and killed, it
+takes Envoy with it.
+
+A process has no filesystem of its own, so ``spec.mounts`` are rooted in the
+instance's directory: a mount at ``/etc/app`` is ``<instance>/mounts/etc/app``,
+and ``FLOTILLA_MOUNT_ROOT`` names ``<instance>/mounts`` (the docker driver
+sets it empty), so ``$FLOTILLA_MOUNT_ROOT/etc/app/KEY`` is the file on both
+drivers. The files belong to the agent's user, whom the app runs as.
 
 CPU and memory limits are not enforced by this driver (use docker for that).
 """
@@ -25,20 +36,37 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import BinaryIO
 
 from controlplane.xds.mesh import GATEWAY, SIDECAR, Proxy
 from sidecar import envoy
-from sidecar.drivers.base import DriverError, Running, Sidecar, Workload, WorkloadState, upstream_env
+from sidecar.drivers.base import (
+    MOUNT_ROOT_ENV,
+    DriverError,
+    Running,
+    Sidecar,
+    Workload,
+    WorkloadState,
+    upstream_env,
+)
+from sidecar.drivers.files import check_mounts, write_mount
 
 #: Runs the command, then writes its exit status next to its state file.
 _WRAPPER = '"$@"; echo $? > "$FLOTILLA_EXIT_FILE"'
 #: Environment passed through from the agent to every process.
 _INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "PYTHONPATH", "TMPDIR", "VIRTUAL_ENV")
+#: Keeps Envoy (``"$@"``) as its child and writes its pid to the file ``$0``.
+_ENVOY_KEEPER = '"$@" & echo $! > "$0"; wait $!'
+#: Makes the process lead a session of its own, then becomes ``argv[1:]``.
+_SETSID = "import os, sys; os.setsid(); os.execv(sys.argv[1], sys.argv[1:])"
+#: Seconds the keeper gets to name Envoy's pid.
+_KEEPER_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -55,7 +83,8 @@ class _State:
     port: int | None
     started_at: float
     restarts: int = 0
-    #: The sidecar (0 without one) and where its parts listen.
+    #: The sidecar (0 without one) and where its parts listen. Envoy's own
+    #: pid, the leader of its process group (its parent is the keeper).
     envoy_pid: int = 0
     envoy_ticks: int = 0
     admin_port: int = 0
@@ -80,6 +109,20 @@ def _last_lines(path: Path, count: int = 5) -> str:
     except OSError:
         return "(no output)"
     return " | ".join(lines[-count:]) or "(no output)"
+
+
+def _tail(log: BinaryIO, count: int, block: int = 64 * 1024) -> list[bytes]:
+    """The last ``count`` lines of an open file, read backwards a block at a
+    time; leaves the file at the end it had."""
+    end = position = log.seek(0, os.SEEK_END)
+    data = b""
+    while position > 0 and data.count(b"\n") <= count:
+        step = min(block, position)
+        position -= step
+        log.seek(position)
+        data = log.read(step) + data
+    log.seek(end)
+    return data.splitlines(keepends=True)[-count:]
 
 
 def free_port(address: str) -> int:
@@ -133,12 +176,18 @@ class ProcessDriver:
             "FLOTILLA_EXIT_FILE": str(home / "exit_code"),
             "HOST": self.address,
         }
+        mounts = home / "mounts"
+        if workload.mounts:
+            env[MOUNT_ROOT_ENV] = str(mounts)
         port = self._port(self.address) if workload.port is not None else None
         state = _State(
             workload.instance_id, workload.namespace, workload.service, workload.revision,
             0, 0, self.address, port, time.time(), workload.restarts,
         )
         try:
+            shutil.rmtree(mounts, ignore_errors=True)  # a start that died half way
+            for mounted, path in zip(workload.mounts, check_mounts(workload.mounts)):
+                write_mount(mounts / path.lstrip("/"), mounted)
             if workload.sidecar is not None:
                 state = self._start_sidecar(workload, workload.sidecar, state, home, env)
             if gateway:  # the Envoy is the whole workload
@@ -218,21 +267,40 @@ class ProcessDriver:
 
     def _spawn_envoy(self, state: _State, home: Path, binary: Path,
                      log_name: str = "envoy.log") -> _State:
+        """Start Envoy under its keeper (see the module docstring)."""
+        named = home / "envoy.pid"
+        named.unlink(missing_ok=True)
+        argv = ["/bin/sh", "-c", _ENVOY_KEEPER, str(named), sys.executable, "-I", "-S",
+                "-c", _SETSID, *envoy.command(binary, home / "envoy.json")]
         with open(home / log_name, "ab") as log:
             try:
-                child = subprocess.Popen(
-                    envoy.command(binary, home / "envoy.json"), cwd=home,
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    start_new_session=True,
+                keeper = subprocess.Popen(
+                    argv, cwd=home, stdin=subprocess.DEVNULL, stdout=log,
+                    stderr=subprocess.STDOUT, start_new_session=True,
                 )
             except OSError as error:
                 raise DriverError(f"cannot start Envoy {binary}: {error}") from error
         with self._lock:
-            self._children[state.instance_id + "/envoy"] = child
-        state = replace(state, envoy_pid=child.pid,
-                        envoy_ticks=start_ticks_of(child.pid) or 0)
+            self._children[state.instance_id + "/envoy"] = keeper
+        pid = self._pid_named(named, keeper, binary)
+        state = replace(state, envoy_pid=pid, envoy_ticks=start_ticks_of(pid) or 0)
         self._save(state, home)
         return state
+
+    @staticmethod
+    def _pid_named(path: Path, keeper: subprocess.Popen[bytes], binary: Path) -> int:
+        """The pid the keeper writes to ``path``, once it has."""
+        deadline = time.monotonic() + _KEEPER_TIMEOUT
+        while True:
+            ended = keeper.poll() is not None
+            try:
+                return int(path.read_text())
+            except (OSError, ValueError):
+                pass
+            if ended or time.monotonic() > deadline:
+                ProcessDriver._signal(keeper.pid, signal.SIGKILL)
+                raise DriverError(f"cannot start Envoy {binary}: its keeper shell named no pid")
+            time.sleep(0.01)
 
     def restart_proxy(self, instance_id: str) -> None:
         home = self.root / instance_id
@@ -296,12 +364,12 @@ class ProcessDriver:
 
     def logs(self, instance_id: str, tail: int | None = None,
              follow: bool = False) -> Iterator[bytes]:
+        """The instance's output, line by line (never read whole)."""
         path = self.root / instance_id / "output.log"
         if not path.exists():
             return
         with open(path, "rb") as log:
-            lines = log.readlines()
-            yield from lines[-tail:] if tail else lines
+            yield from _tail(log, tail) if tail else log
             while follow and path.exists():
                 line = log.readline()
                 if line:
@@ -340,6 +408,8 @@ class ProcessDriver:
             child = self._children.get(instance_id if role == "app" else f"{instance_id}/{role}")
         if child is not None and child.pid == pid:
             return child.poll() is None  # also reaps our own children
+        if child is not None:
+            child.poll()  # Envoy's keeper: reaped once it ended
         ticks = start_ticks_of(pid)
         return ticks is not None and (start_ticks is None or ticks == start_ticks)
 

@@ -77,20 +77,48 @@ class NodeCertificate(_message.Message):
     def __init__(self, certificate_pem: _Optional[str] = ..., trust_bundle_pem: _Optional[str] = ..., serial: _Optional[str] = ..., not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., root: _Optional[str] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("instance_id", "namespace", "service", "revision", "spec", "driver")
+    __slots__ = ("instance_id", "namespace", "service", "revision", "spec", "driver", "env_from", "mounts")
+    class EnvFromEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     DRIVER_FIELD_NUMBER: _ClassVar[int]
+    ENV_FROM_FIELD_NUMBER: _ClassVar[int]
+    MOUNTS_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     namespace: str
     service: str
     revision: int
     spec: _struct_pb2.Struct
     driver: str
-    def __init__(self, instance_id: _Optional[str] = ..., namespace: _Optional[str] = ..., service: _Optional[str] = ..., revision: _Optional[int] = ..., spec: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., driver: _Optional[str] = ...) -> None: ...
+    env_from: _containers.ScalarMap[str, str]
+    mounts: _containers.RepeatedCompositeFieldContainer[MountedFiles]
+    def __init__(self, instance_id: _Optional[str] = ..., namespace: _Optional[str] = ..., service: _Optional[str] = ..., revision: _Optional[int] = ..., spec: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., driver: _Optional[str] = ..., env_from: _Optional[_Mapping[str, str]] = ..., mounts: _Optional[_Iterable[_Union[MountedFiles, _Mapping]]] = ...) -> None: ...
+
+class MountedFiles(_message.Message):
+    __slots__ = ("path", "files", "mode")
+    class FilesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    files: _containers.ScalarMap[str, bytes]
+    mode: int
+    def __init__(self, path: _Optional[str] = ..., files: _Optional[_Mapping[str, bytes]] = ..., mode: _Optional[int] = ...) -> None: ...
 
 class WatchAssignmentsRequest(_message.Message):
     __slots__ = ("node",)
@@ -105,7 +133,7 @@ class Assignments(_message.Message):
     def __init__(self, assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ...) -> None: ...
 
 class InstanceReport(_message.Message):
-    __slots__ = ("instance_id", "state", "reason", "address", "port", "restarts", "exit_code", "namespace", "cert_serial", "cert_not_after", "cert_error", "cert_served", "cert_root", "cert_trusts")
+    __slots__ = ("instance_id", "state", "reason", "address", "port", "restarts", "exit_code", "namespace", "cert_serial", "cert_not_after", "cert_error", "cert_served", "cert_root", "cert_trusts", "sidecar_restarts")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +148,7 @@ class InstanceReport(_message.Message):
     CERT_SERVED_FIELD_NUMBER: _ClassVar[int]
     CERT_ROOT_FIELD_NUMBER: _ClassVar[int]
     CERT_TRUSTS_FIELD_NUMBER: _ClassVar[int]
+    SIDECAR_RESTARTS_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     state: str
     reason: str
@@ -134,7 +163,8 @@ class InstanceReport(_message.Message):
     cert_served: str
     cert_root: str
     cert_trusts: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, instance_id: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., address: _Optional[str] = ..., port: _Optional[int] = ..., restarts: _Optional[int] = ..., exit_code: _Optional[int] = ..., namespace: _Optional[str] = ..., cert_serial: _Optional[str] = ..., cert_not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cert_error: _Optional[str] = ..., cert_served: _Optional[str] = ..., cert_root: _Optional[str] = ..., cert_trusts: _Optional[_Iterable[str]] = ...) -> None: ...
+    sidecar_restarts: int
+    def __init__(self, instance_id: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., address: _Optional[str] = ..., port: _Optional[int] = ..., restarts: _Optional[int] = ..., exit_code: _Optional[int] = ..., namespace: _Optional[str] = ..., cert_serial: _Optional[str] = ..., cert_not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cert_error: _Optional[str] = ..., cert_served: _Optional[str] = ..., cert_root: _Optional[str] = ..., cert_trusts: _Optional[_Iterable[str]] = ..., sidecar_restarts: _Optional[int] = ...) -> None: ...
 
 class ReportRequest(_message.Message):
     __slots__ = ("node", "instances")
