@@ -1,5 +1,5 @@
 """``python -m controlplane`` is the ``flotilla`` command."""
 
-from controlplane.cli.main import main
+from controlplane.cli.flotilla import main
 
 main()

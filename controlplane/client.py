@@ -48,6 +48,10 @@ _ACTIONS = {
     pb.APPLY_ACTION_CONFIGURED: "configured",
     pb.APPLY_ACTION_UNCHANGED: "unchanged",
 }
+#: One proxy as the xDS server sees it (what `flotilla proxy-status` shows).
+ProxyStatus = proxies_pb2.ProxyStatus
+
+
 class ServerUnavailable(errors.TemporaryError):
     def __init__(self, address: str, detail: str) -> None:
         self.address = address

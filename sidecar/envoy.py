@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from controlplane.xds.mesh import Proxy, proxy_metadata
+from controlplane.model.proxy import Proxy, proxy_metadata
 
 #: The Envoy version Flotilla's xDS speaks and is tested with (major.minor).
 ENVOY_VERSION = "1.40"

@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from controlplane.manifests.types import parse_duration
+from controlplane.model.durations import parse_duration
 
 
 def probe(check: Mapping[str, Any], address: str, port: int) -> tuple[bool, str]:

@@ -20,7 +20,7 @@ from functools import cached_property
 
 from cryptography import x509
 
-from controlplane.identity.ca import new_key_and_csr
+from controlplane.identity.keys import new_key_and_csr
 
 log = logging.getLogger(__name__)
 

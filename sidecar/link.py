@@ -33,7 +33,7 @@ from controlplane.api.flotilla.v1 import (
     identity_pb2,
     identity_pb2_grpc,
 )
-from controlplane.identity.ca import CONTROL_PLANE_NAME, new_key_and_csr
+from controlplane.identity.keys import CONTROL_PLANE_NAME, new_key_and_csr
 from controlplane.identity.proof import digest_of, prove, proves
 
 log = logging.getLogger(__name__)

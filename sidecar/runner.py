@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from controlplane.manifests.types import parse_duration
+from controlplane.model.durations import parse_duration
 from sidecar import envoy
 from sidecar.drivers.base import (
     Driver,

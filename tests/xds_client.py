@@ -39,7 +39,7 @@ from google.protobuf import any_pb2, json_format, struct_pb2
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 
-from controlplane.xds.mesh import Proxy, proxy_metadata
+from controlplane.model.proxy import Proxy, proxy_metadata
 from controlplane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, version_of
 
 MESSAGES: dict[str, type[Message]] = {

@@ -17,7 +17,7 @@ from controlplane import __version__, errors
 from controlplane.cli import output
 from controlplane.client import DEFAULT_SERVER, Client, ServerUnavailable
 from controlplane.manifests import parse_yaml, resolve_kind, to_resources
-from controlplane.manifests.types import parse_duration
+from controlplane.model.durations import parse_duration
 from controlplane.model import KINDS, NODE_NAMESPACE, SERVICE_LABEL, SYSTEM_KINDS
 
 EXIT_USER_ERROR = 1
@@ -80,12 +80,13 @@ def default_log_level(ctx: click.Context, level: int) -> None:
         logging.getLogger().setLevel(level)
 
 
-def _with_log_level(command: click.Command) -> None:
+def with_log_level(command: click.Command) -> None:
+    """Give *command* and every command under it ``--log-level``."""
     if not any(p.name == "log_level" for p in command.params):
         command.params.append(log_level_option())
     if isinstance(command, click.Group):
         for sub in command.commands.values():
-            _with_log_level(sub)
+            with_log_level(sub)
 
 
 @click.group(cls=FlotillaGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -103,6 +104,11 @@ def cli(ctx: click.Context, server: str, timeout: float) -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(format=_LOG_FORMAT)
     default_log_level(ctx, logging.WARNING)
+
+
+#: What ``describe`` adds for a kind, registered by the command groups that
+#: know it (``mesh``: the proxies an Intention affects).
+DESCRIBE_MORE: dict[str, Callable[[Client, dict[str, Any]], None]] = {}
 
 
 def client_of(ctx: click.Context) -> Client:
@@ -296,10 +302,9 @@ def describe(ctx: click.Context, kind: str, name: str, namespace: str) -> None:
     client = client_of(ctx)
     doc = client.get(resolved, name, namespace_of(resolved, namespace))
     output.describe(doc, out)
-    if resolved == "Intention":
-        from controlplane.cli.mesh import affected_proxies
-
-        affected_proxies(client, doc)
+    more = DESCRIBE_MORE.get(resolved)
+    if more is not None:
+        more(client, doc)
 
 
 @cli.command()
@@ -474,52 +479,3 @@ def _emit(fmt: str, docs: list[dict[str, Any]], *, single: bool, namespaces: boo
     value: Any = docs[0] if single and docs else output.listing(docs)
     text = output.as_json(value) if fmt == "json" else output.as_yaml(value)
     out.print(text, markup=False, end="" if text.endswith("\n") else "\n")
-
-
-class _WatchedStdout:
-    """sys.stdout, noting whether its reader went away (EPIPE): click and rich
-    each turn that into exit 1, which fails `flotilla get ... | head -1` under
-    `set -o pipefail`."""
-
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-        self.reader_gone = False
-
-    def write(self, text: str) -> int:
-        try:
-            return int(self._stream.write(text))
-        except BrokenPipeError:
-            self.reader_gone = True
-            raise
-
-    def flush(self) -> None:
-        try:
-            self._stream.flush()
-        except BrokenPipeError:
-            self.reader_gone = True
-            raise
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-
-def main() -> None:
-    from controlplane.cli import cluster, mesh  # noqa: F401  (registers their commands)
-
-    _with_log_level(cli)
-
-    watched = _WatchedStdout(sys.stdout)
-    sys.stdout = watched
-    try:
-        cli(prog_name="flotilla")
-    except SystemExit:
-        if not watched.reader_gone:
-            raise
-        # The reader has what it wanted: done, quietly, as kubectl is; what is
-        # still buffered goes nowhere.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), watched.fileno())
-        raise SystemExit(0) from None
-
-
-if __name__ == "__main__":
-    main()

@@ -13,13 +13,12 @@ import click
 from rich.table import Table
 
 from controlplane import errors
-from controlplane.api.flotilla.v1 import proxies_pb2
-from controlplane.cli.main import OUTPUT, _emit, cli, client_of, out
-from controlplane.client import Client
+from controlplane.cli.main import DESCRIBE_MORE, OUTPUT, _emit, cli, client_of, out
+from controlplane.client import Client, ProxyStatus
 from controlplane.identity.ca import new_key_and_csr, spiffe_id
 from controlplane.model import Resource
 from controlplane.xds.intentions import DENY, Request, decide, matches, qualify, ranked
-from controlplane.xds.mesh import PROXYLESS, SIDECAR, Proxy, proxy_metadata
+from controlplane.model.proxy import PROXYLESS, SIDECAR, Proxy, proxy_metadata
 
 #: Envoy config dump sections, by the name `proxy-config` takes.
 SECTIONS = {
@@ -30,7 +29,7 @@ SECTIONS = {
 }
 
 
-def _since(proxy: proxies_pb2.ProxyStatus) -> str:
+def _since(proxy: ProxyStatus) -> str:
     seconds = max(0, int(time.time() - proxy.connected_since.ToSeconds()))
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
@@ -38,7 +37,7 @@ def _since(proxy: proxies_pb2.ProxyStatus) -> str:
     return f"{seconds}s"
 
 
-def sync_state(proxy: proxies_pb2.ProxyStatus) -> str:
+def sync_state(proxy: ProxyStatus) -> str:
     if proxy.last_nack_error:
         return "NACKED"
     if proxy.synced_version >= proxy.view_version and not proxy.pending:
@@ -410,3 +409,6 @@ def ca_rotate(ctx: click.Context, wait: bool, wait_timeout: float) -> None:
             "instances lag with `flotilla get instances -o yaml` (status.certificate)")
     out.print(f"rotated: root {bundle.active_root} signs every leaf; the old root is gone",
               markup=False)
+
+
+DESCRIBE_MORE["Intention"] = affected_proxies

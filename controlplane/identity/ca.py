@@ -28,17 +28,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from controlplane.identity.keys import CONTROL_PLANE_NAME, new_key_and_csr
 from controlplane.model import spiffe_id
 
-__all__ = ["spiffe_id"]  # re-exported: callers of the CA name identities with it
+# re-exported: callers of the CA name identities with them
+__all__ = ["CONTROL_PLANE_NAME", "new_key_and_csr", "spiffe_id"]
 
 ROOT_LIFETIME = datetime.timedelta(days=3650)
 #: How far back a certificate's validity starts: clocks of nodes differ.
 BACKDATE = datetime.timedelta(minutes=1)
 MIN_TTL = datetime.timedelta(minutes=1)
-#: The name agents verify the control plane's agent port by: a DNS name with
-#: dots, which no service or node (DNS labels) can take.
-CONTROL_PLANE_NAME = "control-plane.flotilla.internal"
 
 
 class CertificateError(ValueError):
@@ -133,21 +132,6 @@ def new_root(trust_domain: str, now: datetime.datetime) -> Root:
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                           serialization.NoEncryption()).decode(),
     )
-
-
-def new_key_and_csr(identity: str = "") -> tuple[str, str]:
-    """(key PEM, CSR PEM) for ``identity`` (or for whatever the CA decides,
-    when empty): what an agent makes on its node."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
-    if identity:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity)]),
-            critical=False)
-    csr = builder.sign(key, hashes.SHA256())
-    return (key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                              serialization.NoEncryption()).decode(),
-            csr.public_bytes(serialization.Encoding.PEM).decode())
 
 
 class CertificateAuthority:

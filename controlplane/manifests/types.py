@@ -11,13 +11,13 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
+from controlplane.model.durations import parse_duration as parse_duration
+
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 DATA_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-DURATION = re.compile(r"^(\d+(\.\d+)?)(ms|s|m|h)$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def suggest_dns_label(value: str) -> str:
@@ -66,17 +66,6 @@ def check_labels(labels: dict[str, str]) -> dict[str, str]:
         check_label_key(key)
         check_label_value(value)
     return labels
-
-
-def parse_duration(value: str) -> float:
-    """Seconds in a duration string such as ``250ms``, ``5s``, ``1.5m`` or ``2h``."""
-    match = DURATION.match(value)
-    if not match:
-        raise ValueError(
-            f"{value!r} is not a duration: use a number and a unit "
-            "(ms, s, m or h), like '250ms', '5s' or '1m'"
-        )
-    return float(match.group(1)) * _DURATION_UNITS[match.group(3)]
 
 
 def check_duration(value: str) -> str:

@@ -56,7 +56,7 @@ from envoy.type.v3 import hash_policy_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
-from controlplane.manifests.types import parse_duration
+from controlplane.model.durations import parse_duration
 from controlplane.model import spiffe_id
 from controlplane.xds import rbac
 from controlplane.xds.mesh import (

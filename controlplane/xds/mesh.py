@@ -1,8 +1,9 @@
 """What the mesh looks like to the xDS builder, as plain immutable values.
 
 ``mesh_view(resources, version)`` reads Services, Instances, TrafficPolicies,
-Gateways and Nodes as stored; ``proxy_of(node_id, metadata)`` reads the
-identity a proxy announces in its bootstrap. Both are pure.
+Gateways and Nodes as stored (pure). What a proxy announces in its bootstrap
+(``Proxy``, ``proxy_of``) is shared with the agents that write the bootstrap:
+:mod:`controlplane.model.proxy`.
 
 An instance is an endpoint when it is placed on a ready node, reports
 ``healthy`` (or ``running`` without a health check), has a published
@@ -22,12 +23,17 @@ from controlplane.model import Resource
 from controlplane.model.endpoints import ready_nodes as ready_nodes
 from controlplane.model.endpoints import is_registered, serving_address
 from controlplane.model.external import CatalogEndpoint, CatalogEndpoints, external_name
+from controlplane.model.proxy import GATEWAY as GATEWAY
+from controlplane.model.proxy import PROXY_KINDS as PROXY_KINDS
+from controlplane.model.proxy import PROXYLESS as PROXYLESS
+from controlplane.model.proxy import SIDECAR as SIDECAR
+from controlplane.model.proxy import Proxy as Proxy
+from controlplane.model.proxy import ProxyError as ProxyError
+from controlplane.model.proxy import proxy_metadata as proxy_metadata
+from controlplane.model.proxy import proxy_of as proxy_of
+from controlplane.model.proxy import upstream_key as upstream_key
 from controlplane.xds.intentions import Ranked
 
-SIDECAR = "sidecar"
-GATEWAY = "gateway"
-PROXYLESS = "proxyless"
-PROXY_KINDS = (SIDECAR, GATEWAY, PROXYLESS)
 
 
 @dataclass(frozen=True, order=True)
@@ -88,76 +94,6 @@ class MeshView:
     intentions: tuple[Ranked, ...] = ()
     #: What happens to a call no intention decides: "allow" or "deny".
     default_intention: str = "allow"
-
-
-@dataclass(frozen=True)
-class Proxy:
-    """A connected proxy, as its bootstrap's node metadata describes it.
-
-    Sidecars listen for inbound traffic on ``inbound`` (address, port) and
-    forward it to the app on 127.0.0.1:``app_port``; each upstream
-    ``namespace/name`` maps to the (address, port or None) its outbound
-    listener binds, where None means "the upstream service's own port".
-    """
-
-    id: str
-    kind: str
-    namespace: str
-    #: The service (sidecar), gateway name (gateway) or client name (proxyless).
-    name: str
-    node: str = ""
-    instance: str = ""
-    inbound: tuple[str, int] | None = None
-    app_port: int | None = None
-    upstreams: Mapping[str, tuple[str, int | None]] = field(default_factory=dict)
-
-
-class ProxyError(ValueError):
-    """A proxy's bootstrap metadata is unusable; the message says why."""
-
-
-def proxy_of(node_id: str, metadata: Mapping[str, Any]) -> Proxy:
-    """The proxy a node id and its ``flotilla`` metadata describe. A proxy
-    without metadata is a proxyless client in the default namespace."""
-    meta = metadata.get("flotilla") or {}
-    if not isinstance(meta, Mapping):
-        raise ProxyError("node metadata 'flotilla' must be an object")
-    kind = str(meta.get("kind", PROXYLESS))
-    if kind not in PROXY_KINDS:
-        raise ProxyError(f"node metadata flotilla.kind {kind!r} is not one of "
-                         f"{', '.join(PROXY_KINDS)}")
-    inbound = meta.get("inbound")
-    upstreams: dict[str, tuple[str, int | None]] = {}
-    for key, where in (meta.get("upstreams") or {}).items():
-        port = where.get("port")
-        upstreams[str(key)] = (str(where.get("address", "127.0.0.1")),
-                               int(port) if port else None)
-    try:
-        return Proxy(
-            id=node_id, kind=kind, namespace=str(meta.get("namespace") or "default"),
-            name=str(meta.get("name") or node_id), node=str(meta.get("node", "")),
-            instance=str(meta.get("instance", "")),
-            inbound=(str(inbound["address"]), int(inbound["port"])) if inbound else None,
-            app_port=int(meta["appPort"]) if meta.get("appPort") else None,
-            upstreams=upstreams,
-        )
-    except (KeyError, TypeError, ValueError) as error:
-        raise ProxyError(f"node metadata 'flotilla' is malformed: {error}") from None
-
-
-def proxy_metadata(proxy: Proxy) -> dict[str, Any]:
-    """The node metadata a proxy's bootstrap carries: what ``proxy_of`` reads."""
-    meta: dict[str, Any] = {
-        "kind": proxy.kind, "namespace": proxy.namespace, "name": proxy.name,
-        "node": proxy.node, "instance": proxy.instance,
-        "upstreams": {key: {"address": address, **({"port": port} if port else {})}
-                      for key, (address, port) in proxy.upstreams.items()},
-    }
-    if proxy.inbound is not None:
-        meta["inbound"] = {"address": proxy.inbound[0], "port": proxy.inbound[1]}
-    if proxy.app_port:
-        meta["appPort"] = proxy.app_port
-    return {"flotilla": meta}
 
 
 def instance_endpoint(instance: Resource, ready: set[str]) -> Endpoint | None:
@@ -235,7 +171,3 @@ def mesh_view(resources: Iterable[Resource], version: int = 0,
     }
     gateways = {(g.namespace, g.name): gateway_view(g) for g in by_kind.get("Gateway", ())}
     return MeshView(services=services, gateways=gateways, version=version)
-
-
-def upstream_key(namespace: str, name: str) -> str:
-    return f"{namespace}/{name}"

@@ -101,7 +101,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from controlplane.xds.mesh import GATEWAY, SIDECAR, Proxy, upstream_key
+from controlplane.model.proxy import GATEWAY, SIDECAR, Proxy, upstream_key
 from sidecar import envoy
 from sidecar.drivers.base import (
     MOUNT_ROOT_ENV,

@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
-from controlplane.xds.mesh import GATEWAY, SIDECAR, Proxy
+from controlplane.model.proxy import GATEWAY, SIDECAR, Proxy
 from sidecar import envoy
 from sidecar.drivers.base import (
     MOUNT_ROOT_ENV,

@@ -184,7 +184,7 @@ def test_every_command_takes_log_level() -> None:
     paths = _command_paths()
     assert len(paths) >= 20
     script = ("import sys; from click.testing import CliRunner; from controlplane.cli import "
-              "main, cluster, mesh; main._with_log_level(main.cli); paths = " + repr(paths) +
+              "main, flotilla; main.with_log_level(main.cli); paths = " + repr(paths) +
               "; bad = [p for p in paths if CliRunner().invoke(main.cli, [*p, '--log-level', "
               "'debug', '--help']).exit_code != 0]; print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
