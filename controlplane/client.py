@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +37,8 @@ from controlplane.api.flotilla.v1 import (
 )
 from controlplane.api.flotilla.v1 import resources_pb2 as pb
 from controlplane.api.flotilla.v1 import resources_pb2_grpc as pb_grpc
-from controlplane.model import NODE_NAMESPACE
+from controlplane.controllers.replicas import template_of
+from controlplane.model import NODE_NAMESPACE, SERVICE_LABEL
 
 DEFAULT_SERVER = "127.0.0.1:7300"
 
@@ -48,6 +49,128 @@ _ACTIONS = {
     pb.APPLY_ACTION_CONFIGURED: "configured",
     pb.APPLY_ACTION_UNCHANGED: "unchanged",
 }
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """The instances an applied Service (or Gateway) asks for: ``replicas``
+    of them made from ``workload`` (the part of the spec each instance
+    keeps; None for a Gateway's, which the reconciler derives)."""
+
+    kind: str
+    namespace: str
+    name: str
+    replicas: int
+    workload: Mapping[str, Any] | None
+
+    @classmethod
+    def of(cls, doc: Mapping[str, Any]) -> Rollout | None:
+        """What applying ``doc`` (as stored) makes run; None for other kinds,
+        no replicas, or instances from outside (Consul, registrations)."""
+        meta, spec = doc["metadata"], doc.get("spec") or {}
+        if doc["kind"] == "Gateway":
+            return cls("Gateway", meta["namespace"], meta["name"], 1, None)
+        replicas = int(spec.get("replicas", 0))
+        if doc["kind"] != "Service" or replicas <= 0 or spec.get("external"):
+            return None
+        return cls("Service", meta["namespace"], meta["name"], replicas, template_of(spec))
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    rollout: Rollout
+    #: Instances serving whose proxy (if they have a sidecar) has ACKed.
+    ready: tuple[str, ...]
+    #: Of those, how many have a proxy.
+    proxied: int
+    #: Every other instance of it: "id: what it waits for".
+    waiting: tuple[str, ...]
+
+    @property
+    def done(self) -> bool:
+        return len(self.ready) >= self.rollout.replicas
+
+    def __str__(self) -> str:
+        text = f"{self.rollout}: {len(self.ready)}/{self.rollout.replicas} instances ready"
+        return text + (f", their {self.proxied} prox{'y' if self.proxied == 1 else 'ies'} "
+                       "ACKed" if self.proxied else "")
+
+
+@dataclass(frozen=True)
+class SyncState:
+    """One look at how far a change got (see :meth:`Client.wait_synced`)."""
+
+    #: The store version every connected proxy must have ACKed.
+    version: int
+    proxies: list[proxies_pb2.ProxyStatus]
+    #: Connected proxies that have not ACKed ``version`` yet.
+    behind: list[proxies_pb2.ProxyStatus]
+    #: Those of ``behind`` that rejected it.
+    nacked: list[proxies_pb2.ProxyStatus]
+    rollouts: list[RolloutState]
+
+    @property
+    def rollouts_done(self) -> bool:
+        return all(r.done for r in self.rollouts)
+
+    @property
+    def done(self) -> bool:
+        return self.rollouts_done and not self.behind
+
+    def __str__(self) -> str:
+        acked = len(self.proxies) - len(self.behind)
+        return "; ".join([*map(str, self.rollouts), f"{acked}/{len(self.proxies)} proxies ACKed"
+                          if self.proxies else "no proxy connected"])
+
+
+def sync_state(version: int, proxies: Sequence[proxies_pb2.ProxyStatus],
+               instances: Sequence[Mapping[str, Any]], rollouts: Sequence[Rollout]
+               ) -> SyncState:
+    """How far the change at ``version`` got, from one look at the proxies
+    and at the instances of ``rollouts`` (pure). An instance counts once it
+    serves (healthy, or running without a health check) and its proxy has
+    ACKed ``version``; one serving with no proxy has no sidecar."""
+    by_instance = {p.instance or p.id: p for p in proxies}
+    states = []
+    for rollout in rollouts:
+        ready: list[str] = []
+        proxied = 0
+        waiting: list[str] = []
+        for instance in instances:
+            meta, spec = instance["metadata"], instance.get("spec") or {}
+            status = instance.get("status") or {}
+            if (meta["namespace"], spec.get("service")) != (rollout.namespace, rollout.name) \
+                    or bool(spec.get("gateway")) != (rollout.kind == "Gateway") \
+                    or spec.get("draining") or spec.get("registered") \
+                    or (rollout.workload is not None and spec.get("workload") != rollout.workload):
+                continue  # another service's, leaving, or of the spec before this one
+            name, state = meta["name"], str(status.get("state") or "pending")
+            proxy = by_instance.get(name)
+            serving = state in ("healthy", "running")
+            if serving and (proxy is None or proxy.synced_version >= version):
+                ready.append(name)
+                proxied += proxy is not None
+            elif proxy is not None and proxy.last_nack_error:
+                waiting.append(f"{name}: its proxy NACKed: {proxy.last_nack_error}")
+            elif serving:
+                waiting.append(f"{name}: its proxy has not ACKed yet")
+            else:
+                reason = status.get("reason") or ("not placed yet" if not spec.get("node")
+                                                  else "")
+                waiting.append(f"{name}: {state}" + (f": {reason}" if reason else ""))
+        missing = rollout.replicas - len(ready) - len(waiting)
+        waiting.sort()
+        if missing > 0:
+            waiting.append(f"{missing} more not made yet")
+        states.append(RolloutState(rollout, tuple(sorted(ready)), proxied, tuple(waiting)))
+    behind = [p for p in proxies if p.synced_version < version]
+    nacked = [p for p in behind if p.last_nack_error and p.nack_version >= version]
+    return SyncState(version, builtins.list(proxies), behind, nacked, states)
+
+
 #: One proxy as the xDS server sees it (what `flotilla proxy-status` shows).
 ProxyStatus = proxies_pb2.ProxyStatus
 
@@ -211,19 +334,33 @@ class Client:
                                                         proxies_pb2.GetMeshSettingsRequest())
         return settings
 
-    def wait_synced(self, version: int, timeout: float, poll: float = 0.1,
-                    ) -> tuple[builtins.list[proxies_pb2.ProxyStatus],
-                               builtins.list[proxies_pb2.ProxyStatus]]:
-        """Wait until every connected proxy has ACKed the config of store
-        ``version`` (or later); returns (proxies, those that have not: NACKed
-        or still pending at the timeout). A proxy that NACKed ends the wait."""
+    def wait_synced(self, version: int, timeout: float,
+                    rollouts: Sequence[Rollout] = (), poll: float = 0.1,
+                    progress: Callable[[SyncState], None] | None = None) -> SyncState:
+        """Wait until the change at store ``version`` has reached the mesh:
+        each of ``rollouts`` has its instances serving, with their proxies
+        connected and ACKed, and then every connected proxy has ACKed the
+        config of the version that was reached at (so the clients of a new
+        instance have its endpoint). A proxy that NACKed the change ends the
+        wait; so does ``timeout`` (seconds). ``progress`` sees every look."""
         deadline = time.monotonic() + timeout
+        target, raised = version, False
         while True:
-            proxies = self.proxies()
-            behind = [p for p in proxies if p.synced_version < version]
-            nacked = [p for p in behind if p.last_nack_error and p.nack_version >= version]
-            if not behind or nacked or time.monotonic() >= deadline:
-                return proxies, nacked or behind
+            instances: builtins.list[dict[str, Any]] = []
+            head = version
+            for namespace, name in sorted({(r.namespace, r.name) for r in rollouts}):
+                found, head = self.list("Instance", namespace, {SERVICE_LABEL: name})
+                instances += found
+            state = sync_state(target, self.proxies(), instances, rollouts)
+            if state.rollouts_done and not raised:
+                # The version the new instances were seen serving at: their
+                # clients' proxies must have that (their endpoints) too.
+                target, raised = max(target, head), True
+                state = sync_state(target, state.proxies, instances, rollouts)
+            if progress is not None:
+                progress(state)
+            if state.done or state.nacked or time.monotonic() >= deadline:
+                return state
             time.sleep(poll)
 
     def _agent_endpoint(self, instance: dict[str, Any]) -> str:

@@ -34,6 +34,12 @@ SDS_CLUSTER = "flotilla_sds"
 #: Ports inside a docker pod that belong to Envoy.
 POD_ADMIN_PORT = 15000
 POD_INBOUND_PORT = 15001
+#: HTTP/2 PINGs on the ADS connection: a control plane that stopped answering
+#: (its host gone, a half-open connection) is noticed within the interval
+#: (+ up to 15 % jitter) + the timeout, ~22 s, and Envoy reconnects, to another
+#: replica if there are several. The server accepts pings at least 5 s apart
+#: (``controlplane.server.app.SERVER_OPTIONS``): twice as often as these come.
+ADS_KEEPALIVE = {"interval": "10s", "timeout": "10s"}
 
 
 class EnvoyError(Exception):
@@ -78,9 +84,10 @@ def check_version(path: Path) -> str:
     return version
 
 
-def _grpc_cluster(name: str, where: str) -> dict[str, Any]:
+def _grpc_cluster(name: str, where: str,
+                  keepalive: Mapping[str, str] | None = None) -> dict[str, Any]:
     """A static HTTP/2 cluster to ``host:port`` (or several, comma-separated:
-    the control plane's replicas) or ``unix:PATH``."""
+    the control plane's replicas) or ``unix:PATH``, pinged by ``keepalive``."""
     addresses: list[dict[str, Any]] = []
     if where.startswith("unix:"):
         addresses.append({"pipe": {"path": where[len("unix:"):]}})
@@ -95,8 +102,8 @@ def _grpc_cluster(name: str, where: str) -> dict[str, Any]:
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": "type.googleapis.com/"
                          "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {
-                    "connection_keepalive": {"interval": "5s", "timeout": "5s"}}},
+                "explicit_http_config": {"http2_protocol_options": (
+                    {"connection_keepalive": dict(keepalive)} if keepalive else {})},
             },
         },
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
@@ -109,8 +116,11 @@ def bootstrap(proxy: Proxy, xds: str, admin: tuple[str, int],
     """The bootstrap of one Envoy. ``xds`` is ``host:port`` or ``unix:PATH``;
     ``sds`` the agent's SDS socket path (certificates), when it serves one."""
     ads = {"ads": {}, "resource_api_version": "V3"}
-    clusters = [_grpc_cluster(XDS_CLUSTER, xds)]
+    clusters = [_grpc_cluster(XDS_CLUSTER, xds, ADS_KEEPALIVE)]
     if sds:
+        # No pings to the agent's SDS: a local socket whose peer dies is
+        # closed, and the agent's grpc server would refuse them like grpc's
+        # defaults do (GOAWAY too_many_pings).
         clusters.append(_grpc_cluster(SDS_CLUSTER, f"unix:{sds}"))
     return {
         "node": {"id": proxy.id, "cluster": proxy.name, "metadata": proxy_metadata(proxy)},

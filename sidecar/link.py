@@ -10,6 +10,8 @@
   the node's certificate at half-life or when the mesh's roots change; each
   renewal makes a new channel, and the old one closes a little later (a
   stream on it ends, and its caller joins again).
+- Every channel pings the server (``KEEPALIVE``), so a control plane that
+  vanished without closing the connection ends the calls on it within ~20 s.
 
 Thread-safety: the current channel and its stubs are swapped under a lock;
 callers take ``agent`` per call; ``trust`` is the bundle ``refresh`` fetched.
@@ -40,6 +42,17 @@ log = logging.getLogger(__name__)
 
 #: Seconds an old channel stays open after a renewal (calls on it finish).
 RETIRE_AFTER = 10.0
+#: HTTP/2 keepalive on every channel to the control plane: the assignments
+#: stream can be silent for hours, so a control plane that vanished without
+#: closing the connection is noticed within ~20 s (a ping every 10 s, 10 s to
+#: answer, also with no call open and no data sent). The server accepts pings
+#: at least 5 s apart (``controlplane.server.app.SERVER_OPTIONS``).
+KEEPALIVE: tuple[tuple[str, object], ...] = (
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+)
 
 
 class Refused(Exception):
@@ -76,7 +89,7 @@ class ControlPlaneLink:
         self.servers = [s.strip() for s in server.split(",") if s.strip()]
         self.server = self.servers[0]
         self._digest = digest_of(join_token) if join_token else ""
-        self._options = list(options)
+        self._options = [*KEEPALIVE, *options]
         self._plain = grpc.insecure_channel(self.server, options=self._options)
         self._lock = threading.Lock()
         self._link: _Link | None = None

@@ -12,6 +12,9 @@ Contract:
 - a half-close is passed on (EOF from one side shuts down writing to the
   other); a connection ends once both directions ended, or at once when
   either side fails, and then both of its sockets are closed;
+- the connection to ``target`` has TCP keepalive and a user timeout: when the
+  control plane's host vanishes the connection ends within ~30 s, also after
+  Envoy gave up on it (its HTTP/2 pings pass through the relay unchanged);
 - ``target`` may change while the relay runs; it applies to new connections;
 - ``close()`` stops accepting, ends every open connection and removes the
   socket file; it is idempotent;
@@ -32,6 +35,21 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 _CHUNK = 64 * 1024
+#: Seconds: idle time before TCP keepalive probes, between probes, and how
+#: long sent data may stay unacknowledged before the connection is dropped.
+_KEEPIDLE, _KEEPINTVL, _KEEPCNT, _USER_TIMEOUT = 10, 5, 3, 30
+
+
+def _keepalive(sock: socket.socket) -> None:
+    """Probe an idle connection and bound unacknowledged data (Linux options,
+    where the platform has them)."""
+    with suppress(OSError):  # a connection that failed already ends on its own
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in (("TCP_KEEPIDLE", _KEEPIDLE), ("TCP_KEEPINTVL", _KEEPINTVL),
+                              ("TCP_KEEPCNT", _KEEPCNT),
+                              ("TCP_USER_TIMEOUT", _USER_TIMEOUT * 1000)):
+            if hasattr(socket, option):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
 def _endpoint(target: str) -> tuple[str, int]:
@@ -156,6 +174,7 @@ class Relay:
             log.info("xDS relay: the control plane at %s answers again", self.target)
         self.last_error = ""
         upstream.settimeout(None)
+        _keepalive(upstream)
         with self._lock:
             if self._closed:
                 upstream.close()

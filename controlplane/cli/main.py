@@ -15,7 +15,7 @@ from rich.console import Console
 
 from controlplane import __version__, errors
 from controlplane.cli import output
-from controlplane.client import DEFAULT_SERVER, Client, ServerUnavailable
+from controlplane.client import DEFAULT_SERVER, Client, Rollout, ServerUnavailable, SyncState
 from controlplane.manifests import parse_yaml, resolve_kind, to_resources
 from controlplane.model.durations import parse_duration
 from controlplane.model import KINDS, NODE_NAMESPACE, SERVICE_LABEL, SYSTEM_KINDS
@@ -202,7 +202,8 @@ def ref_line(doc: dict[str, Any]) -> str:
 @RECURSIVE
 @click.option("--dry-run", is_flag=True, help="Validate and report; store nothing.")
 @click.option("--wait", is_flag=True,
-              help="Return only when every connected proxy has ACKed the change.")
+              help="Return only when the change reached the mesh: the instances it makes "
+              "serve, their proxies connected and ACKed, and every connected proxy ACKed.")
 @click.option("--wait-timeout", type=click.FloatRange(min=0), default=60.0, show_default=True,
               help="Seconds --wait waits before giving up.")
 @OUTPUT
@@ -223,24 +224,47 @@ def apply(ctx: click.Context, files: tuple[str, ...], recursive: bool, dry_run: 
             out.print(f"{ref_line(result.doc)} {result.action}{suffix}")
     if wait and not dry_run:
         version = max(int(r.doc["metadata"].get("resourceVersion", 0)) for r in results)
-        _wait_for_proxies(client, version, wait_timeout)
+        _wait_for_proxies(client, version, wait_timeout, [r.doc for r in results])
 
 
-def _wait_for_proxies(client: Client, version: int, timeout: float) -> None:
+def _wait_for_proxies(client: Client, version: int, timeout: float,
+                      docs: Sequence[dict[str, Any]]) -> None:
+    """``apply --wait``: progress on stderr as it changes, the outcome on
+    stdout, or an error naming what did not get there."""
+    rollouts = [r for r in map(Rollout.of, docs) if r is not None]
     started = time.monotonic()
-    proxies, behind = client.wait_synced(version, timeout)
+    shown = ""
+
+    def progress(state: SyncState) -> None:
+        nonlocal shown
+        if not state.done and str(state) != shown:
+            shown = str(state)
+            lines = [f"  {w}" for r in state.rollouts for w in r.waiting]
+            err.print("\n".join([f"waiting ({time.monotonic() - started:.0f}s): {shown}",
+                                 *lines]), markup=False)
+
+    state = client.wait_synced(version, timeout, rollouts, progress=progress)
     took = time.monotonic() - started
-    if not behind:
-        out.print(f"{len(proxies)} prox{'y' if len(proxies) == 1 else 'ies'} ACKed the change "
+    count = len(state.proxies)
+    if state.done:
+        for rollout in state.rollouts:
+            out.print(str(rollout), markup=False)
+        out.print(f"{count} prox{'y' if count == 1 else 'ies'} ACKed the change "
                   f"in {took:.1f}s", markup=False)
         return
-    lines = [f"  {p.id} ({p.kind} {p.namespace}/{p.service}): "
-             + (f"NACK: {p.last_nack_error}" if p.last_nack_error else "not ACKed yet")
-             for p in behind]
-    raise errors.FailedPrecondition(
-        f"{len(behind)} of {len(proxies)} proxies did not take the change "
-        f"(resourceVersion {version}) within {took:.1f}s:\n" + "\n".join(lines)
-        + "\nsee `flotilla proxy-status`; the proxies keep their last good config")
+    unready = [r for r in state.rollouts if not r.done]
+    lines = [f"{r} within {took:.1f}s; waiting for:\n" + "\n".join(f"  {w}" for w in r.waiting)
+             for r in unready]
+    behind = state.nacked or state.behind
+    if behind:
+        lines.append(f"{len(behind)} of {count} proxies did not take the change "
+                     f"(resourceVersion {state.version}) within {took:.1f}s:")
+        lines += [f"  {p.id} ({p.kind} {p.namespace}/{p.service}): "
+                  + (f"NACK: {p.last_nack_error}" if p.last_nack_error else "not ACKed yet")
+                  for p in behind]
+    see = "`flotilla get instances` and " if unready else ""
+    raise errors.FailedPrecondition("\n".join(lines) + f"\nsee {see}`flotilla proxy-status`; "
+                                    "the proxies keep their last good config")
 
 
 @cli.command()

@@ -78,6 +78,10 @@ def proxy_status(ctx: click.Context, output: str) -> None:
             ",".join(p.pending) or "-", p.last_nack_error or "-",
         )
     out.print(table)
+    for p in proxies:  # what a proxy does instead of what a policy asks
+        for note in p.notes:
+            out.print(f"note: {p.id} ({p.kind} {p.namespace}/{p.service}): {note}",
+                      markup=False)
 
 
 @cli.command("proxy-config")

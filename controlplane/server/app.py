@@ -60,6 +60,22 @@ from controlplane.xds.feed import ViewFeeder
 log = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = "127.0.0.1:7300"
+#: HTTP/2 keepalive, agreed with every client that pings: Envoy's ADS cluster
+#: (``sidecar.envoy.ADS_KEEPALIVE``) and the agent's link
+#: (``sidecar.link.KEEPALIVE``) ping every 10 s, on streams that may carry no
+#: data for hours. gRPC's defaults (pings at least 5 minutes apart, none
+#: without calls, 2 strikes) answer them with GOAWAY ``too_many_pings`` after
+#: ~20 s and every Envoy reconnects; so pings down to 5 s apart are accepted,
+#: with or without calls. The server pings too (every 20 s, 10 s to answer)
+#: and so drops the stream of a proxy whose host vanished within ~30 s.
+SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_ping_strikes", 2),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+)
 #: The grpc health service that is SERVING on the replica that leads only.
 LEADER_SERVICE = "flotilla.v1.Leader"
 
@@ -129,7 +145,8 @@ class ControlPlane:
         self.leader: Solo | ConsulLeader = (
             ConsulLeader(replicated.http, replicated.prefix, config.listen,
                          on_change=self._leadership) if replicated is not None else Solo())
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers))
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers),
+                                   options=SERVER_OPTIONS)
         self._health = health.HealthServicer()
         self._resources = ResourceServicer(self.store, catalog=bool(config.catalog))
         resources_pb2_grpc.add_ResourceServiceServicer_to_server(self._resources, self._server)

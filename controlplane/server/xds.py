@@ -153,5 +153,5 @@ def status_of(state: ProxyState) -> proxies_pb2.ProxyStatus:
         last_nack_error=state.last_nack or state.build_error,
         kind=proxy.kind, instance=proxy.instance, protocol=state.protocol,
         view_version=state.view_version, synced_version=state.synced_version,
-        nack_version=state.nack_version,
+        nack_version=state.nack_version, notes=state.snapshot.notes,
     )

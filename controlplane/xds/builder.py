@@ -16,6 +16,13 @@ Names, the same for every proxy:
 - a proxyless gRPC client's API listeners: ``<name>`` for services of its
   own namespace and ``<name>.<namespace>`` for any (not external services).
 
+Proxyless clients get clusters gRPC accepts: gRPC has no ``least-request``
+(grpcio) and no ``random`` (any gRPC), and NACKs a cluster whose
+``lb_policy`` asks for one. Their clusters name the algorithm as a typed
+``load_balancing_policy`` with round-robin after it; a client takes the first
+policy it knows (gRFC A52). What such a client does instead of the policy is
+said in the snapshot's notes (`flotilla proxy-status` shows them).
+
 An external service's cluster (its endpoints from Consul) never uses the
 mesh's mTLS: its instances have no mesh identity. Endpoints that speak TLS
 carry metadata that picks one of the cluster's transport sockets (one per
@@ -36,6 +43,7 @@ from envoy.config.core.v3 import (
     address_pb2,
     base_pb2,
     config_source_pb2,
+    extension_pb2,
     grpc_service_pb2,
     protocol_pb2,
 )
@@ -48,6 +56,9 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.load_balancing_policies.least_request.v3 import least_request_pb2
+from envoy.extensions.load_balancing_policies.random.v3 import random_pb2
+from envoy.extensions.load_balancing_policies.round_robin.v3 import round_robin_pb2
 from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
@@ -77,6 +88,16 @@ _LB = {
     "least-request": cluster_pb2.Cluster.LEAST_REQUEST,
     "ring-hash": cluster_pb2.Cluster.RING_HASH,
     "random": cluster_pb2.Cluster.RANDOM,
+}
+#: Algorithms proxyless gRPC lacks (grpcio 1.85 has round_robin, ring_hash,
+#: weighted round-robin and pick_first): the typed policy a client that has
+#: it uses, and what one without it does, in words.
+_GRPC_LACKS: dict[str, tuple[Message, str]] = {
+    "least-request": (least_request_pb2.LeastRequest(),
+                      "least-request: gRPC clients without a least_request policy "
+                      "(grpcio, gRPC C++) use round-robin"),
+    "random": (random_pb2.Random(), "random: proxyless gRPC has no random policy; "
+                                    "round-robin used"),
 }
 #: Failures where the request never reached an app: safe to retry by default.
 _SAFE_RETRIES = ["connect-failure", "refused-stream", "unavailable"]
@@ -233,6 +254,32 @@ def _listener(name: str, address: str, port: int, network_filter: Message,
     )
 
 
+def _algorithm(service: ServiceView) -> str:
+    """The load-balancing algorithm its TrafficPolicy asks for."""
+    return str(((service.policy or {}).get("loadBalancer") or {}).get("algorithm",
+                                                                       "round-robin"))
+
+
+def _typed_policy(config: Message) -> cluster_pb2.LoadBalancingPolicy.Policy:
+    return cluster_pb2.LoadBalancingPolicy.Policy(
+        typed_extension_config=extension_pb2.TypedExtensionConfig(
+            name=config.DESCRIPTOR.full_name, typed_config=_any(config)))
+
+
+def proxyless_notes(service: ServiceView) -> list[str]:
+    """What a proxyless gRPC client does differently from what the service's
+    TrafficPolicy asks, in words (empty when it does what is asked)."""
+    notes = []
+    lacking = _GRPC_LACKS.get(_algorithm(service))
+    if lacking is not None:
+        notes.append(lacking[1])
+    hash_on = ((service.policy or {}).get("loadBalancer") or {}).get("hashOn") or {}
+    if hash_on.get("sourceIP"):
+        notes.append("ring-hash on sourceIP: gRPC hashes on headers only; each call "
+                     "gets a random hash")
+    return notes
+
+
 class Builder:
     """Builds snapshots from one view; memoizes what proxies share."""
 
@@ -334,22 +381,24 @@ class Builder:
 
     def _proxyless(self, proxy: Proxy) -> Snapshot:
         items: dict[str, list[Item]] = {CLUSTER: [], ENDPOINT: [], LISTENER: [], ROUTE: []}
+        notes: list[str] = []
         for (ns, name), service in sorted(self.view.services.items()):
             if service.protocol == "tcp" or service.external:
                 continue  # gRPC clients call http/2 services of the mesh only
             self._add_service(items, service, proxyless=True)
+            notes += [f"{cluster_name(ns, name)}: {note}" for note in proxyless_notes(service)]
             items[LISTENER].append(self._shared_item(ns, name, "api", self._api_listener))
             if ns == proxy.namespace:
                 items[LISTENER].append(self._shared_item(ns, name, "api-short",
                                                          self._api_listener))
-        return snapshot(items)
+        return snapshot(items, notes)
 
     # --- shared per service ----------------------------------------------------
 
     def _add_service(self, items: dict[str, list[Item]], service: ServiceView,
                      proxyless: bool = False) -> None:
         ns, name = service.key
-        if proxyless and self.view.mtls_domain:
+        if proxyless:
             items[CLUSTER].append(self._shared_item(ns, name, "cluster-proxyless",
                                                     self._proxyless_cluster))
         else:
@@ -370,13 +419,12 @@ class Builder:
 
     def _cluster(self, service: ServiceView, name: str) -> cluster_pb2.Cluster:
         policy = service.policy or {}
-        balancer = policy.get("loadBalancer") or {}
         cluster = cluster_pb2.Cluster(
             name=name, type=cluster_pb2.Cluster.EDS,
             eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=_ADS,
                                                                     service_name=name),
             connect_timeout=_duration(str(policy.get("connectTimeout", "5s"))),
-            lb_policy=_LB[str(balancer.get("algorithm", "round-robin"))],
+            lb_policy=_LB[_algorithm(service)],
         )
         if service.protocol == "grpc":
             for key, value in _http2_options().items():
@@ -418,9 +466,18 @@ class Builder:
         return cluster
 
     def _proxyless_cluster(self, service: ServiceView, name: str) -> cluster_pb2.Cluster:
-        """gRPC has no SDS: its certificates come from the files its bootstrap's
-        certificate provider watches (`flotilla bootstrap --proxyless`)."""
+        """The cluster as gRPC takes it: an algorithm gRPC may lack as a typed
+        policy with round-robin after it. gRPC has no SDS: its certificates
+        come from the files its bootstrap's certificate provider watches
+        (`flotilla bootstrap --proxyless`)."""
         cluster = self._cluster(service, name)
+        lacking = _GRPC_LACKS.get(_algorithm(service))
+        if lacking is not None:
+            cluster.ClearField("lb_policy")
+            cluster.load_balancing_policy.CopyFrom(cluster_pb2.LoadBalancingPolicy(policies=[
+                _typed_policy(lacking[0]), _typed_policy(round_robin_pb2.RoundRobin())]))
+        if not self.view.mtls_domain:
+            return cluster
         provider = common_pb2.CertificateProviderPluginInstance
         context = tls_pb2.UpstreamTlsContext(common_tls_context=tls_pb2.CommonTlsContext(
             tls_certificate_provider_instance=provider(instance_name="default",

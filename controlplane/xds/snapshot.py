@@ -63,6 +63,9 @@ class Item:
 @dataclass(frozen=True)
 class Snapshot:
     resources: Mapping[str, Mapping[str, Item]] = field(default_factory=dict)
+    #: What the proxy will do differently from what the policies ask (a
+    #: proxyless client without an algorithm), in words; not sent to it.
+    notes: tuple[str, ...] = ()
 
     def of(self, type_url: str) -> Mapping[str, Item]:
         return self.resources.get(type_url, {})
@@ -77,12 +80,12 @@ class Snapshot:
         return version_of("\n".join(f"{n}={items[n].version}" for n in chosen).encode())
 
     def same_as(self, other: Snapshot | None) -> bool:
-        return other is not None and all(
+        return other is not None and self.notes == other.notes and all(
             self.versions(t) == other.versions(t) for t in TYPES)
 
 
-def snapshot(items: Mapping[str, Iterable[Item]]) -> Snapshot:
-    return Snapshot({t: {i.name: i for i in items.get(t, ())} for t in TYPES})
+def snapshot(items: Mapping[str, Iterable[Item]], notes: Iterable[str] = ()) -> Snapshot:
+    return Snapshot({t: {i.name: i for i in items.get(t, ())} for t in TYPES}, tuple(notes))
 
 
 def check(snap: Snapshot) -> list[str]:

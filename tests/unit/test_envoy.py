@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from controlplane.manifests.types import parse_duration
+from controlplane.server.app import SERVER_OPTIONS
 from controlplane.xds.mesh import SIDECAR, Proxy, proxy_of
 from sidecar import envoy
+from sidecar.link import KEEPALIVE
 from sidecar.relay import Relay
 
 
@@ -87,3 +91,34 @@ def test_the_relay_goes_to_the_replica_that_answers(tmp_path: Path) -> None:
             assert relay.target == f"{live_at},{dead_at}"  # the one that answered first now
         finally:
             relay.close()
+
+
+def _http2_options(cluster: dict[str, Any]) -> dict[str, Any]:
+    options = cluster["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    http2: dict[str, Any] = options["explicit_http_config"]["http2_protocol_options"]
+    return http2
+
+
+def test_pings_agree_with_the_servers_ping_policy_and_notice_a_dead_server() -> None:
+    """gRPC's server answers pings closer than its policy allows with GOAWAY
+    too_many_pings (with its defaults, every Envoy reconnected every ~20 s);
+    pings must still notice a control plane that stopped answering in ~30 s."""
+    proxy = Proxy(id="web-abcde~n1", kind=SIDECAR, namespace="default", name="web")
+    config = envoy.bootstrap(proxy, "127.0.0.1:7300", ("127.0.0.1", 9901), sds="/run/sds.sock")
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    policy = dict(SERVER_OPTIONS)
+    allowed = policy["grpc.http2.min_ping_interval_without_data_ms"] / 1000
+    assert policy["grpc.keepalive_permit_without_calls"] == 1  # agents ping with no call open
+    assert policy["grpc.http2.max_ping_strikes"] >= 1
+    keepalive = _http2_options(clusters[envoy.XDS_CLUSTER])["connection_keepalive"]
+    interval, timeout = parse_duration(keepalive["interval"]), parse_duration(keepalive["timeout"])
+    # Envoy's jitter only adds to the interval (up to 15 %): twice the margin.
+    assert interval >= 2 * allowed
+    assert interval * 1.15 + timeout <= 30
+    channel = dict(KEEPALIVE)  # the agent's link to the control plane
+    assert channel["grpc.keepalive_time_ms"] / 1000 >= 2 * allowed
+    assert (channel["grpc.keepalive_time_ms"] + channel["grpc.keepalive_timeout_ms"]) / 1000 <= 30
+    # No pings to the agent's SDS over its local socket (its grpc server keeps
+    # grpc's ping policy, and a local peer that dies closes the socket).
+    assert "connection_keepalive" not in _http2_options(clusters[envoy.SDS_CLUSTER])

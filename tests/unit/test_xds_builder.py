@@ -438,6 +438,52 @@ def test_proxyless_snapshot_with_a_tcp_service_is_consistent() -> None:
     assert check(snap) == []
 
 
+LEAST_REQUEST = "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest"
+RANDOM = "envoy.extensions.load_balancing_policies.random.v3.Random"
+ROUND_ROBIN = "envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin"
+
+
+@pytest.mark.parametrize(("balancer", "lb_policy", "typed", "note"), [
+    (None, Cluster.ROUND_ROBIN, [], None),
+    ({"algorithm": "round-robin"}, Cluster.ROUND_ROBIN, [], None),
+    ({"algorithm": "ring-hash", "hashOn": {"header": "x-user"}}, Cluster.RING_HASH, [], None),
+    ({"algorithm": "ring-hash", "hashOn": {"sourceIP": True}}, Cluster.RING_HASH, [],
+     "rpc.default: ring-hash on sourceIP: gRPC hashes on headers only; each call gets a "
+     "random hash"),
+    # gRPC takes the first typed policy it has (grpcio: round_robin) instead
+    # of NACKing an lb_policy it lacks ("LB policy is not supported").
+    ({"algorithm": "least-request"}, Cluster.ROUND_ROBIN, [LEAST_REQUEST, ROUND_ROBIN],
+     "rpc.default: least-request: gRPC clients without a least_request policy (grpcio, "
+     "gRPC C++) use round-robin"),
+    ({"algorithm": "random"}, Cluster.ROUND_ROBIN, [RANDOM, ROUND_ROBIN],
+     "rpc.default: random: proxyless gRPC has no random policy; round-robin used"),
+], ids=["default", "round-robin", "ring-hash-header", "ring-hash-source-ip", "least-request",
+        "random"])
+@pytest.mark.parametrize("mtls", ["", "flotilla.local"], ids=["plaintext", "mtls"])
+def test_proxyless_clusters_balance_the_way_grpc_can_and_say_how(
+        balancer: dict[str, Any] | None, lb_policy: int, typed: list[str], note: str | None,
+        mtls: str) -> None:
+    spec = policy("rpc", loadBalancer=balancer) if balancer else None
+    view = MeshView({s.key: s for s in (service("rpc", "grpc", 9000, policy=spec), API)},
+                    version=1, mtls_domain=mtls)
+    snap = Builder(view).build(Proxy("client-0", PROXYLESS, "default", "client"))
+    assert check(snap) == []
+    cluster = snap.of(CLUSTER)["rpc.default"].message
+    assert isinstance(cluster, Cluster)
+    assert cluster.lb_policy == lb_policy
+    policies = cluster.load_balancing_policy.policies
+    assert [p.typed_extension_config.name for p in policies] == typed
+    assert [p.typed_extension_config.typed_config.type_url.rpartition("/")[2]
+            for p in policies] == typed
+    assert cluster.HasField("transport_socket") == bool(mtls)
+    assert list(snap.notes) == ([note] if note else [])
+    # Sidecars' Envoys have every algorithm: their cluster keeps the policy's.
+    web = Builder(view).build(sidecar("web", "default/rpc"))
+    envoy_cluster = web.of(CLUSTER)["rpc.default"].message
+    assert isinstance(envoy_cluster, Cluster)
+    assert not envoy_cluster.HasField("load_balancing_policy") and web.notes == ()
+
+
 def test_upstreams_added_after_start_do_not_freeze_the_sidecar() -> None:
     view = mesh(API, service("cart"), service("web", upstreams=("api", "cart")))
     assert check(Builder(view).build(sidecar("web"))) == []

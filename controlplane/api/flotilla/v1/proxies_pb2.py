@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66lotilla/v1/proxies.proto\x12\x0b\x66lotilla.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\x03\n\x0bProxyStatus\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\x33\n\x0f\x63onnected_since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x43\n\x0e\x61\x63ked_versions\x18\x06 \x03(\x0b\x32+.flotilla.v1.ProxyStatus.AckedVersionsEntry\x12\x0f\n\x07pending\x18\x07 \x03(\t\x12\x17\n\x0flast_nack_error\x18\x08 \x01(\t\x12\x0c\n\x04kind\x18\t \x01(\t\x12\x10\n\x08instance\x18\n \x01(\t\x12\x10\n\x08protocol\x18\x0b \x01(\t\x12\x14\n\x0cview_version\x18\x0c \x01(\x03\x12\x16\n\x0esynced_version\x18\r \x01(\x03\x12\x14\n\x0cnack_version\x18\x0e \x01(\x03\x1a\x34\n\x12\x41\x63kedVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x14\n\x12ListProxiesRequest\"@\n\x13ListProxiesResponse\x12)\n\x07proxies\x18\x01 \x03(\x0b\x32\x18.flotilla.v1.ProxyStatus\"\x18\n\x16GetMeshSettingsRequest\"M\n\x0cMeshSettings\x12\x14\n\x0ctrust_domain\x18\x01 \x01(\t\x12\x0c\n\x04mtls\x18\x02 \x01(\x08\x12\x19\n\x11\x64\x65\x66\x61ult_intention\x18\x03 \x01(\t2\xb3\x01\n\x0cProxyService\x12P\n\x0bListProxies\x12\x1f.flotilla.v1.ListProxiesRequest\x1a .flotilla.v1.ListProxiesResponse\x12Q\n\x0fGetMeshSettings\x12#.flotilla.v1.GetMeshSettingsRequest\x1a\x19.flotilla.v1.MeshSettingsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66lotilla/v1/proxies.proto\x12\x0b\x66lotilla.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaa\x03\n\x0bProxyStatus\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\x33\n\x0f\x63onnected_since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x43\n\x0e\x61\x63ked_versions\x18\x06 \x03(\x0b\x32+.flotilla.v1.ProxyStatus.AckedVersionsEntry\x12\x0f\n\x07pending\x18\x07 \x03(\t\x12\x17\n\x0flast_nack_error\x18\x08 \x01(\t\x12\x0c\n\x04kind\x18\t \x01(\t\x12\x10\n\x08instance\x18\n \x01(\t\x12\x10\n\x08protocol\x18\x0b \x01(\t\x12\x14\n\x0cview_version\x18\x0c \x01(\x03\x12\x16\n\x0esynced_version\x18\r \x01(\x03\x12\x14\n\x0cnack_version\x18\x0e \x01(\x03\x12\r\n\x05notes\x18\x0f \x03(\t\x1a\x34\n\x12\x41\x63kedVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x14\n\x12ListProxiesRequest\"@\n\x13ListProxiesResponse\x12)\n\x07proxies\x18\x01 \x03(\x0b\x32\x18.flotilla.v1.ProxyStatus\"\x18\n\x16GetMeshSettingsRequest\"M\n\x0cMeshSettings\x12\x14\n\x0ctrust_domain\x18\x01 \x01(\t\x12\x0c\n\x04mtls\x18\x02 \x01(\x08\x12\x19\n\x11\x64\x65\x66\x61ult_intention\x18\x03 \x01(\t2\xb3\x01\n\x0cProxyService\x12P\n\x0bListProxies\x12\x1f.flotilla.v1.ListProxiesRequest\x1a .flotilla.v1.ListProxiesResponse\x12Q\n\x0fGetMeshSettings\x12#.flotilla.v1.GetMeshSettingsRequest\x1a\x19.flotilla.v1.MeshSettingsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,17 +35,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROXYSTATUS_ACKEDVERSIONSENTRY']._loaded_options = None
   _globals['_PROXYSTATUS_ACKEDVERSIONSENTRY']._serialized_options = b'8\001'
   _globals['_PROXYSTATUS']._serialized_start=76
-  _globals['_PROXYSTATUS']._serialized_end=487
-  _globals['_PROXYSTATUS_ACKEDVERSIONSENTRY']._serialized_start=435
-  _globals['_PROXYSTATUS_ACKEDVERSIONSENTRY']._serialized_end=487
-  _globals['_LISTPROXIESREQUEST']._serialized_start=489
-  _globals['_LISTPROXIESREQUEST']._serialized_end=509
-  _globals['_LISTPROXIESRESPONSE']._serialized_start=511
-  _globals['_LISTPROXIESRESPONSE']._serialized_end=575
-  _globals['_GETMESHSETTINGSREQUEST']._serialized_start=577
-  _globals['_GETMESHSETTINGSREQUEST']._serialized_end=601
-  _globals['_MESHSETTINGS']._serialized_start=603
-  _globals['_MESHSETTINGS']._serialized_end=680
-  _globals['_PROXYSERVICE']._serialized_start=683
-  _globals['_PROXYSERVICE']._serialized_end=862
+  _globals['_PROXYSTATUS']._serialized_end=502
+  _globals['_PROXYSTATUS_ACKEDVERSIONSENTRY']._serialized_start=450
+  _globals['_PROXYSTATUS_ACKEDVERSIONSENTRY']._serialized_end=502
+  _globals['_LISTPROXIESREQUEST']._serialized_start=504
+  _globals['_LISTPROXIESREQUEST']._serialized_end=524
+  _globals['_LISTPROXIESRESPONSE']._serialized_start=526
+  _globals['_LISTPROXIESRESPONSE']._serialized_end=590
+  _globals['_GETMESHSETTINGSREQUEST']._serialized_start=592
+  _globals['_GETMESHSETTINGSREQUEST']._serialized_end=616
+  _globals['_MESHSETTINGS']._serialized_start=618
+  _globals['_MESHSETTINGS']._serialized_end=695
+  _globals['_PROXYSERVICE']._serialized_start=698
+  _globals['_PROXYSERVICE']._serialized_end=877
 # @@protoc_insertion_point(module_scope)

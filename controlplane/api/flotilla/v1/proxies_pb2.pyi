@@ -10,7 +10,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ProxyStatus(_message.Message):
-    __slots__ = ("id", "node", "namespace", "service", "connected_since", "acked_versions", "pending", "last_nack_error", "kind", "instance", "protocol", "view_version", "synced_version", "nack_version")
+    __slots__ = ("id", "node", "namespace", "service", "connected_since", "acked_versions", "pending", "last_nack_error", "kind", "instance", "protocol", "view_version", "synced_version", "nack_version", "notes")
     class AckedVersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,7 @@ class ProxyStatus(_message.Message):
     VIEW_VERSION_FIELD_NUMBER: _ClassVar[int]
     SYNCED_VERSION_FIELD_NUMBER: _ClassVar[int]
     NACK_VERSION_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
     id: str
     node: str
     namespace: str
@@ -46,7 +47,8 @@ class ProxyStatus(_message.Message):
     view_version: int
     synced_version: int
     nack_version: int
-    def __init__(self, id: _Optional[str] = ..., node: _Optional[str] = ..., namespace: _Optional[str] = ..., service: _Optional[str] = ..., connected_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., acked_versions: _Optional[_Mapping[str, str]] = ..., pending: _Optional[_Iterable[str]] = ..., last_nack_error: _Optional[str] = ..., kind: _Optional[str] = ..., instance: _Optional[str] = ..., protocol: _Optional[str] = ..., view_version: _Optional[int] = ..., synced_version: _Optional[int] = ..., nack_version: _Optional[int] = ...) -> None: ...
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., node: _Optional[str] = ..., namespace: _Optional[str] = ..., service: _Optional[str] = ..., connected_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., acked_versions: _Optional[_Mapping[str, str]] = ..., pending: _Optional[_Iterable[str]] = ..., last_nack_error: _Optional[str] = ..., kind: _Optional[str] = ..., instance: _Optional[str] = ..., protocol: _Optional[str] = ..., view_version: _Optional[int] = ..., synced_version: _Optional[int] = ..., nack_version: _Optional[int] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListProxiesRequest(_message.Message):
     __slots__ = ()
