@@ -236,12 +236,12 @@ def _wait_for_proxies(client: Client, version: int, timeout: float,
     shown = ""
 
     def progress(state: SyncState) -> None:
+        """One line each time the counts move; which instance waits for what
+        is told only if the wait fails."""
         nonlocal shown
         if not state.done and str(state) != shown:
             shown = str(state)
-            lines = [f"  {w}" for r in state.rollouts for w in r.waiting]
-            err.print("\n".join([f"waiting ({time.monotonic() - started:.0f}s): {shown}",
-                                 *lines]), markup=False)
+            err.print(f"waiting ({time.monotonic() - started:.0f}s): {shown}", markup=False)
 
     state = client.wait_synced(version, timeout, rollouts, progress=progress)
     took = time.monotonic() - started
