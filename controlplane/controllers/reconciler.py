@@ -22,9 +22,11 @@ from dataclasses import replace
 from controlplane.controllers import placement
 from controlplane.controllers.nodes import NodeRegistry
 from controlplane.controllers.replicas import available, decide, template_hash, template_of
+from controlplane.controllers.workqueue import WorkQueue, sync_one
 from controlplane.errors import Conflict, OutOfRange
 from controlplane.manifests.sources import CONFIG_KINDS, sources_of, versions
 from controlplane.model import SERVICE_LABEL, ObjectKey, Resource, WatchEvent, node_state
+from controlplane.model.clock import SYSTEM_CLOCK, Clock
 from controlplane.model.endpoints import is_registered
 from controlplane.store import Store
 
@@ -59,7 +61,8 @@ class Reconciler:
                  rng: random.Random | None = None, resync: float = 5.0,
                  proxies_synced: Callable[[int], bool] = _no_proxies,
                  drain_timeout: float = DRAIN_TIMEOUT,
-                 is_leader: Callable[[], bool] = always_leader) -> None:
+                 is_leader: Callable[[], bool] = always_leader,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self._store = store
         self._is_leader = is_leader
         self._nodes = nodes
@@ -69,6 +72,9 @@ class Reconciler:
         self._draining: set[ObjectKey] = set()
         self._rng = rng or random.Random()
         self._resync = resync
+        #: Services to reconcile; one that fails backs off alone.
+        self._queue: WorkQueue[ObjectKey] = WorkQueue(clock=clock, base_delay=0.5,
+                                                      max_delay=30.0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
 
@@ -88,8 +94,9 @@ class Reconciler:
         while not self._stop.is_set():
             try:
                 # While instances drain, look often: their proxies' ACKs are
-                # not store events.
-                head = self._store.wait(seen, 0.05 if self._draining else 0.5)
+                # not store events; so are the backoffs of Services that failed.
+                head = self._store.wait(seen, 0.05 if self._draining or len(self._queue)
+                                        else 0.5)
                 if not self._is_leader():
                     seen, next_resync = head, 0.0  # a new leader starts with a full pass
                     continue
@@ -107,8 +114,11 @@ class Reconciler:
                     full = True
                 if full:
                     next_resync = time.monotonic() + self._resync
-                if keys or full:
-                    self.reconcile_all(keys, everything=full)
+                for key in keys:
+                    self._queue.add(key)
+                batch = self._queue.get_ready()
+                if batch or full:
+                    self.reconcile_all(batch, everything=full)
             except Exception:  # keep reconciling; the next pass retries
                 log.exception("reconcile pass failed")
                 self._stop.wait(1.0)
@@ -127,9 +137,42 @@ class Reconciler:
             wanted |= {g.key for g in self._store.list("Gateway")}
         usable = {n.name for n in self._store.list("Node")
                   if node_state(n.spec, n.status) == "ready"}
+        given = set(keys)
         for key in sorted(wanted):
-            self.reconcile(key, by_service.get(key, []), usable)
+            if key not in given and self._queue.failures(key):
+                continue  # backing off: its turn comes from the queue
+            failing = self._queue.failures(key)
+            try:
+                if sync_one(self._queue, key,
+                            lambda k: self.reconcile(k, by_service.get(k, []), usable),
+                            self._record_failure) and failing:
+                    self._clear_failure(key)
+            finally:
+                if key in given:
+                    self._queue.done(key)
         self.place_pending()
+
+    def _record_failure(self, key: ObjectKey, error: Exception, retry: float | None) -> None:
+        """The Service's status says why it did not converge (``describe``
+        shows it); the next successful pass writes a status without it."""
+        service = self._store.get(key)
+        if service is None:
+            return
+        # Stable while the same error repeats: a status write is a store event,
+        # which would wake this Service again before its backoff ends.
+        condition = {
+            "type": "Reconciled", "status": "False",
+            "reason": "PermanentError" if retry is None else "RetryingAfterError",
+            "message": (str(error) or type(error).__name__) + (
+                "" if retry is None else " (retrying with backoff)"),
+        }
+        self._store.write_status(key, {**service.status, "conditions": [condition]})
+
+    def _clear_failure(self, key: ObjectKey) -> None:
+        service = self._store.get(key)
+        if service is not None and "conditions" in service.status:
+            self._store.write_status(key, {k: v for k, v in service.status.items()
+                                           if k != "conditions"})
 
     # --- replicas -------------------------------------------------------------------
 
@@ -145,7 +188,10 @@ class Reconciler:
             if service is not None else {}
         decision = decide(service, instances, usable, sources)
         if service is not None:
-            self._store.write_status(key, service_status(service, instances))
+            status = service_status(service, instances)
+            if self._queue.failures(key) and "conditions" in service.status:
+                status["conditions"] = service.status["conditions"]  # until it converges
+            self._store.write_status(key, status)
         by_name = {i.name: i for i in instances}
         doomed = [by_name[name] for name in decision.remove]
         # Serving instances drain first: out of every client's EDS, then stopped.

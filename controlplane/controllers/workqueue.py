@@ -4,10 +4,10 @@ sample-controller uses it::
     key = queue.get()          # blocks; None once shut down
     try:
         sync(key)              # re-reads state, converges idempotently
-    except TemporaryError:
-        queue.add_rate_limited(key)   # this key backs off alone
+    except TemporaryError as error:
+        record(key, error, queue.add_rate_limited(key))  # backs off alone
     except PermanentError as error:
-        record(key, error)            # on the object's status; dropped
+        record(key, error, None)      # on the object's status; dropped
         queue.forget(key)
     else:
         queue.forget(key)
@@ -166,40 +166,49 @@ class WorkQueue(Generic[K]):
                     self._ready.append(key)
 
 
+#: Told of every failed sync: the key, the error, and the seconds until the
+#: key is tried again (None: a permanent error, not retried until it changes).
+Record = Callable[[K, Exception, "float | None"], None]
+
+
 def sync_one(queue: WorkQueue[K], key: K, sync: Callable[[K], None],
-             record: Callable[[K, PermanentError], None]) -> bool:
+             record: Record[K]) -> bool:
     """Run ``sync(key)`` under the queue's error policy (the caller got *key*
     from the queue and calls ``done`` after); True when it succeeded.
 
     ``TemporaryError`` and anything unexpected back off and retry;
-    ``PermanentError`` goes to ``record`` (the object's status) and is dropped
-    until the key is added again."""
+    ``PermanentError`` is dropped until the key is added again. Either way
+    ``record`` (the object's status) says what failed."""
     try:
         sync(key)
     except PermanentError as error:
         log.warning("%s: %s (recorded; not retried until it changes)", key, error)
-        try:
-            record(key, error)
-        except Exception:  # noqa: BLE001 - recording is best effort; retry the key
-            log.exception("%s: recording %s", key, error)
-            queue.add_rate_limited(key)
-            return False
         queue.forget(key)
+        _record(record, queue, key, error, None)
         return False
-    except TemporaryError as error:
+    except Exception as error:  # noqa: BLE001 - one bad key must not stop the others
         delay = queue.add_rate_limited(key)
-        log.info("%s: %s; retrying in %.3gs", key, error, delay)
-        return False
-    except Exception:  # noqa: BLE001 - one bad key must not stop the others
-        delay = queue.add_rate_limited(key)
-        log.exception("%s: sync failed; retrying in %.3gs", key, delay)
+        if isinstance(error, TemporaryError):
+            log.info("%s: %s; retrying in %.3gs", key, error, delay)
+        else:
+            log.exception("%s: sync failed; retrying in %.3gs", key, delay)
+        _record(record, queue, key, error, delay)
         return False
     queue.forget(key)
     return True
 
 
-def process_next(queue: WorkQueue[K], sync: Callable[[K], None],
-                 record: Callable[[K, PermanentError], None],
+def _record(record: Record[K], queue: WorkQueue[K], key: K, error: Exception,
+            delay: float | None) -> None:
+    try:
+        record(key, error, delay)
+    except Exception:  # noqa: BLE001 - recording is best effort; retry the key
+        log.exception("%s: recording %s", key, error)
+        if delay is None:
+            queue.add_rate_limited(key)
+
+
+def process_next(queue: WorkQueue[K], sync: Callable[[K], None], record: Record[K],
                  timeout: float | None = None) -> bool:
     """One step of a worker: get a key, sync it, mark it done. False when no
     key came within *timeout* (or the queue shut down)."""

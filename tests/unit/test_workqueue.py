@@ -67,24 +67,26 @@ def test_one_failing_key_backs_off_alone() -> None:
             raise TemporaryError("Consul is away")
         synced.append(key)
 
-    while process_next(q, sync, lambda k, e: None, timeout=0):
+    recorded: list[tuple[str, float | None]] = []
+    while process_next(q, sync, lambda k, e, d: recorded.append((k, d)), timeout=0):
         pass
     assert synced == ["a", "c"] and q.failures("bad") == 1 and len(q) == 1
+    assert recorded == [("bad", 1.0)]
     clock.advance(1.0)
-    assert process_next(q, sync, lambda k, e: None, timeout=0)
+    assert process_next(q, sync, lambda k, e, d: None, timeout=0)
     assert q.failures("bad") == 2
 
 
 def test_a_permanent_error_is_recorded_and_dropped() -> None:
     q = queue()
-    recorded: list[tuple[str, str]] = []
+    recorded: list[tuple[str, str, float | None]] = []
 
     def sync(key: str) -> None:
         raise PermanentError("image flotilla/nope:dev does not exist")
 
     q.add("web")
-    assert process_next(q, sync, lambda k, e: recorded.append((k, str(e))), timeout=0)
-    assert recorded == [("web", "image flotilla/nope:dev does not exist")]
+    assert process_next(q, sync, lambda k, e, d: recorded.append((k, str(e), d)), timeout=0)
+    assert recorded == [("web", "image flotilla/nope:dev does not exist", None)]
     assert len(q) == 0 and q.failures("web") == 0
 
 
@@ -93,7 +95,7 @@ def test_an_unexpected_error_retries_like_a_temporary_one() -> None:
     q.add("k")
     key = q.get(timeout=0)
     assert key == "k"
-    assert not sync_one(q, key, lambda k: 1 / 0, lambda k, e: None)  # type: ignore[func-returns-value]
+    assert not sync_one(q, key, lambda k: 1 / 0, lambda k, e, d: None)  # type: ignore[func-returns-value]
     q.done(key)
     assert q.failures("k") == 1 and len(q) == 1
 
