@@ -15,14 +15,13 @@ that follow that Consul name.
 
 from __future__ import annotations
 
-import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
-from controlplane.errors import OutOfRange
 from controlplane.model import EventType, Resource, WatchEvent
 from controlplane.model.external import CatalogEndpoint, CatalogEndpoints, external_name
 from controlplane.store import Store
+from controlplane.store.follower import StoreFollower
 from controlplane.xds.cache import XdsCache
 from controlplane.xds.intentions import Ranked, ranked
 from controlplane.xds.mesh import (
@@ -33,8 +32,6 @@ from controlplane.xds.mesh import (
     ready_nodes,
     service_view,
 )
-
-log = logging.getLogger(__name__)
 
 MESH_KINDS = ("Service", "Instance", "TrafficPolicy", "Gateway", "Node", "Intention")
 Key = tuple[str, str]
@@ -185,6 +182,10 @@ class MeshIndex:
 
 
 class ViewFeeder:
+    """Keeps the cache's view current: a :class:`StoreFollower` hands it the
+    store's changes (a burst coalesced into one view) and the catalog
+    changes other threads post."""
+
     #: Seconds a change waits for more before the view is rebuilt.
     COALESCE = 0.01
 
@@ -198,17 +199,14 @@ class ViewFeeder:
         #: Catalog changes not applied yet, by Consul name (written by any thread).
         self._catalog_changes: dict[str, tuple[CatalogEndpoint, ...] | None] = {}
         self._catalog_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="xds-feeder", daemon=True)
+        self._follower = StoreFollower(store, self, name="xds-feeder", coalesce=self.COALESCE)
 
     def start(self) -> None:
-        self.refresh()
-        self._thread.start()
+        self._follower.seen = self.refresh()
+        self._follower.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._store.wake()
-        self._thread.join(timeout=5)
+        self._follower.stop()
 
     def catalog_changed(self, name: str, endpoints: tuple[CatalogEndpoint, ...] | None) -> None:
         """The passing instances of Consul service ``name`` are now
@@ -234,37 +232,20 @@ class ViewFeeder:
         self._cache.set_view(self._index.view(version))
         return version
 
-    def _loop(self) -> None:
-        seen = self._cache.view.version
-        while not self._stop.is_set():
-            try:
-                head = self._store.wait(seen, 1.0)
-                if self._stop.is_set():
-                    continue
-                if head > seen:
-                    # Let a burst of writes land: one view for all of them.
-                    self._stop.wait(self.COALESCE)
-                    head = self._store.resource_version
-                external = self._index.apply_catalog(self._catalog_taken())
-                if head <= seen:
-                    if external:
-                        self._cache.set_view(self._index.view(seen))
-                    continue
-                try:
-                    events = self._store.events(seen, until=head, limit=100_000)
-                except OutOfRange:
-                    seen = self.refresh()
-                    continue
-                if len(events) == 100_000:  # more than one read: start over
-                    seen = self.refresh()
-                elif self._index.apply(events) or external:
-                    self._cache.set_view(self._index.view(head))
-                    seen = head
-                else:
-                    # Nothing the mesh sees changed: the proxies' configs stay,
-                    # and proxies in sync are in sync at this version too.
-                    self._cache.set_version(head)
-                    seen = head
-            except Exception:  # keep feeding; the next change retries
-                log.exception("building the mesh view failed")
-                self._stop.wait(1.0)
+    # --- the follower's consumer ------------------------------------------------
+
+    def resync(self, head: int) -> None:
+        self.refresh()
+
+    def changed(self, events: Sequence[WatchEvent], head: int) -> None:
+        external = self._index.apply_catalog(self._catalog_taken())
+        if not events:
+            if external:
+                self._cache.set_view(self._index.view(self._cache.view.version))
+            return
+        if self._index.apply(events) or external:
+            self._cache.set_view(self._index.view(head))
+        else:
+            # Nothing the mesh sees changed: the proxies' configs stay, and
+            # proxies in sync are in sync at this version too.
+            self._cache.set_version(head)
