@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from controlplane.model.durations import parse_duration
+from controlplane.model.clock import SYSTEM_CLOCK
 from sidecar import envoy
 from sidecar.drivers.base import (
     Driver,
@@ -30,7 +30,7 @@ from sidecar.drivers.base import (
     Workload,
     WorkloadState,
 )
-from sidecar.health import probe
+from sidecar.health import CheckTiming, HealthSchedule, Verdict, probe
 from sidecar.history import OUTPUT_LINES, Ended, History, Record
 
 log = logging.getLogger(__name__)
@@ -284,44 +284,38 @@ class InstanceRunner:
     def _supervise(self, running: Running, failures: int) -> int:
         """Watch a running instance until it exits, fails its health check or
         the runner stops; returns the consecutive failure count."""
-        check = self.assignment.spec.get("healthCheck")
+        check: Mapping[str, Any] = self.assignment.spec.get("healthCheck") or {}
         self._sidecar_down, self._sidecar_failures, self._sidecar_due = False, 0, 0.0
         self._app("waiting for the first health check" if check else "", ok=True,
                   address=running.address, port=running.port or 0,
                   state="starting" if check else "running")
-        if check:
-            interval = parse_duration(str(check.get("interval", "5s")))
-            threshold = int(check.get("failureThreshold", 3))
-            delay = parse_duration(str(check.get("initialDelay", "0s")))
-            next_check = time.monotonic() + delay
-            startup_ends = time.monotonic() + delay + self.STARTUP_GRACE
-        fails = 0
-        passed = False  # until a check passes, failures are forgiven for the startup grace
+        schedule = HealthSchedule(CheckTiming.of(check), SYSTEM_CLOCK, tick=self.TICK,
+                                  grace=self.STARTUP_GRACE) if check else None
+        # The app itself, not through its sidecar, when it has one.
+        address = running.app_address or running.address
+        port = (running.app_port if running.app_address else running.port) or 0
         while not self._stop.wait(self.TICK):
             now = self._driver.inspect(self.instance_id)
             if now is None or now.state is WorkloadState.EXITED:
                 return failures
             if self._watch_sidecar(now):
                 continue
-            if not check or time.monotonic() < next_check:
+            if schedule is None:
                 continue
-            # Until the first pass, probe every tick: a ready instance is
-            # noticed (and gets traffic) as soon as it answers.
-            next_check = time.monotonic() + (interval if passed else min(interval, self.TICK))
-            # The app itself, not through its sidecar, when it has one.
-            ok, detail = probe(check, running.app_address or running.address,
-                               (running.app_port if running.app_address else running.port) or 0)
-            if ok:
-                fails, passed = 0, True
+            judged = schedule.probe_if_due(lambda: probe(check, address, port))
+            if judged is None:
+                continue
+            verdict, detail = judged
+            if verdict is Verdict.HEALTHY:
                 self._app(detail, ok=True, state="healthy")
                 if time.time() - running.started_at >= self._backoff.reset_after:
                     failures = 0
                 continue
-            fails += 1
-            if not passed and time.monotonic() < startup_ends:
+            if verdict is Verdict.STARTING:
                 self._app(f"not healthy yet: {detail}", ok=False, state="starting")
                 continue
-            if fails < threshold:
+            fails, threshold = schedule.failures, schedule.timing.failure_threshold
+            if verdict is Verdict.FAILING:
                 self._app(f"health check failing ({fails}/{threshold}): {detail}", ok=False)
                 continue
             self._app(f"health check failed {fails} times: {detail}; restarting", ok=False,
