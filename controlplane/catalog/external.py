@@ -28,12 +28,13 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from controlplane.catalog.consul import REQUEST_TIMEOUT, ConsulCatalog, parse_url
 from controlplane.catalog.registrations import MANAGED, PASSING
-from controlplane.errors import FlotillaError, OutOfRange, PermissionDenied
+from controlplane.errors import FlotillaError, PermissionDenied
+from controlplane.model import WatchEvent
 from controlplane.model.external import (
     SNI_META,
     TLS_META,
@@ -42,6 +43,7 @@ from controlplane.model.external import (
     is_server_name,
 )
 from controlplane.store import Store
+from controlplane.store.follower import StoreFollower
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +123,7 @@ class ExternalWatcher:
         self._wait = wait
         self._max_backoff = max_backoff
         self._followers: dict[str, _Follower] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="catalog-external", daemon=True)
+        self._store_follower = StoreFollower(store, self, name="catalog-external")
 
     @classmethod
     def from_url(cls, store: Store, url: str, token: str, publish: Publish
@@ -133,13 +134,11 @@ class ExternalWatcher:
                    publish)
 
     def start(self) -> None:
-        self._thread.start()
+        self._store_follower.start()
 
     def stop(self) -> None:
         """Stops following; followers in a blocking query end when it answers."""
-        self._stop.set()
-        self._store.wake()
-        self._thread.join(timeout=10)
+        self._store_follower.stop()
         for follower in self._followers.values():
             follower.stop()
 
@@ -148,26 +147,15 @@ class ExternalWatcher:
         """The Consul names followed now."""
         return set(self._followers)
 
-    def _loop(self) -> None:
-        seen = -1
-        while not self._stop.is_set():
-            try:
-                head = self._store.wait(seen, 1.0)
-                if self._stop.is_set() or (head <= seen and seen >= 0):
-                    continue
-                if seen < 0 or self._services_changed(seen, head):
-                    self._follow({name for s in self._store.list("Service")
-                                  if (name := external_name(s)) is not None})
-                seen = head
-            except Exception:  # keep following; the next change retries
-                log.exception("following external services failed")
-                self._stop.wait(1.0)
+    # --- the store follower's consumer ------------------------------------------
 
-    def _services_changed(self, after: int, until: int) -> bool:
-        try:
-            return bool(self._store.events(after, "Service", until=until, limit=1))
-        except OutOfRange:
-            return True
+    def resync(self, head: int) -> None:
+        self._follow({name for s in self._store.list("Service")
+                      if (name := external_name(s)) is not None})
+
+    def changed(self, events: Sequence[WatchEvent], head: int) -> None:
+        if any(event.resource.kind == "Service" for event in events):
+            self.resync(head)
 
     def _follow(self, names: set[str]) -> None:
         for name in sorted(names - set(self._followers)):
