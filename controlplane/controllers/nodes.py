@@ -15,6 +15,7 @@ Thread-safety: every method may be called from any thread.
 from __future__ import annotations
 
 import datetime
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -45,6 +46,9 @@ def with_heartbeat(status: Mapping[str, Any], previous: Mapping[str, Any],
     return {**status, HEARTBEAT: time.time() if due else float(previous[HEARTBEAT])}
 
 
+log = logging.getLogger(__name__)
+
+
 def node_key(name: str) -> ObjectKey:
     return ObjectKey("Node", NODE_NAMESPACE, name)
 
@@ -58,10 +62,32 @@ class NodeRegistry:
         self._shared = shared
         self._seen: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         # After a restart nobody has reported yet: every node gets a full grace.
         now = clock()
         for node in store.list("Node"):
             self._seen[node.name] = now
+
+    def start(self, is_leader: Callable[[], bool], period: float = 1.0) -> None:
+        """Node liveness, a loop of its own: ``sweep`` every ``period``
+        seconds while ``is_leader()`` (a node marked down is a store event
+        the reconciler acts on)."""
+        def loop() -> None:
+            while not self._stop.wait(min(period, self.grace / 4)):
+                try:
+                    if is_leader():
+                        self.sweep()
+                except Exception:  # noqa: BLE001 - keep watching; the next sweep retries
+                    log.exception("node liveness sweep failed")
+
+        self._thread = threading.Thread(target=loop, name="node-liveness", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
 
     def join(self, name: str, address: str, labels: Mapping[str, str], cpu_millis: int,
              memory_mib: int, drivers: Sequence[str], logs_endpoint: str = "") -> Resource:

@@ -1,34 +1,38 @@
 """The Service reconciler and the plan applier.
 
-One thread on the leader. Store events only collect the Service keys they
-touch (instances clients registered are not the reconciler's: see
-:mod:`registered`; a ConfigMap or Secret touches the Services that mount it or
-take env from it, whose template holds its version); each pass then reconciles those keys (create or remove Instance
-objects, :mod:`replicas`) and places every pending instance in one scheduler
-call (:mod:`placement`). The plan applier below is the only writer of
-placements: it re-checks the plan against fresh state and commits each
-placement with the instance's resourceVersion as a precondition.
+The store follower (:mod:`controlplane.store.follower`, gated on leadership)
+hands it the store's changes; events only put the Service keys they touch on
+the work queue (instances clients registered are not the reconciler's: see
+:mod:`registered`; a ConfigMap or Secret touches the Services that mount it
+or take env from it, whose template holds its version). Each pass reconciles
+the keys that are ready (create or remove Instance objects, :mod:`replicas`)
+against one read of the cluster, each under the queue's error policy: one
+that fails backs off alone and says why on its status. Then every pending
+instance is placed in one scheduler call (:mod:`placement`). The plan applier
+below is the only writer of placements: it re-checks the plan against fresh
+state and commits each placement with the instance's resourceVersion as a
+precondition. Node liveness is not the reconciler's: a node marked down
+(:mod:`nodes`) is a store event that triggers a full pass.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 
 from controlplane.controllers import placement
-from controlplane.controllers.nodes import NodeRegistry
 from controlplane.controllers.replicas import available, decide, template_hash, template_of
 from controlplane.controllers.workqueue import WorkQueue, sync_one
-from controlplane.errors import Conflict, OutOfRange
+from controlplane.errors import Conflict
 from controlplane.manifests.sources import CONFIG_KINDS, sources_of, versions
 from controlplane.model import SERVICE_LABEL, ObjectKey, Resource, WatchEvent, node_state
 from controlplane.model.clock import SYSTEM_CLOCK, Clock
 from controlplane.model.endpoints import is_registered
 from controlplane.store import Store
+from controlplane.store.follower import StoreFollower
 
 log = logging.getLogger(__name__)
 
@@ -57,71 +61,56 @@ class Reconciler:
     EDS (ACKed) before it is stopped. It acts only while ``is_leader()``
     (one replica of several reconciles)."""
 
-    def __init__(self, store: Store, nodes: NodeRegistry, *,
+    def __init__(self, store: Store, *,
                  rng: random.Random | None = None, resync: float = 5.0,
                  proxies_synced: Callable[[int], bool] = _no_proxies,
                  drain_timeout: float = DRAIN_TIMEOUT,
                  is_leader: Callable[[], bool] = always_leader,
                  clock: Clock = SYSTEM_CLOCK) -> None:
         self._store = store
-        self._is_leader = is_leader
-        self._nodes = nodes
         self._proxies_synced = proxies_synced
         self._drain_timeout = drain_timeout
         #: Services with instances still draining.
         self._draining: set[ObjectKey] = set()
         self._rng = rng or random.Random()
-        self._resync = resync
         #: Services to reconcile; one that fails backs off alone.
         self._queue: WorkQueue[ObjectKey] = WorkQueue(clock=clock, base_delay=0.5,
                                                       max_delay=30.0)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
+        self._follower = StoreFollower(store, self, name="reconciler", gate=is_leader,
+                                       idle=self._idle, resync_every=resync, clock=clock)
 
     def start(self) -> None:
-        self._thread.start()
+        self._follower.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._store.wake()
-        self._thread.join(timeout=10)
+        self._follower.stop()
 
     # --- the loop -----------------------------------------------------------------
 
-    def _loop(self) -> None:
-        seen = 0
-        next_resync = 0.0
-        while not self._stop.is_set():
-            try:
-                # While instances drain, look often: their proxies' ACKs are
-                # not store events; so are the backoffs of Services that failed.
-                head = self._store.wait(seen, 0.05 if self._draining or len(self._queue)
-                                        else 0.5)
-                if not self._is_leader():
-                    seen, next_resync = head, 0.0  # a new leader starts with a full pass
-                    continue
-                keys: set[ObjectKey] = set(self._draining)
-                full = time.monotonic() >= next_resync
-                if head > seen:
-                    try:
-                        for event in self._store.events(seen, until=head, limit=100_000):
-                            keys |= self._touched(event)
-                            full = full or event.resource.kind == "Node"
-                    except OutOfRange:
-                        full = True
-                    seen = head
-                if self._nodes.sweep():
-                    full = True
-                if full:
-                    next_resync = time.monotonic() + self._resync
-                for key in keys:
-                    self._queue.add(key)
-                batch = self._queue.get_ready()
-                if batch or full:
-                    self.reconcile_all(batch, everything=full)
-            except Exception:  # keep reconciling; the next pass retries
-                log.exception("reconcile pass failed")
-                self._stop.wait(1.0)
+    def _idle(self) -> float:
+        """While instances drain, look often: their proxies' ACKs are not
+        store events; nor are the backoffs of Services that failed."""
+        return 0.05 if self._draining or len(self._queue) else 0.5
+
+    # --- the store follower's consumer ------------------------------------------
+
+    def changed(self, events: Sequence[WatchEvent], head: int) -> None:
+        everything = False
+        for event in events:
+            for key in self._touched(event):
+                self._queue.add(key)
+            everything = everything or event.resource.kind == "Node"
+        self._pass(everything)
+
+    def resync(self, head: int) -> None:
+        self._pass(everything=True)
+
+    def _pass(self, everything: bool) -> None:
+        for key in self._draining:
+            self._queue.add(key)
+        batch = self._queue.get_ready()
+        if batch or everything:
+            self.reconcile_all(batch, everything=everything)
 
     def reconcile_all(self, keys: Iterable[ObjectKey], *, everything: bool = False) -> None:
         """Reconcile each Service in ``keys`` (with ``everything``, every Service

@@ -153,7 +153,7 @@ class ControlPlane:
         self.nodes = NodeRegistry(self.store, grace=config.node_grace,
                                   shared=replicated is not None)
         self.xds = XdsCache()
-        self.reconciler = Reconciler(self.store, self.nodes, proxies_synced=self.xds.all_synced,
+        self.reconciler = Reconciler(self.store, proxies_synced=self.xds.all_synced,
                                      is_leader=self.leader.is_leader)
         # The catalog has one writer: the leader's registry.
         self._catalog = (ConsulCatalog.from_url(config.catalog, config.catalog_token,
@@ -218,6 +218,7 @@ class ControlPlane:
         else:
             _warn_external_without_catalog(self.store)
         self._server.start()
+        self.nodes.start(self.leader.is_leader)
         self.reconciler.start()
         self.registered.start()
         self._identity.start()
@@ -285,6 +286,7 @@ class ControlPlane:
         self._agents.shutdown()
         self._ads.shutdown()
         self._identity.stop()
+        self.nodes.stop()
         self.reconciler.stop()
         self.registered.stop()
         self.leader.stop()

@@ -13,7 +13,6 @@ from rich.console import Console
 
 from controlplane.cli import output
 from controlplane.controllers import reconciler as reconciler_module
-from controlplane.controllers.nodes import NodeRegistry
 from controlplane.controllers.reconciler import Reconciler
 from controlplane.convert import doc_of_pb, resource_to_pb
 from controlplane.manifests import to_resource
@@ -65,7 +64,7 @@ def test_a_failing_service_backs_off_alone_and_says_why(store: Store,
 
     monkeypatch.setattr(reconciler_module, "decide", decide)
     clock = FakeClock()
-    reconciler = Reconciler(store, NodeRegistry(store), clock=clock)
+    reconciler = Reconciler(store, clock=clock)
     keys = [ObjectKey("Service", "default", n) for n in ("alpha", "broken", "gamma")]
 
     reconciler.reconcile_all(keys)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.controllers.nodes import NodeRegistry
 from controlplane.controllers.reconciler import Reconciler
 from controlplane.controllers.registered import (
     TTL_DEFAULT,
@@ -233,6 +232,6 @@ def test_the_reconciler_neither_removes_nor_places_registered_instances(
                           spec={"address": "127.0.0.2", "capacity": {"cpu": 1000,
                                                                      "memory": 1024}})])
     stored = registered(store, clock).register(request())
-    reconciler = Reconciler(store, NodeRegistry(store))
+    reconciler = Reconciler(store)
     reconciler.reconcile_all([PAYMENTS.key], everything=True)  # replicas: 0
     assert instances(store) == [stored]
