@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
+import re
 from typing import Annotated, Any, Literal
 
+import re2  # type: ignore[import-untyped]  # google-re2 ships no type information
 from cryptography import x509
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -434,11 +437,56 @@ class WeightedSubset(Schema):
     weight: Percent
 
 
+#: Envoy refuses a regex whose RE2 program is larger (its runtime key
+#: ``re2.max_program_size.error_level``, which sidecar bootstraps leave at its
+#: default): the whole listener or route table carrying it would be NACKed.
+MAX_REGEX_PROGRAM_SIZE = 100
+
+
+@functools.lru_cache(maxsize=1024)
+def re2_regex(pattern: str) -> Any:
+    """*pattern* compiled by RE2, the engine Envoy runs every ``safe_regex``
+    with; raises ``re2.error``. Whatever decides a match in Python (`flotilla
+    intentions check`) matches with this, so it decides as the proxies do."""
+    options = re2.Options()
+    options.log_errors = False
+    return re2.compile(pattern, options)
+
+
+def _check_regex(value: str) -> str:
+    try:
+        size = re2_regex(value).programsize
+    except re2.error as error:
+        reason = error.args[0].decode() if isinstance(error.args[0], bytes) else error.args[0]
+        raise ValueError(
+            f"{value!r} is not a regex Envoy runs ({reason}): write RE2 syntax, which has no "
+            "backreferences, lookahead or lookbehind, possessive quantifiers or atomic groups"
+        ) from None
+    if size > MAX_REGEX_PROGRAM_SIZE:
+        raise ValueError(f"{value!r} is too complex for Envoy (RE2 program size {size}, at most "
+                         f"{MAX_REGEX_PROGRAM_SIZE}): simplify it, or match with exact or prefix")
+    return value
+
+
+#: An HTTP field name (RFC 9110 token), or a pseudo-header (``:authority``).
+_HEADER_NAME = re.compile(r":?[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _check_header_name(value: str) -> str:
+    if not _HEADER_NAME.fullmatch(value):
+        raise ValueError(f"{value!r} is not an HTTP header name: use letters, digits and "
+                         "!#$%&'*+-.^_`|~ (a pseudo-header such as ':authority' starts with ':')")
+    return value
+
+
 class HeaderMatch(Schema):
-    name: Annotated[str, Field(min_length=1)]
+    """One request header: exactly one of exact, prefix, regex (RE2, matched
+    against the whole value) or present. Names are case-insensitive."""
+
+    name: Annotated[str, AfterValidator(_check_header_name)]
     exact: str | None = None
-    prefix: str | None = None
-    regex: str | None = None
+    prefix: Annotated[str, Field(min_length=1)] | None = None
+    regex: Annotated[str, Field(min_length=1), AfterValidator(_check_regex)] | None = None
     present: bool | None = None
 
     @model_validator(mode="after")

@@ -17,11 +17,11 @@ rule, used by `flotilla intentions check` and by the RBAC compiler alike:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from controlplane.manifests.schemas import re2_regex
 from controlplane.model import Resource
 
 ALLOW = "allow"
@@ -76,23 +76,41 @@ def matches(pattern: tuple[str, str], service: Service) -> bool:
     return pattern[0] in ("*", service[0]) and pattern[1] in ("*", service[1])
 
 
+def header_name(name: str) -> str:
+    """A header's name as Envoy looks it up: lower case, and HTTP/1's ``host``
+    is HTTP/2's ``:authority``."""
+    lowered = name.lower()
+    return ":authority" if lowered == "host" else lowered
+
+
 def rule_matches(rule: Mapping[str, Any], request: Request) -> bool:
-    if "pathExact" in rule and request.path != rule["pathExact"]:
+    """Whether one L7 rule matches, as Envoy's RBAC matches it: ``pathExact``
+    ignores a query string, ``pathPrefix`` does not; methods are
+    case-sensitive; a header rule on an absent header fails (but for
+    ``present: false``); a regex is RE2, matched against the whole value;
+    ``:path`` and ``:method`` are headers too."""
+    path = request.path
+    if "pathExact" in rule and not (path == rule["pathExact"]
+                                    or path.startswith(f"{rule['pathExact']}?")):
         return False
-    if "pathPrefix" in rule and not request.path.startswith(str(rule["pathPrefix"])):
+    if "pathPrefix" in rule and not path.startswith(str(rule["pathPrefix"])):
         return False
-    if rule.get("methods") and request.method.upper() not in rule["methods"]:
+    if rule.get("methods") and request.method not in rule["methods"]:
         return False
-    headers = {k.lower(): v for k, v in request.headers.items()}
+    headers = {**{header_name(k): v for k, v in request.headers.items()},
+               ":path": path, ":method": request.method}
     for header in rule.get("headers") or ():
-        value = headers.get(str(header["name"]).lower())
-        if header.get("present") is not None and (value is not None) != header["present"]:
+        value = headers.get(header_name(str(header["name"])))
+        if header.get("present") is not None:
+            if (value is not None) != header["present"]:
+                return False
+        elif value is None:
             return False
-        if "exact" in header and value != header["exact"]:
+        elif "exact" in header and value != header["exact"]:
             return False
-        if "prefix" in header and not (value or "").startswith(str(header["prefix"])):
+        elif "prefix" in header and not value.startswith(str(header["prefix"])):
             return False
-        if "regex" in header and (value is None or not re.fullmatch(header["regex"], value)):
+        elif "regex" in header and re2_regex(str(header["regex"])).fullmatch(value) is None:
             return False
     return True
 

@@ -12,7 +12,6 @@ one (denied: the connection closes).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -73,23 +72,34 @@ def _regex(pattern: str) -> Proto:
         google_re2=regex_pb2.RegexMatcher.GoogleRE2(), regex=pattern))
 
 
-def peer(trust_domain: str, source: tuple[str, str]) -> Proto:
-    """The peer certificate's SPIFFE ID matches a source pattern."""
-    namespace, name = source
-    if namespace == "*":
-        value = string_pb2.StringMatcher(prefix=f"spiffe://{trust_domain}/")
-    elif name == "*":
-        value = string_pb2.StringMatcher(prefix=f"spiffe://{trust_domain}/ns/{namespace}/svc/")
-    else:
-        value = string_pb2.StringMatcher(exact=f"spiffe://{trust_domain}/ns/{namespace}/svc/{name}")
+def _san(value: Proto) -> Proto:
     return _single("envoy.matching.inputs.uri_san", ssl_inputs_pb2.UriSanInput(), value)
+
+
+def peer(trust_domain: str, source: tuple[str, str]) -> Proto:
+    """The peer certificate's SPIFFE ID matches a source pattern. Namespaces
+    and names are DNS labels (no ``/``), so ``*/name`` is a prefix and a suffix."""
+    namespace, name = source
+    root = f"spiffe://{trust_domain}/"
+    if (namespace, name) == ("*", "*"):
+        return _san(string_pb2.StringMatcher(prefix=root))
+    if namespace == "*":
+        return _all([_san(string_pb2.StringMatcher(prefix=f"{root}ns/")),
+                     _san(string_pb2.StringMatcher(suffix=f"/svc/{name}"))])
+    if name == "*":
+        return _san(string_pb2.StringMatcher(prefix=f"{root}ns/{namespace}/svc/"))
+    return _san(string_pb2.StringMatcher(exact=f"{root}ns/{namespace}/svc/{name}"))
 
 
 def rule(spec: Mapping[str, Any]) -> list[Proto]:
     """The request conditions of one L7 rule."""
     found = []
-    if "pathExact" in spec:  # the query string is not part of the path
-        found.append(_header(":path", _regex(re.escape(str(spec["pathExact"])) + r"(\?.*)?")))
+    if "pathExact" in spec:
+        # The query string is not part of the path. No regex: Envoy refuses one
+        # whose RE2 program is larger than 100, which a long path would make.
+        path = str(spec["pathExact"])
+        found.append(_any([_header(":path", string_pb2.StringMatcher(exact=path)),
+                           _header(":path", string_pb2.StringMatcher(prefix=f"{path}?"))]))
     if "pathPrefix" in spec:
         found.append(_header(":path", string_pb2.StringMatcher(prefix=str(spec["pathPrefix"]))))
     if spec.get("methods"):
