@@ -281,14 +281,21 @@ def service_status(service: Resource, instances: list[Resource]) -> dict[str, ob
 
 
 def gateway_as_service(gateway: Resource) -> Resource:
-    """A Gateway runs as one instance of a service whose whole workload is an
-    Envoy (run by the agent like a sidecar) holding the listener ports on its
-    node. Its routes reach Envoy over xDS, so changing them replaces nothing;
-    changing its ports does."""
+    """A Gateway runs as ``spec.replicas`` instances, placed by its
+    ``spec.placement``, of a service whose whole workload is an Envoy (run by
+    the agent like a sidecar) holding the listener ports on its node: those
+    host ports keep two replicas off one node. Its routes reach Envoy over
+    xDS, so changing them replaces nothing; changing its ports does, one
+    replica at a time. With several replicas one of them may be down
+    meanwhile (``maxUnavailable: 1``): where a replica runs on every node, a
+    new one finds its ports free only on a node an old one left."""
     ports = sorted({int(listener["port"]) for listener in gateway.spec.get("listeners") or ()})
+    replicas = int(gateway.spec.get("replicas", 1))
     return replace(gateway, spec={
-        "replicas": 1, "gateway": True, "hostPorts": ports, "driver": "process",
-        "resources": {"cpu": 100, "memory": 64},
+        "replicas": replicas, "gateway": True, "hostPorts": ports, "driver": "process",
+        "resources": {"cpu": 100, "memory": 64}, "placement": gateway.spec.get("placement") or {},
+        "update": {"strategy": "rolling", "maxSurge": 1,
+                   "maxUnavailable": 1 if replicas > 1 else 0},
     })
 
 

@@ -1,4 +1,6 @@
-"""Rules across objects: references that must resolve, and uniqueness.
+"""Rules across objects: references that must resolve, uniqueness, and fields
+another object makes meaningless (a TrafficPolicy's HTTP fields for a tcp
+destination).
 
 ``references(resource)`` lists every object a resource points at, with the
 field that does it. ``check_batch`` judges a batch against the world as it
@@ -24,19 +26,28 @@ class View(Protocol):
     def list(self, kind: str, namespace: str) -> Sequence[Resource]: ...
 
 
+#: The placement fields of a Service or Gateway that name services of its
+#: namespace (the scheduler counts a Gateway's instances under its name too).
+PLACEMENT_NAMES = ("affinity", "antiAffinity", "preferredAffinity", "preferredAntiAffinity")
+
+
 def references(resource: Resource) -> list[Reference]:
     spec, ns, out = resource.spec, resource.namespace, []
 
     def add(path: str, kind: str, name: str, namespace: str | None = None) -> None:
         out.append(Reference(resource.key, path, ObjectKey(kind, namespace or ns, name)))
 
+    def placed_by() -> None:
+        placement = spec.get("placement") or {}
+        for field in PLACEMENT_NAMES:
+            for i, name in enumerate(placement.get(field) or []):
+                if name != resource.name:  # itself: a rule about its own replicas
+                    add(f"spec.placement.{field}[{i}]", "Service", name)
+
     if resource.kind == "Service":
         for i, up in enumerate(_items(spec, "upstreams")):
             add(f"spec.upstreams[{i}].name", "Service", up["name"], up.get("namespace"))
-        placement = spec.get("placement") or {}
-        for field in ("affinity", "antiAffinity"):
-            for i, name in enumerate(placement.get(field) or []):
-                add(f"spec.placement.{field}[{i}]", "Service", name)
+        placed_by()
         for field in ("mounts", "envFrom"):
             for i, item in enumerate(_items(spec, field)):
                 if "configMap" in item:
@@ -57,6 +68,7 @@ def references(resource: Resource) -> list[Reference]:
             for j, route in enumerate(listener.get("routes") or []):
                 path = f"spec.listeners[{i}].routes[{j}].service"
                 add(path, "Service", route["service"], route.get("namespace"))
+        placed_by()
     return out
 
 
@@ -84,11 +96,15 @@ def check_batch(
         source = sources.get(resource.key) or str(resource.key)
         for ref in references(resource):
             target = lookup(ref.target)
-            if target is None and ref.path == "spec.source" and resource.kind == "Intention":
-                # A gateway calls services under its own name: it may be a source.
+            # A gateway calls services under its own name: it may be a source;
+            # the scheduler counts its instances under it: placement may name it.
+            placed = ref.path.startswith("spec.placement.")
+            if target is None and (placed or (
+                    ref.path == "spec.source" and resource.kind == "Intention")):
                 target = lookup(ObjectKey("Gateway", ref.target.namespace, ref.target.name))
             if target is None:
-                out.append(FieldViolation(ref.path, _dangling(ref), source))
+                out.append(FieldViolation(
+                    ref.path, _dangling_placed(ref) if placed else _dangling(ref), source))
             elif ref.target.kind == "Secret" and ".tls." in ref.path and (
                 target.spec.get("type") != "tls"
             ):
@@ -100,10 +116,12 @@ def check_batch(
                 )
         if resource.kind == "Service":
             out += _env_sources(resource, lookup, source)
+            out += _policy_turned_tcp(resource, view.get, siblings, mine, source)
         if resource.kind in CONFIG_KINDS:
             out += _env_consumers(resource, siblings, mine, source)
         if resource.kind == "TrafficPolicy":
             out += _one_policy_per_destination(resource, siblings, source)
+            out += _policy_for_tcp(resource, lookup, source)
         if resource.kind == "Intention":
             out += _intention_rules(resource, lookup, siblings, source)
     return out
@@ -113,6 +131,14 @@ def _dangling(ref: Reference) -> str:
     return (
         f"{ref.target} does not exist; create it first (or in the same apply), "
         "or fix the name"
+    )
+
+
+def _dangling_placed(ref: Reference) -> str:
+    target = ref.target
+    return (
+        f"no Service or Gateway {target.namespace}/{target.name} exists, so this rule "
+        "counts no instances; create it first (or in the same apply), or fix the name"
     )
 
 
@@ -148,6 +174,70 @@ def _env_consumers(config: Resource, siblings: Any, mine: Mapping[ObjectKey, Res
                 f"{config.key} {problem}, but Service {service.namespace}/{service.name} "
                 f"takes its keys as environment variables (spec.envFrom[{uses[0]}]); rename "
                 "those keys, or change that Service to mount it (spec.mounts)", source)]
+    return []
+
+
+#: TrafficPolicy fields that do not apply to a tcp destination: its
+#: connections are proxied as bytes (no route, no request, no header). Field
+#: path (under spec) -> why, and what to do instead.
+NOT_FOR_TCP: dict[str, tuple[str, str]] = {
+    "requestTimeout": ("its connections carry no HTTP request to time out",
+                       "remove it (connectTimeout still bounds connecting)"),
+    "idleTimeout": ("it ends an idle HTTP stream, and tcp has none", "remove it"),
+    "retries": ("only HTTP requests are retried, never a tcp connection", "remove it"),
+    "loadBalancer.hashOn.header": ("a tcp connection has no headers, so the proxies would "
+                                   "hash on the caller's address instead",
+                                   "say so with hashOn: {sourceIP: true}"),
+    "circuitBreaker.maxRequests": ("it caps concurrent HTTP requests",
+                                   "cap connections with maxConnections instead"),
+    "circuitBreaker.maxRetries": ("it caps concurrent retries, and tcp gets none", "remove it"),
+}
+
+
+def _not_for_tcp(spec: Mapping[str, Any]) -> list[str]:
+    """The fields of NOT_FOR_TCP a policy spec sets."""
+    found = []
+    for path in NOT_FOR_TCP:
+        value: Any = spec
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+        if value is not None:
+            found.append(path)
+    return found
+
+
+def _policy_for_tcp(policy: Resource, lookup: Any, source: str) -> list[FieldViolation]:
+    dest = lookup(ObjectKey("Service", policy.namespace, policy.spec["destination"]))
+    if dest is None or dest.spec.get("protocol") != "tcp":
+        return []
+    return [
+        FieldViolation(
+            f"spec.{path}",
+            f"Service {dest.namespace}/{dest.name} speaks tcp, and {path} does not apply: "
+            f"{NOT_FOR_TCP[path][0]}; {NOT_FOR_TCP[path][1]}, or change that Service's "
+            "protocol to http or grpc",
+            source,
+        )
+        for path in _not_for_tcp(policy.spec)
+    ]
+
+
+def _policy_turned_tcp(service: Resource, stored: Any, siblings: Any,
+                       mine: Mapping[ObjectKey, Resource], source: str) -> list[FieldViolation]:
+    """A Service that changes to tcp leaves its stored TrafficPolicy nothing
+    that tcp ignores (a policy in the same batch is judged by _policy_for_tcp)."""
+    before = stored(service.key)
+    if service.spec.get("protocol") != "tcp" or (
+            before is not None and before.spec.get("protocol") == "tcp"):
+        return []
+    for policy in siblings("TrafficPolicy", service.namespace):
+        ignored = _not_for_tcp(policy.spec)
+        if policy.spec.get("destination") == service.name and ignored and policy.key not in mine:
+            return [FieldViolation(
+                "spec.protocol",
+                f"TrafficPolicy {policy.namespace}/{policy.name} sets {', '.join(ignored)}, "
+                "which a tcp destination ignores; change that policy (first, or in the same "
+                "apply), or keep protocol http or grpc", source)]
     return []
 
 

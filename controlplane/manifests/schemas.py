@@ -761,7 +761,12 @@ class ConfigMapSpec(Schema):
 
 
 class SecretSpec(Schema):
-    type: Literal["opaque", "tls"] = "opaque"
+    #: tls: for TLS at the gateway (needs tls.crt and tls.key), which comes later.
+    type: Literal["opaque", "tls"] = Field(default="opaque", json_schema_extra={
+        NOT_SUPPORTED_VALUES: {"tls": "Secrets of type tls are not supported yet: they come "
+                               "with TLS at the gateway, which is not supported yet either, and "
+                               "nothing else reads the type; use type opaque (tls.crt and "
+                               "tls.key then mount as files like any other keys)"}})
     #: Values base64-encoded.
     data: DataMap = {}
     #: Values as plain text; merged into data when stored.

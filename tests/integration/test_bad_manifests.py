@@ -111,6 +111,43 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
      doc("Intention", "to-db", {"source": "frontend", "destination": "db", "action": "allow",
                                 "http": [{"pathPrefix": "/"}]}),
      "spec.http", "speaks tcp"),
+    ("secret-type-tls-not-supported-yet",
+     doc("Secret", "site-cert", {"type": "tls", "stringData": {"tls.crt": "c", "tls.key": "k"}}),
+     "spec.type", "Secrets of type tls are not supported yet"),
+    # Placement names count instances of a Service or Gateway: they must exist.
+    ("dangling-gateway-affinity",
+     doc("Gateway", "edge", {"listeners": [{"name": "a", "port": 80, "routes": ROUTE}],
+                             "placement": {"affinity": ["ghost"]}}),
+     "spec.placement.affinity[0]", "no Service or Gateway default/ghost exists"),
+    ("dangling-gateway-preferred-anti-affinity",
+     doc("Gateway", "edge", {"listeners": [{"name": "a", "port": 80, "routes": ROUTE}],
+                             "placement": {"preferredAntiAffinity": ["edge", "ghost"]}}),
+     "spec.placement.preferredAntiAffinity[1]", "no Service or Gateway default/ghost exists"),
+    ("dangling-preferred-affinity", svc(placement={"preferredAffinity": ["ghost"]}),
+     "spec.placement.preferredAffinity[0]", "no Service or Gateway default/ghost exists"),
+    # What a tcp destination's proxied bytes never get (db speaks tcp).
+    ("tcp-request-timeout", doc("TrafficPolicy", "db", {"destination": "db",
+                                                        "requestTimeout": "2s"}),
+     "spec.requestTimeout", "speaks tcp, and requestTimeout does not apply"),
+    ("tcp-idle-timeout", doc("TrafficPolicy", "db", {"destination": "db", "idleTimeout": "30s"}),
+     "spec.idleTimeout", "idleTimeout does not apply"),
+    ("tcp-retries", doc("TrafficPolicy", "db", {"destination": "db", "retries": {"attempts": 2}}),
+     "spec.retries", "only HTTP requests are retried"),
+    ("tcp-hash-on-header",
+     doc("TrafficPolicy", "db", {"destination": "db", "loadBalancer": {
+         "algorithm": "ring-hash", "hashOn": {"header": "x-user"}}}),
+     "spec.loadBalancer.hashOn.header", "hashOn: {sourceIP: true}"),
+    ("tcp-max-requests",
+     doc("TrafficPolicy", "db", {"destination": "db", "circuitBreaker": {"maxRequests": 10}}),
+     "spec.circuitBreaker.maxRequests", "cap connections with maxConnections instead"),
+    ("tcp-max-retries",
+     doc("TrafficPolicy", "db", {"destination": "db", "circuitBreaker": {"maxRetries": 1}}),
+     "spec.circuitBreaker.maxRetries", "maxRetries does not apply"),
+    # backend's policy (deploy/examples/backend.yaml) sets requestTimeout and retries.
+    ("service-turns-tcp-under-its-policy",
+     doc("Service", "backend", {"image": "flotilla/example-grpc:dev", "port": 9090,
+                                "protocol": "tcp"}),
+     "spec.protocol", "TrafficPolicy default/backend sets requestTimeout, retries"),
 ]
 
 # A valid document that travels with every bad one and must not be applied.

@@ -138,6 +138,16 @@ def test_exit_codes(server: ServerProcess, args: list[str], code: int) -> None:
         assert "not found" in result.stderr
 
 
+def test_describe_shows_an_intentions_description(server: ServerProcess) -> None:
+    why = "Payments may call the ledger; nobody else may (PCI scope)."
+    manifest = ("apiVersion: flotilla.dev/v1\nkind: Intention\nmetadata: {name: pci}\n"
+                f"spec: {{source: '*', destination: '*', action: deny, description: '{why}'}}\n")
+    assert run_cli("apply", "-f", "-", server=server, stdin=manifest).returncode == 0
+    described = run_cli("describe", "intention", "pci", server=server)
+    assert described.returncode == 0, described.stderr
+    assert f"description: {why}" in described.stdout
+
+
 def test_dry_run_stores_nothing(server: ServerProcess) -> None:
     result = run_cli("apply", "-f", str(EXAMPLES / "backend.yaml"), "--dry-run", server=server)
     assert result.returncode == 0, result.stderr

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from controlplane.controllers.reconciler import gateway_as_service
 from controlplane.controllers.replicas import Decision, decide, template_hash
 from controlplane.model import Resource
 
@@ -72,3 +73,79 @@ def test_decide(svc: Resource | None, instances: list[Resource], usable: set[str
 def test_replicas_do_not_change_the_template() -> None:
     assert template_hash({**SPEC, "replicas": 9}) == template_hash(SPEC)
     assert template_hash({**SPEC, "image": "web:2"}) != template_hash(SPEC)
+
+
+def old(count: int) -> list[Resource]:
+    """``count`` healthy instances of an older template, o1 first to go."""
+    return [instance(f"o{k}", template=OLD) for k in range(1, count + 1)]
+
+
+def update(surge: int, unavailable: int) -> dict[str, Any]:
+    return {"strategy": "rolling", "maxSurge": surge, "maxUnavailable": unavailable}
+
+
+@pytest.mark.parametrize(
+    ("spec", "instances", "expected"),
+    [
+        # The default (1, 0): one new at a time, and none of the ready ones go yet.
+        ({}, old(3), Decision(1, ())),
+        ({"update": update(2, 0)}, old(3), Decision(2, ())),
+        # ...every ready one beyond replicas goes: two at once...
+        ({"update": update(2, 0)}, [*old(3), instance("n1"), instance("n2")],
+         Decision(0, ("o1", "o2"))),
+        # ...and never more than replicas + 2, however many are still missing.
+        ({"update": update(2, 0)}, [*old(3), instance("n1", state="starting"),
+                                    instance("n2", state="starting")], Decision(0, ())),
+        ({"update": update(0, 1)}, old(3), Decision(0, ("o1",))),
+        # ...then its replacement, with one old instance gone...
+        ({"update": update(0, 1)}, old(3)[1:], Decision(1, ())),
+        # ...and no other old one goes until the new one is ready.
+        ({"update": update(0, 1)}, [*old(3)[1:], instance("n1", state="starting")],
+         Decision(0, ())),
+        ({"update": update(0, 2)}, old(3), Decision(0, ("o1", "o2"))),
+        ({"update": update(1, 1)}, old(3), Decision(1, ("o1",))),
+        # Recreate ignores both bounds: every old one goes, nothing new yet.
+        ({"update": {"strategy": "recreate", "maxSurge": 2}}, old(3),
+         Decision(0, ("o1", "o2", "o3"))),
+    ],
+    ids=["default-surge-1-unavailable-0", "surge-2-creates-two-at-once",
+         "surge-2-retires-two-once-ready", "surge-2-caps-at-replicas-plus-2",
+         "surge-0-unavailable-1-removes-one-old-first", "surge-0-unavailable-1-then-creates",
+         "surge-0-unavailable-1-waits-for-the-new-one", "unavailable-2-removes-two-at-once",
+         "surge-1-unavailable-1-creates-and-removes-at-once", "recreate-ignores-the-bounds"],
+)
+def test_update_bounds(spec: dict[str, Any], instances: list[Resource],
+                       expected: Decision) -> None:
+    """maxSurge and maxUnavailable, three replicas: what each value lets one
+    pass of a rolling update do."""
+    assert decide(service(replicas=3, **spec), instances, {"n1"}) == expected
+
+
+def gateway(**spec: Any) -> Resource:
+    return Resource(kind="Gateway", name="edge", spec={
+        "listeners": [{"name": "web", "port": 8000, "routes": [{"service": "web"}]}], **spec})
+
+
+def test_a_gateway_runs_its_replicas_where_its_placement_says() -> None:
+    placement = {"constraints": [{"key": "zone", "operator": "=", "value": "b"}],
+                 "strategy": "binpack", "antiAffinity": ["web"]}
+    two = gateway_as_service(gateway(replicas=2, placement=placement))
+    assert two.spec["replicas"] == 2 and two.spec["placement"] == placement
+    assert two.spec["hostPorts"] == [8000]
+    assert decide(two, [], {"n1"}) == Decision(2, ())
+    # Replicas and placement shape no instance: changing them replaces none.
+    one = gateway_as_service(gateway())
+    assert template_hash(one.spec) == template_hash(two.spec)
+
+
+def test_new_gateway_ports_replace_one_replica_at_a_time_even_on_full_nodes() -> None:
+    """With a replica on every node, a new one fits only where an old one
+    left: one old replica goes while the first new one waits for its node."""
+    moved = gateway_as_service(gateway(replicas=2, listeners=[
+        {"name": "web", "port": 8001, "routes": [{"service": "web"}]}]))
+    replicas = [instance("o1", node="n1", template=OLD), instance("o2", node="n2", template=OLD)]
+    assert decide(moved, replicas, {"n1", "n2"}) == Decision(1, ("o1",))
+    # A single replica keeps serving until its replacement is ready.
+    single = gateway_as_service(gateway(listeners=[
+        {"name": "web", "port": 8001, "routes": [{"service": "web"}]}]))
+    assert decide(single, replicas[:1], {"n1"}) == Decision(1, ())
