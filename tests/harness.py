@@ -10,7 +10,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -240,6 +241,30 @@ class AgentProcess:
     def log(self) -> str:
         path = self.data_dir / "agent.log"
         return path.read_text() if path.exists() else ""
+
+
+@contextmanager
+def running_cluster(data: Path, *nodes: tuple[str, str], server_args: tuple[str, ...] = (),
+                    **agent_options: Any) -> Iterator[tuple[ServerProcess, list[AgentProcess]]]:
+    """A server in ``data/server`` and one agent per ``(name, address)`` in
+    ``data/<name>`` (``agent_options`` for each: labels, drivers, ...), once
+    every node is ready; everything stopped after, also when a start fails."""
+    server = ServerProcess(data / "server", extra_args=server_args).start()
+    agents: list[AgentProcess] = []
+    try:
+        for name, address in nodes:
+            agents.append(AgentProcess(server, name, address, data / name,
+                                       **agent_options).start())
+        wanted = sorted(name for name, _ in nodes)
+        with server.client() as client:
+            eventually(lambda: sorted(n["metadata"]["name"] for n in client.list("Node", "")[0]
+                                      if n.get("status", {}).get("state") == "ready") == wanted,
+                       30, f"nodes {', '.join(wanted)} ready")
+        yield server, agents
+    finally:
+        for agent in agents:
+            agent.cleanup()
+        server.stop()
 
 
 def eventually(check: Callable[[], T | None], timeout: float, what: str,

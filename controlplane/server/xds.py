@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import grpc
@@ -24,10 +24,9 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import json_format, timestamp_pb2
 
 from controlplane.api.flotilla.v1 import proxies_pb2, proxies_pb2_grpc
-from controlplane.xds.cache import ProxyState, XdsCache
+from controlplane.xds.cache import WAKE, ProxyState, XdsCache
 from controlplane.xds.mesh import ProxyError, proxy_of
-from controlplane.xds.stream import DeltaStream, Nack, SotwStream, StreamStatus
-from controlplane.xds.snapshot import Snapshot
+from controlplane.xds.stream import DeltaStream, SotwStream
 
 log = logging.getLogger(__name__)
 
@@ -47,31 +46,25 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
     def DeltaAggregatedResources(self, request_iterator: Iterator[discovery_pb2.DeltaDiscoveryRequest],
                                  context: grpc.ServicerContext
                                  ) -> Iterator[discovery_pb2.DeltaDiscoveryResponse]:
-        stream = DeltaStream()
-        yield from self._serve(request_iterator, context, "delta",
-                               discovery_pb2.DeltaDiscoveryRequest, stream.on_request,
-                               stream.next_responses, stream.status)
+        yield from self._serve(request_iterator, context, "delta", DeltaStream())
 
     def StreamAggregatedResources(self, request_iterator: Iterator[discovery_pb2.DiscoveryRequest],
                                   context: grpc.ServicerContext
                                   ) -> Iterator[discovery_pb2.DiscoveryResponse]:
-        stream = SotwStream()
-        yield from self._serve(request_iterator, context, "sotw",
-                               discovery_pb2.DiscoveryRequest, stream.on_request,
-                               stream.next_responses, stream.status)
+        yield from self._serve(request_iterator, context, "sotw", SotwStream())
 
     def _serve(self, requests: Iterator[Any], context: grpc.ServicerContext, protocol: str,
-               request_type: type[Any], take: Callable[[Any], Nack | None],
-               responses: Callable[[Snapshot], list[Any]],
-               status: Callable[[Snapshot], StreamStatus]) -> Iterator[Any]:
+               stream: DeltaStream | SotwStream) -> Iterator[Any]:
+        """Requests in, the stream's responses out; the cache records where
+        the proxy stands after each exchange."""
         for state, message in self._messages(requests, context, protocol):
-            if isinstance(message, request_type):
-                nack = take(message)
+            if message is not WAKE:
+                nack = stream.on_request(message)
                 if nack is not None:
                     self._cache.nacked(state, nack)
             snap = state.snapshot  # one snapshot per exchange, judged as sent
-            yield from responses(snap)
-            self._cache.exchanged(state, status(snap), snap)
+            yield from stream.next_responses(snap)
+            self._cache.exchanged(state, stream.status(snap), snap)
 
     # --- plumbing ------------------------------------------------------------------
 

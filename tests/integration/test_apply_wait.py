@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import AgentProcess, ServerProcess, dump_endpoints, eventually, run_cli
+from tests.harness import ServerProcess, dump_endpoints, run_cli, running_cluster
 
 WEB = Path(__file__).resolve().parents[1] / "apps" / "web.py"
 
@@ -30,17 +30,8 @@ def service(name: str, replicas: int, port: int, **spec: Any) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path]]:
     tmp = tmp_path_factory.mktemp("apply-wait")
-    server = ServerProcess(tmp / "server").start()
-    agent: AgentProcess | None = None
-    try:
-        agent = AgentProcess(server, "n1", "127.0.0.2", tmp / "n1").start()
-        with server.client() as client:
-            eventually(lambda: client.list("Node", "")[0], 30, "the node")
+    with running_cluster(tmp, ("n1", "127.0.0.2")) as (server, _):
         yield server, tmp
-    finally:
-        if agent is not None:
-            agent.cleanup()
-        server.stop()
 
 
 def proxies(server: ServerProcess) -> list[dict[str, Any]]:

@@ -8,24 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import AgentProcess, ServerProcess, eventually, run_cli
-from tests.integration.test_scheduling import healthy, instances, ready_nodes, web
+from tests.harness import ServerProcess, eventually, run_cli, running_cluster
+from tests.integration.test_scheduling import healthy, instances, web
 
 
 @pytest.fixture
 def process_only(tmp_path: Path) -> Iterator[ServerProcess]:
-    server = ServerProcess(tmp_path / "server").start()
-    agent: AgentProcess | None = None
-    try:
-        agent = AgentProcess(server, "n2", "127.0.0.2", tmp_path / "n2",
-                             drivers=("process",)).start()
-        with server.client() as client:
-            eventually(lambda: ready_nodes(client) == ["n2"], 30, "a ready node")
+    with running_cluster(tmp_path, ("n2", "127.0.0.2"), drivers=("process",)) as (server, _):
         yield server
-    finally:
-        if agent is not None:
-            agent.cleanup()
-        server.stop()
 
 
 def test_a_declared_driver_no_node_offers_keeps_the_instance_pending(

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from controlplane.client import Client
-from tests.harness import AgentProcess, ServerProcess, eventually, free_port, run_cli
+from tests.harness import AgentProcess, ServerProcess, eventually, free_port, run_cli, running_cluster
 from tests.mesh_scenarios import Load, Mesh
 
 APP = Path(__file__).resolve().parents[1] / "apps" / "web.py"
@@ -54,17 +54,8 @@ def manifests(gateway_port: int) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[tuple[ServerProcess, AgentProcess]]:
-    server = ServerProcess(tmp_path / "server").start()
-    agent: AgentProcess | None = None
-    try:
-        agent = AgentProcess(server, "n1", NODE_ADDRESS, tmp_path / "n1").start()
-        with server.client() as client:
-            eventually(lambda: client.list("Node", "")[0], 30, "the node to join")
+    with running_cluster(tmp_path, ("n1", NODE_ADDRESS)) as (server, (agent,)):
         yield server, agent
-    finally:
-        if agent is not None:
-            agent.cleanup()
-        server.stop()
 
 
 def apply(server: ServerProcess, path: Path, docs: list[dict[str, Any]]) -> None:

@@ -11,32 +11,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from controlplane.client import Client
-from tests.harness import AgentProcess, ServerProcess, eventually
-from tests.integration.test_scheduling import deploy, instances, ready_nodes, web
+from tests.harness import ServerProcess, eventually, running_cluster
+from tests.integration.test_scheduling import deploy, instances, web
 
 REPLICAS = 3
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    tmp: Path = tmp_path_factory.mktemp("update")
-    server = ServerProcess(tmp / "server").start()
-    agent: AgentProcess | None = None
-    try:
-        agent = AgentProcess(server, "n2", "127.0.0.2", tmp / "n2").start()
-        with server.client() as client:
-            eventually(lambda: ready_nodes(client) == ["n2"], 30, "a ready node")
+    with running_cluster(tmp_path_factory.mktemp("update"), ("n2", "127.0.0.2")) as (server, _):
         yield server
-    finally:
-        if agent is not None:
-            agent.cleanup()
-        server.stop()
 
 
 @dataclass
