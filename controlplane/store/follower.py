@@ -80,11 +80,12 @@ class StoreFollower:
     def step(self) -> None:
         """One round: wait, then hand on what changed (tests call it alone)."""
         idle = self._idle() if callable(self._idle) else self._idle
-        head = self._store.wait(self.seen or 0, idle)
-        if self._stop.is_set():
-            return
         if not self._gate():
             self.seen = None  # resync when the gate opens
+            self._clock.wait(self._stop, idle)
+            return
+        head = self._store.wait(self.seen or 0, idle)
+        if self._stop.is_set():
             return
         if self.seen is not None and head > self.seen and self._coalesce:
             self._stop.wait(self._coalesce)

@@ -80,11 +80,14 @@ def test_a_batch_over_the_limit_resyncs(store: Store) -> None:
 
 
 def test_behind_a_closed_gate_nothing_then_a_resync(store: Store) -> None:
-    consumer, leading = Recorder(), {"now": False}
-    follow = follower(store, consumer, gate=lambda: leading["now"])
+    consumer, leading, clock = Recorder(), {"now": False}, FakeClock()
+    follow = StoreFollower(store, consumer, name="test", idle=0.5, clock=clock,
+                           gate=lambda: leading["now"])
     write(store, "a")
+    before = clock.monotonic()
     follow.step()
     assert consumer.calls == []
+    assert clock.monotonic() - before == 0.5  # it waits its idle time: no busy loop
     leading["now"] = True
     follow.step()
     assert consumer.calls == [("resync", store.resource_version, [])]
