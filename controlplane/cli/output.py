@@ -75,7 +75,7 @@ COLUMNS: dict[str, list[Column]] = {
         ("KEYS", lambda d: str(len(d["spec"].get("data", {})))),
     ],
     "Node": [
-        ("STATE", lambda d: node_state(d["spec"], d.get("status", {}))),
+        ("STATE", lambda d: node_state(d["spec"], d.get("status", {})).value),
         ("ADDRESS", lambda d: d["spec"].get("address", "")),
         ("CPU", lambda d: f"{d['spec'].get('capacity', {}).get('cpu', 0)}m"),
         ("MEMORY", lambda d: f"{d['spec'].get('capacity', {}).get('memory', 0)}Mi"),

@@ -23,7 +23,6 @@ from controlplane.model.cluster import (
 )
 from controlplane.scheduler import check_plan, schedule
 
-_STATES = {"ready": NodeState.READY, "down": NodeState.DOWN, "draining": NodeState.DRAINING}
 
 
 @dataclass(frozen=True)
@@ -63,7 +62,7 @@ def _node(node: Resource) -> Node:
         name=node.name, address=str(spec.get("address", "")),
         capacity=_capacity(spec.get("capacity") or {}), labels=dict(spec.get("labels") or {}),
         drivers=frozenset(spec.get("drivers") or ()),
-        state=_STATES.get(node_state(node.spec, node.status), NodeState.DOWN),
+        state=node_state(node.spec, node.status),
     )
 
 

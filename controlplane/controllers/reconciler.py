@@ -30,6 +30,7 @@ from controlplane.errors import Conflict
 from controlplane.manifests.sources import CONFIG_KINDS, sources_of, versions
 from controlplane.model import SERVICE_LABEL, ObjectKey, Resource, WatchEvent, node_state
 from controlplane.model.clock import SYSTEM_CLOCK, Clock
+from controlplane.model.cluster import NodeState
 from controlplane.model.endpoints import is_registered
 from controlplane.store import Store
 from controlplane.store.follower import StoreFollower
@@ -125,7 +126,7 @@ class Reconciler:
             wanted |= set(by_service) | {s.key for s in self._store.list("Service")}
             wanted |= {g.key for g in self._store.list("Gateway")}
         usable = {n.name for n in self._store.list("Node")
-                  if node_state(n.spec, n.status) == "ready"}
+                  if node_state(n.spec, n.status) is NodeState.READY}
         given = set(keys)
         for key in sorted(wanted):
             if key not in given and self._queue.failures(key):

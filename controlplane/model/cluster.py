@@ -46,11 +46,13 @@ class Capacity:
 
 
 class NodeState(enum.Enum):
-    """Only READY nodes receive new placements."""
+    """Only READY nodes receive new placements; a REVOKED node's agent is
+    refused altogether (its instances move, as off a DOWN one)."""
 
     READY = "ready"
     DOWN = "down"
     DRAINING = "draining"
+    REVOKED = "revoked"
 
 
 @dataclass(frozen=True)

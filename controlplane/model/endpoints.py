@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from controlplane.model.cluster import NodeState
 from controlplane.model.resources import Resource, node_state
 
 #: Instance states that make an instance an endpoint.
@@ -24,7 +25,7 @@ SERVING = ("healthy", "running")
 
 def ready_nodes(nodes: Iterable[Resource]) -> set[str]:
     """Names of the Nodes instances may serve from."""
-    return {n.name for n in nodes if node_state(n.spec, n.status) == "ready"}
+    return {n.name for n in nodes if node_state(n.spec, n.status) is NodeState.READY}
 
 
 def is_registered(instance: Resource) -> bool:

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from controlplane.model.cluster import NodeState
+
 API_VERSION = "flotilla.dev/v1"
 DEFAULT_NAMESPACE = "default"
 
@@ -41,13 +43,16 @@ def control_plane_spiffe_id(trust_domain: str) -> str:
     return f"spiffe://{trust_domain}/control-plane"
 
 
-def node_state(spec: Mapping[str, Any], status: Mapping[str, Any]) -> str:
-    """A Node's state from its spec and status: ``ready``, ``down``,
-    ``draining`` for a ready node an operator drains, or ``revoked``."""
+def node_state(spec: Mapping[str, Any], status: Mapping[str, Any]) -> NodeState:
+    """A Node's state from its spec and status: READY, DOWN, DRAINING for a
+    ready node an operator drains, or REVOKED."""
     if spec.get("revoked"):
-        return "revoked"
-    state = str(status.get("state", "ready"))
-    return "draining" if state == "ready" and spec.get("drain") else state
+        return NodeState.REVOKED
+    try:
+        state = NodeState(str(status.get("state", "ready")))
+    except ValueError:
+        return NodeState.DOWN  # a state this version does not know: place nothing there
+    return NodeState.DRAINING if state is NodeState.READY and spec.get("drain") else state
 
 
 @dataclass(frozen=True, order=True)

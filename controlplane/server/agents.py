@@ -31,6 +31,7 @@ from controlplane.identity.proof import prove, unproven
 from controlplane.identity.tokens import JoinTokens
 from controlplane.manifests import sources
 from controlplane.model import ObjectKey, Resource, node_state
+from controlplane.model.cluster import NodeState
 from controlplane.server.status import abort
 from controlplane.store import Store
 
@@ -44,8 +45,9 @@ _REPORTED = {"state": "state", "reason": "reason", "address": "address", "port":
 
 def node_to_pb(node: Resource) -> nodes_pb2.Node:
     capacity = node.spec.get("capacity") or {}
-    states = {"ready": nodes_pb2.Node.READY, "down": nodes_pb2.Node.DOWN,
-              "draining": nodes_pb2.Node.DRAINING, "revoked": nodes_pb2.Node.REVOKED}
+    states = {NodeState.READY: nodes_pb2.Node.READY, NodeState.DOWN: nodes_pb2.Node.DOWN,
+              NodeState.DRAINING: nodes_pb2.Node.DRAINING,
+              NodeState.REVOKED: nodes_pb2.Node.REVOKED}
     return nodes_pb2.Node(
         name=node.name, address=node.spec.get("address", ""),
         labels=dict(node.spec.get("labels") or {}),
