@@ -41,7 +41,7 @@ from controlplane.catalog.registrations import (
     CATALOG_SHARDS,
     NODE_META,
     PASSING,
-    Registration,
+    CatalogEntry,
     catalog_nodes,
     shard_node,
 )
@@ -139,7 +139,7 @@ class ConsulCatalog:
                            for check in found or ()})
         return checks
 
-    def write(self, register: Sequence[Registration], deregister: Sequence[Registration] = ()
+    def write(self, register: Sequence[CatalogEntry], deregister: Sequence[CatalogEntry] = ()
               ) -> dict[str, str]:
         """Deregister and register (or replace) entries, each registered with
         its check passing, in as few transactions as fit. Returns entry ID ->
@@ -161,12 +161,12 @@ class ConsulCatalog:
                          if entry.id not in refused]
         return refused
 
-    def _delete_op(self, entry: Registration) -> dict[str, Any]:
+    def _delete_op(self, entry: CatalogEntry) -> dict[str, Any]:
         node = entry.node or shard_node(self.node, entry.id, self._shards)
         return {"Service": {"Verb": "delete", "Node": node,
                             "Service": {"ID": entry.id, "Service": entry.name}}}
 
-    def _set_ops(self, entry: Registration) -> list[dict[str, Any]]:
+    def _set_ops(self, entry: CatalogEntry) -> list[dict[str, Any]]:
         node = entry.node or shard_node(self.node, entry.id, self._shards)
         return [
             {"Service": {"Verb": "set", "Node": node, "Service": {

@@ -2,7 +2,7 @@
 
 Pure: data in, data out; the registry (:mod:`registry`) does the I/O.
 
-``desired(services, instances, nodes)`` gives one :class:`Registration` per
+``desired(services, instances, nodes)`` gives one :class:`CatalogEntry` per
 instance the mesh's EDS publishes (:mod:`controlplane.model.endpoints`), at
 the same address and port: its sidecar's inbound listener, or the address a
 client registered; :class:`Wanted` keeps the same answer current one stored
@@ -70,7 +70,7 @@ def shard_node(base: str, entry_id: str, shards: int = CATALOG_SHARDS) -> str:
 
 
 @dataclass(frozen=True)
-class Registration:
+class CatalogEntry:
     """One instance as a Consul catalog service. ``tags`` are sorted."""
 
     id: str
@@ -95,7 +95,7 @@ class SyncPlan:
     register (or replace) entries, each with its check passing."""
 
     deregister: tuple[str, ...] = ()
-    register: tuple[Registration, ...] = ()
+    register: tuple[CatalogEntry, ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self.deregister or self.register)
@@ -107,11 +107,11 @@ def registration_id(namespace: str, instance: str) -> str:
 
 
 def registration(service: Resource, instance: Resource, address: str, port: int
-                 ) -> Registration:
+                 ) -> CatalogEntry:
     """The entry of one serving ``instance`` of ``service`` at address:port."""
     version = service.labels.get(VERSION_LABEL, "")
     tags = {TAG, instance.namespace, *((version,) if version else ())}
-    return Registration(
+    return CatalogEntry(
         id=registration_id(instance.namespace, instance.name),
         name=service.name, address=address, port=port, tags=tuple(sorted(tags)),
         meta={
@@ -126,7 +126,7 @@ def registration(service: Resource, instance: Resource, address: str, port: int
 
 
 def desired(services: Iterable[Resource], instances: Iterable[Resource],
-            nodes: Iterable[Resource]) -> dict[str, Registration]:
+            nodes: Iterable[Resource]) -> dict[str, CatalogEntry]:
     """Entry ID -> entry of every instance the mesh publishes as an endpoint
     (serving on a ready node and not draining, or registered by a client)
     of a Service that exists."""
@@ -143,7 +143,7 @@ class Wanted:
     ``apply`` mutates it."""
 
     def __init__(self, resources: Iterable[Resource] = ()) -> None:
-        self.entries: dict[str, Registration] = {}
+        self.entries: dict[str, CatalogEntry] = {}
         self._services: dict[Key, Resource] = {}
         self._instances: dict[Key, Resource] = {}
         #: (namespace, service) -> names of its instances.
@@ -190,7 +190,7 @@ class Wanted:
                 self.entries[entry_id] = entry
         return touched
 
-    def _entry(self, instance: Resource | None) -> Registration | None:
+    def _entry(self, instance: Resource | None) -> CatalogEntry | None:
         """The entry of one instance, or None when it is not an endpoint."""
         if instance is None or instance.spec.get("gateway"):
             return None  # gone, or a gateway's Envoy (not an endpoint of any service)
@@ -212,14 +212,14 @@ def _owner(instance: Resource) -> Key:
     return (instance.namespace, str(instance.spec.get("service")))
 
 
-def registration_of(service_id: str, entry: Mapping[str, Any]) -> Registration | None:
+def registration_of(service_id: str, entry: Mapping[str, Any]) -> CatalogEntry | None:
     """A service of a catalog node (``/v1/catalog/node/<node>``, with the
-    node's name added as ``Node``) as a Registration, or None when it is not
+    node's name added as ``Node``) as a CatalogEntry, or None when it is not
     Flotilla's."""
     meta = entry.get("Meta") or {}
     if meta.get(MANAGED) != "true":
         return None
-    return Registration(
+    return CatalogEntry(
         id=str(entry.get("ID") or service_id), name=str(entry.get("Service") or ""),
         address=str(entry.get("Address") or ""), port=int(entry.get("Port") or 0),
         tags=tuple(sorted(str(t) for t in entry.get("Tags") or ())),
@@ -227,7 +227,7 @@ def registration_of(service_id: str, entry: Mapping[str, Any]) -> Registration |
     )
 
 
-def plan(desired: Mapping[str, Registration], actual: Mapping[str, Registration],
+def plan(desired: Mapping[str, CatalogEntry], actual: Mapping[str, CatalogEntry],
          checks: Mapping[str, str] | None, only: Iterable[str] | None = None) -> SyncPlan:
     """Turn ``actual`` (Flotilla's entries in the catalog, by ID) into
     ``desired``; with ``only``, just the entries of those IDs (the rest is

@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from controlplane.catalog.registrations import (
-    Registration,
+    CatalogEntry,
     SyncPlan,
     Wanted,
     plan,
@@ -71,8 +71,8 @@ class Catalog(Protocol):
 
     def checks(self) -> Mapping[str, str]: ...
 
-    def write(self, register: Sequence[Registration],
-              deregister: Sequence[Registration] = ()) -> dict[str, str]: ...
+    def write(self, register: Sequence[CatalogEntry],
+              deregister: Sequence[CatalogEntry] = ()) -> dict[str, str]: ...
 
 
 class Registry:
@@ -90,7 +90,7 @@ class Registry:
         self._clock = clock
         #: What the registry believes the catalog holds of Flotilla's, by
         #: entry ID; None until a full pass has read it (or after a failure).
-        self._known: dict[str, Registration] | None = None
+        self._known: dict[str, CatalogEntry] | None = None
         #: The entries wanted as of store version ``_seen``; None until a
         #: full pass has read the store.
         self._wanted: Wanted | None = None
@@ -218,7 +218,7 @@ class Registry:
         self._wanted = Wanted([r for kind in WATCHED_KINDS for r in self._store.list(kind)])
         return None
 
-    def _apply(self, todo: SyncPlan, known: dict[str, Registration]) -> None:
+    def _apply(self, todo: SyncPlan, known: dict[str, CatalogEntry]) -> None:
         if not todo:
             return
         refused = self._catalog.write(todo.register, [known[i] for i in todo.deregister])

@@ -133,7 +133,7 @@ class Constraint(Schema):
 LabelKey = Annotated[str, AfterValidator(check_label_key)]
 
 
-class Placement(Schema):
+class PlacementSpec(Schema):
     """Where a Service's instances may run, and which nodes they prefer.
 
     Services named here are in the same namespace. ``affinity`` and
@@ -160,7 +160,7 @@ class Placement(Schema):
     spread_by: list[LabelKey] = []
 
     @model_validator(mode="after")
-    def _consistent(self) -> Placement:
+    def _consistent(self) -> PlacementSpec:
         for i, name in enumerate(self.anti_affinity):
             if name in self.affinity:
                 raise FieldError(
@@ -302,7 +302,7 @@ class ServiceSpec(Schema):
     replicas: NonNegativeInt | None = None
     restart_policy: Literal["always", "on-failure", "never"] = "always"
     driver: Literal["docker", "process"] | None = None
-    placement: Placement = Placement()
+    placement: PlacementSpec = PlacementSpec()
     upstreams: list[Upstream] = []
     update: UpdateStrategy = UpdateStrategy()
     autoscaling: Autoscaling | None = not_supported_yet(
@@ -711,7 +711,7 @@ class Listener(Schema):
 class GatewaySpec(Schema):
     listeners: Annotated[list[Listener], Field(min_length=1)]
     replicas: PositiveInt = 1
-    placement: Placement = Placement()
+    placement: PlacementSpec = PlacementSpec()
 
     @model_validator(mode="after")
     def _unique(self) -> GatewaySpec:

@@ -23,7 +23,7 @@ import pytest
 from controlplane.catalog.consul import ConsulCatalog
 from controlplane.catalog.registrations import (
     MANAGED,
-    Registration,
+    CatalogEntry,
     catalog_node,
     catalog_nodes,
     shard_node,
@@ -234,9 +234,9 @@ def test_the_adapter_writes_in_transactions_and_names_what_consul_refuses(
         cluster: Cluster) -> None:
     catalog = ConsulCatalog.from_url(cluster.consul.url, node="flotilla-adapter-test")
     assert catalog.services() == {} and catalog.checks() == {}
-    entries = [Registration(f"flotilla-test-a-{i}", "adapter-test", "127.0.0.9", 20_000 + i,
+    entries = [CatalogEntry(f"flotilla-test-a-{i}", "adapter-test", "127.0.0.9", 20_000 + i,
                             ("flotilla",), {MANAGED: "true"}) for i in range(150)]
-    bad = Registration("flotilla-test-bad", "adapter-test", "127.0.0.9", 1, ("flotilla",),
+    bad = CatalogEntry("flotilla-test-bad", "adapter-test", "127.0.0.9", 1, ("flotilla",),
                        {MANAGED: "true", "consul-reserved": "x"})  # Consul's own meta prefix
     refused = catalog.write(entries[:70] + [bad] + entries[70:])  # 3 transactions, 16 nodes
     assert list(refused) == [bad.id]

@@ -25,7 +25,7 @@ from controlplane.catalog.registrations import (
     CATALOG_SHARDS,
     MANAGED,
     REGISTERED,
-    Registration,
+    CatalogEntry,
     SyncPlan,
     Wanted,
     catalog_node,
@@ -59,7 +59,7 @@ def instance(name: str, *, service: str = "web", namespace: str = "default",
                     status={"state": state, "address": "127.0.0.2", "port": port})
 
 
-def entry(registration: Registration) -> dict[str, Any]:
+def entry(registration: CatalogEntry) -> dict[str, Any]:
     """The registration as Consul's /v1/catalog/node/<node> shows it."""
     return {"ID": registration.id, "Service": registration.name,
             "Tags": list(reversed(registration.tags)), "Meta": dict(registration.meta),
@@ -99,7 +99,7 @@ def test_only_what_eds_publishes_is_wanted(candidate: Resource, listed: bool) ->
 def test_an_entry_names_the_instance_and_carries_tags_and_meta() -> None:
     wanted = desired([WEB, API], [instance("web-a", port=31001),
                                   instance("api-b", service="api", namespace="shop")], NODES)
-    assert wanted["flotilla-default-web-a"] == Registration(
+    assert wanted["flotilla-default-web-a"] == CatalogEntry(
         id="flotilla-default-web-a", name="web", address="127.0.0.2", port=31001,
         tags=("default", "flotilla", "v2"),
         meta={"flotilla-namespace": "default", "flotilla-version": "3",
@@ -153,11 +153,11 @@ def test_entries_others_registered_are_not_flotillas(meta: Mapping[str, str] | N
 
 # --- the plan -------------------------------------------------------------------------------
 
-A = Registration("flotilla-default-web-a", "web", "127.0.0.2", 31000, ("flotilla",),
+A = CatalogEntry("flotilla-default-web-a", "web", "127.0.0.2", 31000, ("flotilla",),
                  {MANAGED: "true"})
-B = Registration("flotilla-default-web-b", "web", "127.0.0.3", 31000, ("flotilla",),
+B = CatalogEntry("flotilla-default-web-b", "web", "127.0.0.3", 31000, ("flotilla",),
                  {MANAGED: "true"})
-MOVED = Registration(A.id, "web", "127.0.0.2", 31999, ("flotilla",), {MANAGED: "true"})
+MOVED = CatalogEntry(A.id, "web", "127.0.0.2", 31999, ("flotilla",), {MANAGED: "true"})
 PASSING = {A.check_id: "passing", B.check_id: "passing"}
 
 
@@ -172,13 +172,13 @@ PASSING = {A.check_id: "passing", B.check_id: "passing"}
     ({A.id: A}, {A.id: A, B.id: B}, None, SyncPlan(deregister=(B.id,))),
 ], ids=["in-sync", "missing", "stale", "altered", "check-gone", "check-critical",
         "incremental-in-sync", "incremental-stale"])
-def test_plan(wanted: dict[str, Registration], actual: dict[str, Registration],
+def test_plan(wanted: dict[str, CatalogEntry], actual: dict[str, CatalogEntry],
               checks: dict[str, str] | None, expected: SyncPlan) -> None:
     assert plan(wanted, actual, checks) == expected
 
 
 registrations = st.builds(
-    Registration, id=st.sampled_from([f"flotilla-default-web-{c}" for c in "abcdef"]),
+    CatalogEntry, id=st.sampled_from([f"flotilla-default-web-{c}" for c in "abcdef"]),
     name=st.just("web"), address=st.sampled_from(["127.0.0.2", "127.0.0.3"]),
     port=st.integers(30000, 30003), tags=st.just(("flotilla",)),
     meta=st.just({MANAGED: "true"}))
@@ -186,8 +186,8 @@ by_id = st.lists(registrations).map(lambda found: {r.id: r for r in found})
 
 
 @given(wanted=by_id, actual=by_id)
-def test_one_plan_converges(wanted: dict[str, Registration],
-                            actual: dict[str, Registration]) -> None:
+def test_one_plan_converges(wanted: dict[str, CatalogEntry],
+                            actual: dict[str, CatalogEntry]) -> None:
     checks = {r.check_id: "passing" for r in actual.values()}
     todo = plan(wanted, actual, checks)
     after = {k: v for k, v in actual.items() if k not in todo.deregister}
@@ -225,8 +225,8 @@ class FakeCatalog:
         self._call()
         return dict(self.statuses)
 
-    def write(self, register: Sequence[Registration],
-              deregister: Sequence[Registration] = ()) -> dict[str, str]:
+    def write(self, register: Sequence[CatalogEntry],
+              deregister: Sequence[CatalogEntry] = ()) -> dict[str, str]:
         self._call()
         self.writes.append(([r.id for r in register], [r.id for r in deregister]))
         for gone in deregister:
@@ -275,7 +275,7 @@ def test_the_registry_registers_serving_instances_and_repairs_the_catalog(
         store: Store, clock: FakeClock) -> None:
     catalog = FakeCatalog()
     catalog.entries["web-1"] = {"ID": "web-1", "Service": "web", "Meta": {}}  # someone else's
-    stale = Registration("flotilla-default-web-z", "web", "127.0.0.9", 1, ("flotilla",),
+    stale = CatalogEntry("flotilla-default-web-z", "web", "127.0.0.9", 1, ("flotilla",),
                          {MANAGED: "true"})
     catalog.entries[stale.id] = entry(stale)
     reg = registry(store, catalog, clock)
