@@ -1,13 +1,18 @@
 """Flotilla's control plane.
 
-Layers, lowest first (an import-linter contract in pyproject.toml keeps them
-pointing one way):
+Layers, lowest first (import-linter contracts in pyproject.toml keep them
+pointing one way, and keep the pure modules pure):
 
 - ``controlplane.api``        generated protobuf / gRPC modules (``make proto``)
-- ``controlplane.model``      frozen dataclasses, no I/O
+- ``controlplane.model``      frozen dataclasses, the clock, proxy metadata; no I/O
 - ``controlplane.manifests``  manifest schemas, validation, references (pure)
-- ``controlplane.store``      the resource store (SQLite, WAL)
-- ``controlplane.server``     gRPC servicers, protobuf conversion, the server
+- ``controlplane.store``      the resource store (SQLite, WAL; replicated on
+                              Consul KV) and the follower every loop uses;
+  ``controlplane.scheduler`` (pure) and ``controlplane.convert`` beside it
+- ``controlplane.controllers``, ``.xds``, ``.identity``, ``.catalog``:
+                              the loops and the pure logic they call,
+                              independent of each other
+- ``controlplane.server``, ``controlplane.client``: the gRPC edges
 - ``controlplane.cli``        the ``flotilla`` command
 
 ``controlplane.errors`` holds the error tree every layer raises.

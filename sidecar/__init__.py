@@ -2,6 +2,8 @@
 (docker, process), health checks, the Envoy bootstrap and lifecycle, and the
 local SDS server.
 
-The agent arrives with the scheduling issue; this package holds its place in
-the layout so the layering contract covers it from the start.
+It shares with the control plane only the model (proxy metadata, durations),
+a node's key and CSR and the join proofs (``controlplane.identity.keys`` and
+``.proof``), the generated API and the pure xDS stream SDS speaks; the
+import-linter contracts in pyproject.toml keep its layers and that boundary.
 """
