@@ -16,7 +16,7 @@ agent or scheduler, timed until each answers GET /healthz.
 
 - docker: image ``flotilla/example-http:dev`` (``bash deploy/images/build.sh``);
   skipped when no Docker Engine answers or the image is missing.
-- process: ``python3 -m flotilla_examples.http_echo`` with
+- process: ``<this Python> -m flotilla_examples.http_echo`` (it needs grpcio) with
   ``PYTHONPATH=deploy/apps``; the driver sets HOST and PORT.
 
 Bounded: a rollout that is not healthy within ``--timeout`` seconds counts as a
@@ -66,7 +66,7 @@ def manifest(driver: str, replicas: int) -> dict[str, Any]:
     """The example HTTP app, as an image (docker) or a command (process)."""
     run: dict[str, Any] = (
         {"image": HTTP_IMAGE} if driver == "docker" else
-        {"command": ["python3", "-m", "flotilla_examples.http_echo"],
+        {"command": [sys.executable, "-m", "flotilla_examples.http_echo"],
          "env": {"PYTHONPATH": str(APPS)}}
     )
     return {
