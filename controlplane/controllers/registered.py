@@ -15,8 +15,10 @@ store. After a restart every registered instance gets a full TTL from the
 moment the control plane starts (as nodes get a full grace), so clients that
 keep heartbeating never notice.
 
-Only the leader reaps (``is_leader``); a replica that becomes the leader
-gives every registered instance a full TTL. With several replicas
+Only the leader reaps: the reaper follows the store through the shared
+follower gated on ``is_leader``, sweeping at most every ``interval``
+seconds; a replica that becomes the leader resyncs, which gives every
+registered instance a full TTL. With several replicas
 (``shared``) a client may register and heartbeat through any of them: a
 replica that does not know an instance looks it up in the store, and the
 time of the last heartbeat is also written to the instance's status
@@ -46,11 +48,12 @@ from controlplane.errors import (
 )
 from controlplane.manifests.types import check_dns_label, check_labels
 from controlplane.manifests.references import View
-from controlplane.model import DEFAULT_NAMESPACE, SERVICE_LABEL, ObjectKey, Resource
+from controlplane.model import DEFAULT_NAMESPACE, SERVICE_LABEL, ObjectKey, Resource, WatchEvent
 from controlplane.model.endpoints import is_registered
 from controlplane.controllers.nodes import HEARTBEAT, heartbeat_age, with_heartbeat
 from controlplane.controllers.reconciler import always_leader
 from controlplane.store import Store
+from controlplane.store.follower import StoreFollower
 
 log = logging.getLogger(__name__)
 
@@ -190,24 +193,39 @@ class RegisteredInstances:
         self._clock = clock
         self._rng = rng or random.Random()
         self._interval = interval
-        self._is_leader = is_leader
         #: Instance name -> lease. Names are unique across namespaces.
         self._leases: dict[str, Lease] = {}
         #: (namespace, service, address, port) -> instance name.
         self._by_endpoint: dict[tuple[str, str, str, int], str] = {}
         self._lock = threading.Lock()  # guards the two maps; never held for I/O
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="registered-reaper",
-                                        daemon=True)
+        self._next_sweep = 0.0
+        # The reaper follows the store on the leader only: a replica that
+        # becomes the leader starts over (nobody heartbeated it yet).
+        self._follower = StoreFollower(store, self, name="registered-reaper", gate=is_leader,
+                                       idle=interval)
         self._reload()
 
     def start(self) -> None:
-        self._thread.start()
+        self._follower.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)
+        self._follower.stop()
+
+    # --- the store follower's consumer ------------------------------------------
+
+    def resync(self, head: int) -> None:
+        self._reload()
+        self._sweep_due()
+
+    def changed(self, events: Sequence[WatchEvent], head: int) -> None:
+        self._sweep_due()
+
+    def _sweep_due(self) -> None:
+        """Sweep at most every ``interval`` seconds, however busy the store is."""
+        now = self._clock()
+        if now >= self._next_sweep:
+            self._next_sweep = now + self._interval
+            self.sweep()
 
     # --- the API's calls ----------------------------------------------------------
 
@@ -311,20 +329,6 @@ class RegisteredInstances:
                 log.info("removed %d registered instance(s), %s: %s%s", len(names), reason,
                          ", ".join(names[:10]), " ..." if len(names) > 10 else "")
         return sorted(doomed)
-
-    def _loop(self) -> None:
-        leading = self._is_leader()
-        while not self._stop.wait(self._interval):
-            try:
-                if not self._is_leader():
-                    leading = False
-                    continue
-                if not leading:  # a new leader: nobody heartbeated it yet
-                    self._reload()
-                    leading = True
-                self.sweep()
-            except Exception:  # keep reaping; the next sweep retries
-                log.exception("sweeping registered instances failed")
 
     # --- internals ------------------------------------------------------------------
 
