@@ -221,6 +221,10 @@ def test_watch_filtered_by_kind_sees_only_that_kind(
     snapshot = [("ADDED", "ConfigMap", "old-cm")] if from_zero else []
 
     with Watcher(server, kind="ConfigMap", resource_version=start) as watcher:
+        # From zero the stream starts with what exists when the server takes
+        # the call: have it before changing anything, or a change made first
+        # is in the snapshot instead of after it.
+        watcher.wait_for(len(snapshot))
         expected = list(snapshot)
         for i in range(10):
             apply(client, service(f"svc-{i}"))
