@@ -39,6 +39,7 @@ from controlplane.api.flotilla.v1 import resources_pb2 as pb
 from controlplane.api.flotilla.v1 import resources_pb2_grpc as pb_grpc
 from controlplane.controllers.replicas import template_of
 from controlplane.model import NODE_NAMESPACE, SERVICE_LABEL
+from controlplane.model.endpoints import SERVING
 
 DEFAULT_SERVER = "127.0.0.1:7300"
 
@@ -49,6 +50,10 @@ _ACTIONS = {
     pb.APPLY_ACTION_CONFIGURED: "configured",
     pb.APPLY_ACTION_UNCHANGED: "unchanged",
 }
+
+
+#: One proxy as the xDS server sees it (what `flotilla proxy-status` shows).
+ProxyStatus = proxies_pb2.ProxyStatus
 
 
 @dataclass(frozen=True)
@@ -105,11 +110,11 @@ class SyncState:
 
     #: The store version every connected proxy must have ACKed.
     version: int
-    proxies: list[proxies_pb2.ProxyStatus]
+    proxies: list[ProxyStatus]
     #: Connected proxies that have not ACKed ``version`` yet.
-    behind: list[proxies_pb2.ProxyStatus]
+    behind: list[ProxyStatus]
     #: Those of ``behind`` that rejected it.
-    nacked: list[proxies_pb2.ProxyStatus]
+    nacked: list[ProxyStatus]
     rollouts: list[RolloutState]
 
     @property
@@ -126,7 +131,7 @@ class SyncState:
                           if self.proxies else "no proxy connected"])
 
 
-def sync_state(version: int, proxies: Sequence[proxies_pb2.ProxyStatus],
+def sync_state(version: int, proxies: Sequence[ProxyStatus],
                instances: Sequence[Mapping[str, Any]], rollouts: Sequence[Rollout]
                ) -> SyncState:
     """How far the change at ``version`` got, from one look at the proxies
@@ -149,7 +154,7 @@ def sync_state(version: int, proxies: Sequence[proxies_pb2.ProxyStatus],
                 continue  # another service's, leaving, or of the spec before this one
             name, state = meta["name"], str(status.get("state") or "pending")
             proxy = by_instance.get(name)
-            serving = state in ("healthy", "running")
+            serving = state in SERVING
             if serving and (proxy is None or proxy.synced_version >= version):
                 ready.append(name)
                 proxied += proxy is not None
@@ -169,10 +174,6 @@ def sync_state(version: int, proxies: Sequence[proxies_pb2.ProxyStatus],
     behind = [p for p in proxies if p.synced_version < version]
     nacked = [p for p in behind if p.last_nack_error and p.nack_version >= version]
     return SyncState(version, builtins.list(proxies), behind, nacked, states)
-
-
-#: One proxy as the xDS server sees it (what `flotilla proxy-status` shows).
-ProxyStatus = proxies_pb2.ProxyStatus
 
 
 class ServerUnavailable(errors.TemporaryError):

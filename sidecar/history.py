@@ -32,7 +32,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-log = logging.getLogger("flotilla.agent")
+log = logging.getLogger(__name__)
 
 #: Output kept per instance: its last lines up to this many bytes.
 OUTPUT_BYTES = 64 * 1024

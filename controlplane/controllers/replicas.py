@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from controlplane.model import Resource
+from controlplane.model.endpoints import SERVING
 
 #: Spec fields that do not shape an instance.
 NOT_TEMPLATE = ("replicas", "autoscaling", "update", "placement")
-#: Instance states that count as available.
-AVAILABLE = ("healthy", "running")
 
 
 def template_of(spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -40,7 +39,7 @@ def template_hash(spec: Mapping[str, Any], sources: Mapping[str, str] | None = N
 
 
 def available(instance: Resource) -> bool:
-    return instance.status.get("state") in AVAILABLE
+    return instance.status.get("state") in SERVING
 
 
 @dataclass(frozen=True)
