@@ -4,8 +4,9 @@ Layers, lowest first (import-linter contracts in pyproject.toml keep them
 pointing one way, and keep the pure modules pure):
 
 - ``controlplane.api``        generated protobuf / gRPC modules (``make proto``)
-- ``controlplane.model``      frozen dataclasses, the clock, proxy metadata; no I/O
-- ``controlplane.manifests``  manifest schemas, validation, references (pure)
+- ``controlplane.model``      frozen dataclasses, every kind's spec schema, the
+                              clock, proxy metadata; no I/O
+- ``controlplane.manifests``  the document envelope, validation, references (pure)
 - ``controlplane.store``      the resource store (SQLite, WAL; replicated on
                               Consul KV) and the follower every loop uses;
   ``controlplane.scheduler`` (pure) and ``controlplane.convert`` beside it

@@ -40,8 +40,8 @@ from controlplane.model.external import (
     TLS_META,
     CatalogEndpoint,
     external_name,
-    is_server_name,
 )
+from controlplane.model.types import is_server_name
 from controlplane.store import Store
 from controlplane.store.follower import StoreFollower
 

@@ -23,7 +23,7 @@ from dataclasses import replace
 from typing import Any
 
 from controlplane.errors import FieldViolation, InvalidRequest, NotFound, Unauthenticated
-from controlplane.manifests.types import check_dns_label, check_labels
+from controlplane.model.types import check_dns_label, check_labels
 from controlplane.model import NODE_NAMESPACE, ObjectKey, Resource
 from controlplane.store import Store
 

@@ -46,7 +46,7 @@ from controlplane.errors import (
     InvalidRequest,
     NotFound,
 )
-from controlplane.manifests.types import check_dns_label, check_labels
+from controlplane.model.types import check_dns_label, check_labels
 from controlplane.manifests.references import View
 from controlplane.model import DEFAULT_NAMESPACE, SERVICE_LABEL, ObjectKey, Resource, WatchEvent
 from controlplane.model.endpoints import is_registered

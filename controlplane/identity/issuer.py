@@ -32,7 +32,7 @@ from controlplane.identity.ca import (
     new_root,
     spiffe_id,
 )
-from controlplane.manifests.types import check_dns_label
+from controlplane.model.types import check_dns_label
 from controlplane.model import (
     NODE_NAMESPACE,
     ObjectKey,

@@ -1,4 +1,6 @@
-"""Manifests: schemas of every kind, validation with field paths, references.
+"""Manifests: the document envelope, validation with field paths, references.
+
+The spec schemas themselves are :mod:`controlplane.model.specs`.
 
 Pure (no I/O): text and mappings in, :class:`~controlplane.model.Resource`
 values or :class:`~controlplane.errors.InvalidManifest` out.

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from controlplane.manifests.types import ENV_NAME
+from controlplane.model.types import ENV_NAME
 from controlplane.model import ObjectKey, Resource
 
 #: The kinds a Service takes files and environment from.

@@ -19,14 +19,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from controlplane.errors import FieldViolation, InvalidManifest
-from controlplane.manifests.schemas import (
-    NOT_SUPPORTED,
-    NOT_SUPPORTED_VALUES,
-    SPEC_SCHEMAS,
-    Document,
-    Schema,
-)
-from controlplane.manifests.types import FieldError
+from controlplane.manifests.document import Document
+from controlplane.model.specs import NOT_SUPPORTED, NOT_SUPPORTED_VALUES, SPEC_SCHEMAS, Schema
+from controlplane.model.types import FieldError
 from controlplane.model import API_VERSION, KINDS, SYSTEM_KINDS, Resource
 
 #: Names accepted for each kind on the command line and in manifests' `kind`

@@ -16,7 +16,6 @@ TLS (and may carry the CA that verifies them).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,11 +26,6 @@ from controlplane.model.resources import Resource
 TLS_META = "flotilla-tls"
 #: Consul service meta naming the server name (SNI) to send to that instance.
 SNI_META = "flotilla-sni"
-
-_SERVER_NAME = re.compile(
-    r"^[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*$")
-_CONSUL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-
 
 @dataclass(frozen=True, order=True)
 class CatalogEndpoint:
@@ -60,13 +54,3 @@ def external_name(service: Resource) -> str | None:
     if external is None:
         return None
     return str(external.get("service") or service.name)
-
-
-def is_server_name(value: str) -> bool:
-    """Is ``value`` a DNS name a TLS client may send as SNI?"""
-    return len(value) <= 253 and bool(_SERVER_NAME.match(value))
-
-
-def is_consul_name(value: str) -> bool:
-    """Is ``value`` a Consul service name Flotilla can follow?"""
-    return len(value) <= 253 and bool(_CONSUL_NAME.match(value))

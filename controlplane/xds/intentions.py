@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from controlplane.manifests.schemas import re2_regex
+from controlplane.model.specs import re2_regex
 from controlplane.model import Resource
 
 ALLOW = "allow"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from controlplane.manifests.types import parse_duration
+from controlplane.model.types import parse_duration
 from controlplane.server.app import SERVER_OPTIONS
 from controlplane.xds.mesh import SIDECAR, Proxy, proxy_of
 from sidecar import envoy

@@ -21,7 +21,7 @@ from envoy.type.matcher.v3 import http_inputs_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controlplane.manifests.schemas import MAX_REGEX_PROGRAM_SIZE, re2_regex
+from controlplane.model.specs import MAX_REGEX_PROGRAM_SIZE, re2_regex
 from controlplane.manifests.validate import to_resource
 from controlplane.model import Resource
 from controlplane.xds import rbac

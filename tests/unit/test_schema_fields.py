@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from controlplane.errors import InvalidManifest
 from controlplane.manifests import to_resource
-from controlplane.manifests.schemas import NOT_SUPPORTED, NOT_SUPPORTED_VALUES, SPEC_SCHEMAS
+from controlplane.model.specs import NOT_SUPPORTED, NOT_SUPPORTED_VALUES, SPEC_SCHEMAS
 from controlplane.manifests.validate import _model_in
 from tests.unit.schema_effects import EFFECTS
 

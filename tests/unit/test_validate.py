@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from controlplane.errors import InvalidManifest
 from controlplane.manifests import parse_yaml, resolve_kind, to_resource, to_resources
-from controlplane.manifests.types import parse_duration
+from controlplane.model.types import parse_duration
 
 
 def service(**spec: Any) -> dict[str, Any]:

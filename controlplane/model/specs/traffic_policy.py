@@ -6,8 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
-from controlplane.manifests.schemas.common import HeaderMatch, Schema, not_supported_yet, one_of
-from controlplane.manifests.types import (
+from controlplane.model.specs.common import HeaderMatch, Schema, not_supported_yet, one_of
+from controlplane.model.types import (
     AbsPath,
     Duration,
     FieldError,

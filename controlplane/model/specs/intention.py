@@ -6,8 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, model_validator
 
-from controlplane.manifests.schemas.common import HeaderMatch, Schema
-from controlplane.manifests.types import AbsPath, check_dns_label
+from controlplane.model.specs.common import HeaderMatch, Schema
+from controlplane.model.types import AbsPath, check_dns_label
 
 
 HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"]

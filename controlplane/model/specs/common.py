@@ -12,7 +12,7 @@ import re2  # type: ignore[import-untyped]  # google-re2 ships no type informati
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-from controlplane.manifests.types import FieldError, Name, check_label_key
+from controlplane.model.types import FieldError, Name, check_label_key
 
 #: Ports inside every pod that belong to the Envoy sidecar.
 RESERVED_PORTS = range(15000, 15100)

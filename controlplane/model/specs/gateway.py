@@ -6,13 +6,13 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from controlplane.manifests.schemas.common import (
+from controlplane.model.specs.common import (
     NOT_SUPPORTED_VALUES,
     PlacementSpec,
     Schema,
     not_supported_yet,
 )
-from controlplane.manifests.types import AbsPath, FieldError, Name, Port, PositiveInt
+from controlplane.model.types import AbsPath, FieldError, Name, Port, PositiveInt
 
 
 class GatewayRoute(Schema):

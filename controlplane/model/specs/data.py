@@ -8,8 +8,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
-from controlplane.manifests.schemas.common import NOT_SUPPORTED_VALUES, Schema
-from controlplane.manifests.types import DATA_KEY
+from controlplane.model.specs.common import NOT_SUPPORTED_VALUES, Schema
+from controlplane.model.types import DATA_KEY
 
 
 MAX_DATA_BYTES = 1024 * 1024

@@ -8,14 +8,14 @@ from cryptography import x509
 from pydantic import AfterValidator, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-from controlplane.manifests.schemas.common import (
+from controlplane.model.specs.common import (
     RESERVED_PORTS,
     PlacementSpec,
     Schema,
     not_supported_yet,
     one_of,
 )
-from controlplane.manifests.types import (
+from controlplane.model.types import (
     ENV_NAME,
     AbsPath,
     Duration,
@@ -26,7 +26,7 @@ from controlplane.manifests.types import (
     Port,
     PositiveInt,
 )
-from controlplane.model.external import is_consul_name, is_server_name
+from controlplane.model.types import is_consul_name, is_server_name
 
 
 class ResourceLimits(Schema):

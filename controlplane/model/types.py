@@ -1,4 +1,4 @@
-"""Field types shared by the manifest schemas: names, labels, durations, ports.
+"""Field types shared by the spec schemas: names, labels, durations, ports.
 
 Every check raises ``ValueError`` with a message that says what to change;
 :mod:`controlplane.manifests.validate` turns it into a field violation.
@@ -18,6 +18,9 @@ DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]
 LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 DATA_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SERVER_NAME = re.compile(
+    r"^[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*$")
+_CONSUL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 
 
 def suggest_dns_label(value: str) -> str:
@@ -116,3 +119,13 @@ class FieldError(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+def is_server_name(value: str) -> bool:
+    """Is ``value`` a DNS name a TLS client may send as SNI?"""
+    return len(value) <= 253 and bool(_SERVER_NAME.match(value))
+
+
+def is_consul_name(value: str) -> bool:
+    """Is ``value`` a Consul service name Flotilla can follow?"""
+    return len(value) <= 253 and bool(_CONSUL_NAME.match(value))
