@@ -1,15 +1,9 @@
-"""The Consul adapter: the catalog and transaction HTTP APIs through
-py-consul (one keep-alive session), with every failure mapped onto
-:mod:`controlplane.errors` and a message that names Consul's address and
-says what went wrong:
-
-- Consul cannot be reached, times out or answers 5xx: ``TemporaryError``
-  (``cannot reach Consul at 127.0.0.1:8500: connection refused``); the
-  registry retries with backoff;
-- the ACL token is missing or lacks a permission: ``PermissionDenied``;
-- Consul rejects a request as malformed: ``UserError``; a transaction that
-  Consul rolls back because of some of its entries names them (``write``
-  returns why each was refused and writes the others).
+"""The Consul catalog adapter: the catalog and transaction APIs through the
+control plane's one Consul client (:class:`controlplane.store.consul.ConsulClient`,
+which maps every failure onto :mod:`controlplane.errors`; the registry
+retries a ``TemporaryError`` with backoff). A transaction that Consul rolls
+back because of some of its entries names them (``write`` returns why each
+was refused and writes the others).
 
 Flotilla's entries live on catalog nodes of its own (external nodes, as
 consul-esm registers them), spread over ``CATALOG_SHARDS`` of them because
@@ -26,16 +20,8 @@ Thread-safety: a ``ConsulCatalog`` is used by one thread (the registry).
 from __future__ import annotations
 
 import json
-import re
-import urllib.parse
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TypeVar
-
-import consul
-import requests
-from consul.callback import CB
-from consul.exceptions import ACLDisabled, ACLPermissionDenied, BadRequest, ClientError
 
 from controlplane.catalog.registrations import (
     CATALOG_SHARDS,
@@ -45,45 +31,22 @@ from controlplane.catalog.registrations import (
     catalog_nodes,
     shard_node,
 )
-from controlplane.errors import PermissionDenied, TemporaryError, UserError
+from controlplane.errors import UserError
+from controlplane.store.consul import (
+    REQUEST_TIMEOUT,
+    ConsulAddress,
+    ConsulClient,
+    parse_url,
+)
 
 T = TypeVar("T")
 
-SCHEME = "consul"
-DEFAULT_PORT = 8500
-#: Seconds one request may take before Consul counts as unreachable.
-REQUEST_TIMEOUT = 5.0
 #: The most operations Consul takes in one transaction.
 TXN_MAX_OPS = 128
 #: The catalog node of Flotilla's entries when none is named.
 DEFAULT_NODE = "flotilla"
 
-
-@dataclass(frozen=True)
-class ConsulAddress:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-
-def parse_url(url: str) -> ConsulAddress:
-    """``consul://HOST[:PORT]`` (port 8500 when left out) as an address;
-    a ``UserError`` that shows the expected form otherwise."""
-    form = "use consul://HOST:PORT, e.g. consul://127.0.0.1:8500"
-    parts = urllib.parse.urlsplit(url.strip())
-    if parts.scheme != SCHEME:
-        raise UserError(f"{url!r} is not a Consul address: {form}")
-    try:
-        port = parts.port
-    except ValueError:
-        raise UserError(f"{url!r} has a bad port: {form}") from None
-    if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment \
-            or parts.username or parts.password:
-        raise UserError(f"{url!r} is not a Consul address: {form}")
-    return ConsulAddress(parts.hostname, port or DEFAULT_PORT)
+__all__ = ["REQUEST_TIMEOUT", "TXN_MAX_OPS", "ConsulAddress", "ConsulCatalog", "parse_url"]
 
 
 class ConsulCatalog:
@@ -100,12 +63,12 @@ class ConsulCatalog:
         self.node = node
         self.nodes = catalog_nodes(node, shards)
         self._shards = shards
-        self._client = consul.Consul(host=address.host, port=address.port,
-                                     connections_timeout=timeout)
-        # py-consul prefers $CONSUL_HTTP_TOKEN to the token it is given; the
-        # server's --catalog-token (which defaults to that variable) decides.
-        self._client.token = token or None
-        self._timeout = timeout
+        self._consul = ConsulClient(
+            address, token, timeout=timeout,
+            token_hint="give --catalog-token (or CONSUL_HTTP_TOKEN) a token with "
+                       "service:write and node:write")
+        self._call = self._consul.call
+        self._client = self._consul.api
         self._node_ops: dict[str, dict[str, Any]] = {
             name: {"Node": {"Verb": "set", "Node": {
                 "Node": name, "Address": node_address, "Meta": dict(NODE_META)}}}
@@ -184,9 +147,7 @@ class ConsulCatalog:
         nodes = sorted({op[kind]["Node"] if kind == "Service" else op[kind]["Check"]["Node"]
                         for op in ops for kind in op})
         what = f"write {len(ops)} catalog operation(s)"
-        code, body = self._call(what, self._client.http.put, _txn_reply, "/v1/txn",
-                                data=json.dumps([*(self._node_ops[n] for n in nodes), *ops]),
-                                headers=self._client.prepare_headers())
+        code, body = self._consul.transact(what, [*(self._node_ops[n] for n in nodes), *ops])
         if code == 200:
             return {}
         errors = (body or {}).get("Errors") or []
@@ -213,33 +174,6 @@ class ConsulCatalog:
         """The address of the cluster's leader ("" while there is none)."""
         return str(self._call("ask for the leader", self._client.status.leader) or "")
 
-    def _call(self, what: str, request: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        try:
-            return request(*args, **kwargs)
-        except requests.Timeout:
-            raise TemporaryError(f"{self} did not answer within {self._timeout:g}s "
-                                 f"(trying to {what})") from None
-        except requests.ConnectionError as error:
-            raise TemporaryError(f"cannot reach {self}: {_reason(error)}") from None
-        except (ACLPermissionDenied, ACLDisabled) as error:
-            raise PermissionDenied(
-                f"{self} refused to {what}: {_body(error) or 'permission denied'}; give "
-                "--catalog-token (or CONSUL_HTTP_TOKEN) a token with service:write and "
-                "node:write") from None
-        except (BadRequest, ClientError) as error:
-            raise UserError(f"{self} rejected the request to {what}: {_body(error)}") from None
-        except consul.ConsulException as error:
-            raise TemporaryError(f"{self} failed to {what}: {_body(error)}") from None
-
-
-def _txn_reply(response: Any) -> tuple[int, Any]:
-    """A /v1/txn answer: (200, results) or (409, the errors of a rollback);
-    any other status raises as py-consul maps it."""
-    if response.code in (200, 409):
-        return int(response.code), json.loads(response.body or "null")
-    CB.json(allow_404=False)(response)
-    raise consul.ConsulException(f"{response.code} {response.body}")
-
 
 def _chunks(groups: list[tuple[T, list[Any]]], size: int
             ) -> Iterator[list[tuple[T, list[Any]]]]:
@@ -255,18 +189,3 @@ def _chunks(groups: list[tuple[T, list[Any]]], size: int
         count += len(group[1])
     if chunk:
         yield chunk
-
-
-def _reason(error: requests.ConnectionError) -> str:
-    """'connection refused' from requests' long message, when it says so."""
-    text = str(error)
-    found = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
-    if found:
-        return found.group(1).strip().lower()
-    if "Name or service not known" in text or "nodename nor servname" in text:
-        return "unknown host"
-    return "no connection"
-
-
-def _body(error: Exception) -> str:
-    return " ".join(str(error).split())

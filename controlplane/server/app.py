@@ -143,7 +143,7 @@ class ControlPlane:
             log=replicated,
         )
         self.leader: Solo | ConsulLeader = (
-            ConsulLeader(replicated.http, replicated.prefix, config.listen,
+            ConsulLeader(replicated.client, replicated.prefix, config.listen,
                          on_change=self._leadership) if replicated is not None else Solo())
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers),
                                    options=SERVER_OPTIONS)

@@ -20,7 +20,9 @@ import threading
 import uuid
 from collections.abc import Callable
 
-from controlplane.store.consul import ConsulHttp
+from consul import Check
+
+from controlplane.store.consul import ConsulClient
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +41,11 @@ class Solo:
 
 
 class ConsulLeader:
-    def __init__(self, http: ConsulHttp, prefix: str, identity: str, *,
+    def __init__(self, client: ConsulClient, prefix: str, identity: str, *,
                  ttl: float = 4.0, interval: float = 1.0,
                  on_change: Callable[[bool], None] | None = None) -> None:
-        self._http = http
+        self._client = client
+        self._api = client.api
         self._key = f"{prefix}/leader"
         #: What the lock holds: this replica's API address (for operators).
         self.identity = identity
@@ -67,10 +70,12 @@ class ConsulLeader:
         self._thread.join(timeout=10)
         try:
             if self._session:
-                self._http.call("PUT", f"/v1/kv/{self._key}?release={self._session}",
-                                self.identity)
-                self._http.call("PUT", f"/v1/session/destroy/{self._session}")
-            self._http.call("PUT", f"/v1/agent/check/deregister/{self._check}")
+                self._client.call("release the leader lock", self._api.kv.put, self._key,
+                                  self.identity, release=self._session)
+                self._client.call("end the leader session", self._api.session.destroy,
+                                  self._session)
+            self._client.call("deregister the replica's check",
+                              self._api.agent.check.deregister, self._check)
         except Exception as error:  # noqa: BLE001 - Consul away: the TTL frees the lock
             log.warning("stepping down: %s", error)
         self._set(False)
@@ -98,28 +103,30 @@ class ConsulLeader:
             self._stop.wait(self._interval)
 
     def _campaign(self) -> None:
+        call, api = self._client.call, self._api
         if not self._session:
-            self._http.call("PUT", "/v1/agent/check/register", {
-                "ID": self._check, "Name": f"flotilla server {self.identity}",
-                "TTL": f"{self._ttl:g}s", "Status": "passing"})
-            _, created, _ = self._http.call("PUT", "/v1/session/create", {
-                "Name": f"flotilla leader {self.identity}", "LockDelay": "0s",
-                "Behavior": "release", "Checks": ["serfHealth", self._check]})
-            self._session = str(created["ID"])
-        self._http.call("PUT", f"/v1/agent/check/pass/{self._check}")
-        status, holder, _ = self._http.call("GET", f"/v1/kv/{self._key}")
-        held_by = (holder[0].get("Session") or "") if status == 200 and holder else ""
+            call("register the replica's check", api.agent.check.register,
+                 f"flotilla server {self.identity}", Check.ttl(f"{self._ttl:g}s"),
+                 check_id=self._check)
+            # A session takes only passing checks.
+            call("pass the replica's check", api.agent.check.ttl_pass, self._check)
+            self._session = str(call("start a leader session", api.session.create,
+                                     name=f"flotilla leader {self.identity}", lock_delay=0,
+                                     behavior="release", checks=["serfHealth", self._check]))
+        call("pass the replica's check", api.agent.check.ttl_pass, self._check)
+        _, holder = call("read the leader lock", api.kv.get, self._key)
+        held_by = str(holder.get("Session") or "") if holder else ""
         if held_by == self._session:
             self._set(True)
             return
         if held_by:
             self._set(False)
             return
-        _, acquired, _ = self._http.call(
-            "PUT", f"/v1/kv/{self._key}?acquire={self._session}", self.identity)
+        acquired = call("take the leader lock", api.kv.put, self._key, self.identity,
+                        acquire=self._session)
         if acquired is not True:
             # Maybe our session was invalidated (the check went critical): a new one.
-            status, info, _ = self._http.call("GET", f"/v1/session/info/{self._session}")
+            _, info = call("read the leader session", api.session.info, self._session)
             if not info:
                 self._session = ""
         self._set(acquired is True)

@@ -1,6 +1,7 @@
 """The resource store: SQLite in WAL mode in the data dir (the embedded
 default; with ``--store consul://`` each replica's copy of a log replicated on
-Consul KV: :mod:`consul`).
+Consul KV: :mod:`consul`, which also holds the control plane's one Consul
+client, used by the log, the leader lock and the catalog).
 
 One writer at a time; every write gets a monotonically increasing
 resourceVersion and an event row, which is what watches replay. Secrets are

@@ -18,104 +18,186 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
-import urllib.error
+import re
 import urllib.parse
-import urllib.request
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from controlplane.errors import TemporaryError, UserError
+import consul
+import requests
+from consul.callback import CB
+from consul.exceptions import ACLDisabled, ACLPermissionDenied, BadRequest, ClientError
+
+from controlplane.errors import PermissionDenied, TemporaryError, UserError
+
+T = TypeVar("T")
 
 #: Entries per KV folder (a catch-up reads whole folders).
 BUCKET = 1000
+SCHEME = "consul"
+DEFAULT_PORT = 8500
+#: Seconds one request may take before Consul counts as unreachable (a
+#: blocking query gets its wait on top, as py-consul reckons it).
+REQUEST_TIMEOUT = 5.0
 
 
 class LogMoved(Exception):
     """Another replica appended first: catch up and retry."""
 
 
-def parse_store_url(url: str) -> tuple[str, str]:
-    """(http base URL, key prefix) of ``consul://HOST:PORT[/PREFIX]``."""
+@dataclass(frozen=True)
+class ConsulAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_url(url: str) -> ConsulAddress:
+    """``consul://HOST[:PORT]`` (port 8500 when left out) as an address;
+    a ``UserError`` that shows the expected form otherwise."""
+    form = "use consul://HOST:PORT, e.g. consul://127.0.0.1:8500"
+    parts = urllib.parse.urlsplit(url.strip())
+    if parts.scheme != SCHEME:
+        raise UserError(f"{url!r} is not a Consul address: {form}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise UserError(f"{url!r} has a bad port: {form}") from None
+    if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment \
+            or parts.username or parts.password:
+        raise UserError(f"{url!r} is not a Consul address: {form}")
+    return ConsulAddress(parts.hostname, port or DEFAULT_PORT)
+
+
+def parse_store_url(url: str) -> tuple[ConsulAddress, str]:
+    """(address, key prefix) of ``consul://HOST:PORT[/PREFIX]``."""
     parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme != "consul" or not parsed.hostname or not parsed.port:
+    if parsed.scheme != SCHEME or not parsed.hostname or not parsed.port:
         raise UserError(f"{url!r} is not a Consul store: use consul://HOST:PORT[/PREFIX] "
                         "(e.g. consul://127.0.0.1:8500/flotilla)")
     prefix = parsed.path.strip("/") or "flotilla"
-    return f"http://{parsed.hostname}:{parsed.port}", prefix
+    return ConsulAddress(parsed.hostname, parsed.port), prefix
 
 
-class ConsulHttp:
-    """Consul's HTTP API, plainly: (status, parsed JSON, headers) per call;
-    404 and 409 are answers, other failures TemporaryError (UserError for 403)."""
+class ConsulClient:
+    """The one Consul client of the control plane (catalog, the store's KV
+    log, the leader lock): py-consul over one keep-alive session, every
+    failure mapped onto :mod:`controlplane.errors` with a message that names
+    Consul's address and what was being done:
 
-    def __init__(self, base: str, token: str = "", timeout: float = 10.0) -> None:
-        self.base = base
-        self._token = token
+    - Consul cannot be reached, times out or answers 5xx: ``TemporaryError``
+      (``cannot reach Consul at 127.0.0.1:8500: connection refused``);
+    - the ACL token is missing or lacks a permission: ``PermissionDenied``,
+      saying which flag gives the token (``token_hint``);
+    - Consul rejects a request as malformed: ``UserError``.
+
+    ``token`` is the ACL token sent as ``X-Consul-Token`` ("" for none).
+    """
+
+    def __init__(self, address: ConsulAddress, token: str = "", *,
+                 timeout: float = REQUEST_TIMEOUT, token_hint: str = "") -> None:
+        self.address = address
+        self.api = consul.Consul(host=address.host, port=address.port,
+                                 connections_timeout=timeout)
+        # py-consul prefers $CONSUL_HTTP_TOKEN to the token it is given; the
+        # flags (which default to that variable) decide.
+        self.api.token = token or None
         self._timeout = timeout
+        self._hint = token_hint
 
-    def call(self, method: str, path: str, body: Any = None, timeout: float | None = None
-             ) -> tuple[int, Any, dict[str, str]]:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(f"{self.base}{path}", data=data, method=method)
-        if self._token:
-            request.add_header("X-Consul-Token", self._token)
+    def __str__(self) -> str:
+        return f"Consul at {self.address}"
+
+    def call(self, what: str, request: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``request(*args, **kwargs)`` (a py-consul method), its failures
+        mapped; ``what`` says what it does ("read the log's head")."""
         try:
-            with urllib.request.urlopen(request, timeout=timeout or self._timeout) as answer:
-                raw = answer.read()
-                return answer.status, json.loads(raw) if raw else None, dict(answer.headers)
-        except urllib.error.HTTPError as error:
-            raw = error.read()
-            try:
-                parsed = json.loads(raw) if raw else None
-            except ValueError:
-                parsed = raw.decode(errors="replace")
-            if error.code == 404:
-                return 404, None, dict(error.headers)
-            if error.code == 409:
-                return 409, parsed, dict(error.headers)
-            if error.code == 403:
-                raise UserError(f"Consul at {self.base} refused the token: {parsed}") from None
-            raise TemporaryError(f"Consul at {self.base} answered {error.code}: {parsed}") \
-                from None
-        except (urllib.error.URLError, OSError, socket.timeout) as error:
-            reason = getattr(error, "reason", error)
-            raise TemporaryError(f"cannot reach Consul at {self.base}: {reason}") from None
+            return request(*args, **kwargs)
+        except requests.Timeout:
+            raise TemporaryError(f"{self} did not answer within {self._timeout:g}s "
+                                 f"(trying to {what})") from None
+        except requests.ConnectionError as error:
+            raise TemporaryError(f"cannot reach {self}: {_reason(error)}") from None
+        except (ACLPermissionDenied, ACLDisabled) as error:
+            hint = f"; {self._hint}" if self._hint else ""
+            raise PermissionDenied(
+                f"{self} refused to {what}: {_body(error) or 'permission denied'}{hint}"
+            ) from None
+        except (BadRequest, ClientError) as error:
+            raise UserError(f"{self} rejected the request to {what}: {_body(error)}") from None
+        except consul.ConsulException as error:
+            raise TemporaryError(f"{self} failed to {what}: {_body(error)}") from None
 
+    def transact(self, what: str, ops: list[dict[str, Any]]) -> tuple[int, Any]:
+        """One ``/v1/txn``: (200, its results) or (409, the errors of its rollback)."""
+        reply: tuple[int, Any] = self.call(
+            what, self.api.http.put, _txn_reply, "/v1/txn", data=json.dumps(ops),
+            headers=self.api.prepare_headers())
+        return reply
+
+
+def _txn_reply(response: Any) -> tuple[int, Any]:
+    """A /v1/txn answer: (200, results) or (409, the errors of a rollback);
+    any other status raises as py-consul maps it."""
+    if response.code in (200, 409):
+        return int(response.code), json.loads(response.body or "null")
+    CB.json(allow_404=False)(response)
+    raise consul.ConsulException(f"{response.code} {response.body}")
+
+
+def _reason(error: requests.ConnectionError) -> str:
+    """'connection refused' from requests' long message, when it says so."""
+    text = str(error)
+    found = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+    if found:
+        return found.group(1).strip().lower()
+    if "Name or service not known" in text or "nodename nor servname" in text:
+        return "unknown host"
+    return "no connection"
+
+
+def _body(error: Exception) -> str:
+    return " ".join(str(error).split())
 
 
 class ConsulLog:
-    def __init__(self, url: str, token: str = "", timeout: float = 10.0) -> None:
-        base, self.prefix = parse_store_url(url)
-        self.http = ConsulHttp(base, token, timeout)
-        self._call = self.http.call
+    def __init__(self, url: str, token: str = "", timeout: float = REQUEST_TIMEOUT) -> None:
+        address, self.prefix = parse_store_url(url)
+        self.client = ConsulClient(address, token, timeout=timeout,
+                                   token_hint="give --store-token (or CONSUL_HTTP_TOKEN) a "
+                                   f"token with key:write on {self.prefix}/")
+        self._kv = self.client.api.kv
         self._head_key = f"{self.prefix}/head"
         #: The head as last seen: (resourceVersion, its ModifyIndex).
         self.head = (0, 0)
 
     @property
     def base(self) -> str:
-        return self.http.base
+        return str(self.client.address)
 
-    def read_head(self) -> tuple[int, int]:
-        status, found, _ = self._call("GET", f"/v1/kv/{self._head_key}")
-        if status == 404 or not found:
+    def _seen(self, found: Any) -> tuple[int, int]:
+        if not found:
             self.head = (0, 0)
         else:
-            self.head = (int(base64.b64decode(found[0]["Value"] or b"MA==")),
-                         int(found[0]["ModifyIndex"]))
+            self.head = (int(found["Value"] or b"0"), int(found["ModifyIndex"]))
         return self.head
+
+    def read_head(self) -> tuple[int, int]:
+        _, found = self.client.call("read the log's head", self._kv.get, self._head_key)
+        return self._seen(found)
 
     def wait_head(self, index: int, wait: float) -> tuple[int, int]:
         """The head once its ModifyIndex passes ``index`` (or ``wait`` seconds)."""
-        status, found, headers = self._call(
-            "GET", f"/v1/kv/{self._head_key}?index={index}&wait={int(wait)}s",
-            timeout=wait + 10)
-        consul_index = int(headers.get("X-Consul-Index", "0") or 0)
-        if status == 404 or not found:
-            return 0, consul_index
-        self.head = (int(base64.b64decode(found[0]["Value"] or b"MA==")),
-                     int(found[0]["ModifyIndex"]))
-        return self.head[0], consul_index
+        consul_index, found = self.client.call(
+            "wait for the log's head", self._kv.get, self._head_key, index=str(index),
+            wait=f"{int(wait)}s")
+        if not found:
+            return 0, int(consul_index or 0)
+        return self._seen(found)[0], int(consul_index or 0)
 
     def append(self, start: int, end: int, entry: dict[str, Any]) -> None:
         """Add ``entry`` (resourceVersions start+1..end) if the head is still
@@ -125,7 +207,7 @@ class ConsulLog:
             self.read_head()
             raise LogMoved()
         value = base64.b64encode(json.dumps(entry, separators=(",", ":")).encode()).decode()
-        status, answer, _ = self._call("PUT", "/v1/txn", [
+        status, answer = self.client.transact("append to the log", [
             {"KV": {"Verb": "cas", "Key": self._head_key, "Index": index,
                     "Value": base64.b64encode(str(end).encode()).decode()}},
             {"KV": {"Verb": "set", "Key": self._entry_key(end), "Value": value}},
@@ -142,12 +224,10 @@ class ConsulLog:
         head = self.read_head()[0]
         found: list[dict[str, Any]] = []
         for bucket in range(after // BUCKET, head // BUCKET + 1):
-            status, listed, _ = self._call(
-                "GET", f"/v1/kv/{self.prefix}/log/{bucket:08d}/?recurse=true")
-            if status == 404 or not listed:
-                continue
-            for item in listed:
-                entry = json.loads(base64.b64decode(item["Value"]))
+            _, listed = self.client.call("read the log", self._kv.get,
+                                         f"{self.prefix}/log/{bucket:08d}/", recurse=True)
+            for item in listed or ():
+                entry = json.loads(item["Value"])
                 if entry["end"] > after:
                     found.append(entry)
         found.sort(key=lambda e: int(e["end"]))
