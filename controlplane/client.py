@@ -16,7 +16,7 @@ import time
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.rpc import error_details_pb2
@@ -37,9 +37,10 @@ from controlplane.api.flotilla.v1 import (
 )
 from controlplane.api.flotilla.v1 import resources_pb2 as pb
 from controlplane.api.flotilla.v1 import resources_pb2_grpc as pb_grpc
-from controlplane.controllers.replicas import template_of
 from controlplane.model import NODE_NAMESPACE, SERVICE_LABEL
 from controlplane.model.endpoints import SERVING
+from controlplane.model.resources import decode_spec
+from controlplane.model.specs import InstanceSpec, NodeSpec, Schema, ServiceSpec, Workload
 
 DEFAULT_SERVER = "127.0.0.1:7300"
 
@@ -52,8 +53,27 @@ _ACTIONS = {
 }
 
 
+S = TypeVar("S", bound=Schema)
+
 #: One proxy as the xDS server sees it (what `flotilla proxy-status` shows).
 ProxyStatus = proxies_pb2.ProxyStatus
+
+
+def spec_of(doc: Mapping[str, Any]) -> Schema:
+    """A document's spec as its kind's model. The server redacts a Secret's
+    values: its keys are kept, with empty values."""
+    spec = doc.get("spec") or {}
+    if doc["kind"] == "Secret":
+        spec = {**spec, "data": dict.fromkeys(spec.get("data") or {}, "")}
+    return decode_spec(doc["kind"], spec)
+
+
+def typed_spec(doc: Mapping[str, Any], spec_type: type[S]) -> S:
+    """``spec_of(doc)`` as *spec_type*; a ``TypeError`` for a document of another kind."""
+    spec = spec_of(doc)
+    if not isinstance(spec, spec_type):
+        raise TypeError(f"a {doc['kind']} has no {spec_type.__name__}")
+    return spec
 
 
 @dataclass(frozen=True)
@@ -66,19 +86,20 @@ class Rollout:
     namespace: str
     name: str
     replicas: int
-    workload: Mapping[str, Any] | None
+    workload: Workload | None
 
     @classmethod
     def of(cls, doc: Mapping[str, Any]) -> Rollout | None:
         """What applying ``doc`` (as stored) makes run; None for other kinds,
         no replicas, or instances from outside (Consul, registrations)."""
-        meta, spec = doc["metadata"], doc.get("spec") or {}
+        meta = doc["metadata"]
         if doc["kind"] == "Gateway":
             return cls("Gateway", meta["namespace"], meta["name"], 1, None)
-        replicas = int(spec.get("replicas", 0))
-        if doc["kind"] != "Service" or replicas <= 0 or spec.get("external"):
+        spec = spec_of(doc)
+        if not isinstance(spec, ServiceSpec) or spec.desired_replicas <= 0 or spec.external:
             return None
-        return cls("Service", meta["namespace"], meta["name"], replicas, template_of(spec))
+        return cls("Service", meta["namespace"], meta["name"], spec.desired_replicas,
+                   spec.workload())
 
     def __str__(self) -> str:
         return f"{self.kind} {self.namespace}/{self.name}"
@@ -145,12 +166,12 @@ def sync_state(version: int, proxies: Sequence[ProxyStatus],
         proxied = 0
         waiting: list[str] = []
         for instance in instances:
-            meta, spec = instance["metadata"], instance.get("spec") or {}
+            meta, spec = instance["metadata"], typed_spec(instance, InstanceSpec)
             status = instance.get("status") or {}
-            if (meta["namespace"], spec.get("service")) != (rollout.namespace, rollout.name) \
-                    or bool(spec.get("gateway")) != (rollout.kind == "Gateway") \
-                    or spec.get("draining") or spec.get("registered") \
-                    or (rollout.workload is not None and spec.get("workload") != rollout.workload):
+            if (meta["namespace"], spec.service) != (rollout.namespace, rollout.name) \
+                    or spec.gateway != (rollout.kind == "Gateway") \
+                    or spec.draining or spec.registered \
+                    or (rollout.workload is not None and spec.workload != rollout.workload):
                 continue  # another service's, leaving, or of the spec before this one
             name, state = meta["name"], str(status.get("state") or "pending")
             proxy = by_instance.get(name)
@@ -163,8 +184,7 @@ def sync_state(version: int, proxies: Sequence[ProxyStatus],
             elif serving:
                 waiting.append(f"{name}: its proxy has not ACKed yet")
             else:
-                reason = status.get("reason") or ("not placed yet" if not spec.get("node")
-                                                  else "")
+                reason = status.get("reason") or ("not placed yet" if not spec.node else "")
                 waiting.append(f"{name}: {state}" + (f": {reason}" if reason else ""))
         missing = rollout.replicas - len(ready) - len(waiting)
         waiting.sort()
@@ -366,10 +386,10 @@ class Client:
 
     def _agent_endpoint(self, instance: dict[str, Any]) -> str:
         name = instance["metadata"]["name"]
-        node = instance["spec"].get("node")
+        node = typed_spec(instance, InstanceSpec).node
         if not node:
             raise errors.FailedPrecondition(f"instance {name} is not placed on a node yet")
-        endpoint = self.get("Node", node, NODE_NAMESPACE)["spec"].get("logsEndpoint")
+        endpoint = typed_spec(self.get("Node", node, NODE_NAMESPACE), NodeSpec).logs_endpoint
         if not endpoint:
             raise errors.FailedPrecondition(f"node {node}'s agent serves no logs")
         return str(endpoint)

@@ -10,6 +10,7 @@ from google.protobuf import struct_pb2, timestamp_pb2
 
 from controlplane.api.flotilla.v1 import resources_pb2 as pb
 from controlplane.model import API_VERSION, ApplyAction, EventType, Resource, WatchEvent
+from controlplane.model.specs import SecretSpec
 
 REDACTED = "<redacted>"
 
@@ -62,7 +63,7 @@ def redacted_spec(resource: Resource) -> Mapping[str, Any]:
     """What the API shows of a spec: Secret values never leave the server."""
     if resource.kind != "Secret":
         return resource.spec
-    return {**resource.spec, "data": {key: REDACTED for key in resource.spec.get("data", {})}}
+    return {**resource.spec, "data": dict.fromkeys(resource.typed(SecretSpec).data, REDACTED)}
 
 
 def resource_to_pb(resource: Resource) -> pb.Resource:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -15,7 +15,9 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from controlplane.client import spec_of
 from controlplane.model import node_state
+from controlplane.model.specs import GatewaySpec, ServiceSpec
 
 Doc = dict[str, Any]
 
@@ -32,71 +34,74 @@ def _age(doc: Doc) -> str:
     return f"{seconds}s"
 
 
-def _workload(spec: dict[str, Any], name: str) -> str:
-    if "external" in spec:
-        return "consul:" + str(spec["external"].get("service") or name)
-    if "image" in spec:
-        return str(spec["image"])
-    if "command" in spec:
-        return " ".join(spec["command"])[:40]
+def _workload(spec: ServiceSpec, name: str) -> str:
+    if spec.external is not None:
+        return "consul:" + (spec.external.service or name)
+    if spec.image is not None:
+        return spec.image
+    if spec.command is not None:
+        return " ".join(spec.command)[:40]
     return "<registered>"
 
 
-def _listeners(spec: dict[str, Any]) -> str:
-    return ",".join(f"{lst['port']}/{lst['protocol']}" for lst in spec.get("listeners", []))
+def _listeners(spec: GatewaySpec) -> str:
+    return ",".join(f"{listener.port}/{listener.protocol}" for listener in spec.listeners)
 
 
-Column = tuple[str, Callable[[Doc], str]]
+def _labels(labels: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in labels.items()) or "-"
+
+
+#: A column: its head, and its cell from the document and its decoded spec
+#: (the kind's model, see :func:`controlplane.client.spec_of`).
+Column = tuple[str, Callable[[Doc, Any], str]]
 
 COLUMNS: dict[str, list[Column]] = {
     "Service": [
-        ("REPLICAS", lambda d: str(d["spec"].get("replicas", 0))),
-        ("WORKLOAD", lambda d: _workload(d["spec"], d["metadata"]["name"])),
-        ("PORT", lambda d: f"{d['spec']['port']}/{d['spec']['protocol']}"
-         if "port" in d["spec"] else "-"),
-        ("UPSTREAMS", lambda d: ",".join(u["name"] for u in d["spec"].get("upstreams", []))
-         or "-"),
+        ("REPLICAS", lambda d, s: str(s.desired_replicas)),
+        ("WORKLOAD", lambda d, s: _workload(s, d["metadata"]["name"])),
+        ("PORT", lambda d, s: f"{s.port}/{s.protocol}" if s.port is not None else "-"),
+        ("UPSTREAMS", lambda d, s: ",".join(u.name for u in s.upstreams) or "-"),
     ],
     "TrafficPolicy": [
-        ("DESTINATION", lambda d: d["spec"]["destination"]),
-        ("LB", lambda d: d["spec"]["loadBalancer"]["algorithm"]),
-        ("SUBSETS", lambda d: ",".join(s["name"] for s in d["spec"].get("subsets", [])) or "-"),
+        ("DESTINATION", lambda d, s: s.destination),
+        ("LB", lambda d, s: s.load_balancer.algorithm),
+        ("SUBSETS", lambda d, s: ",".join(subset.name for subset in s.subsets) or "-"),
     ],
     "Intention": [
-        ("SOURCE", lambda d: d["spec"]["source"]),
-        ("DESTINATION", lambda d: d["spec"]["destination"]),
-        ("ACTION", lambda d: d["spec"]["action"]),
-        ("L7", lambda d: str(len(d["spec"].get("http", []))) if d["spec"].get("http") else "-"),
+        ("SOURCE", lambda d, s: s.source),
+        ("DESTINATION", lambda d, s: s.destination),
+        ("ACTION", lambda d, s: s.action),
+        ("L7", lambda d, s: str(len(s.http)) if s.http else "-"),
     ],
-    "Gateway": [("LISTENERS", lambda d: _listeners(d["spec"]))],
-    "ConfigMap": [("KEYS", lambda d: str(len(d["spec"].get("data", {}))))],
+    "Gateway": [("LISTENERS", lambda d, s: _listeners(s))],
+    "ConfigMap": [("KEYS", lambda d, s: str(len(s.data)))],
     "Secret": [
-        ("TYPE", lambda d: d["spec"].get("type", "opaque")),
-        ("KEYS", lambda d: str(len(d["spec"].get("data", {})))),
+        ("TYPE", lambda d, s: s.type),
+        ("KEYS", lambda d, s: str(len(s.data))),
     ],
     "Node": [
-        ("STATE", lambda d: node_state(d["spec"], d.get("status", {})).value),
-        ("ADDRESS", lambda d: d["spec"].get("address", "")),
-        ("CPU", lambda d: f"{d['spec'].get('capacity', {}).get('cpu', 0)}m"),
-        ("MEMORY", lambda d: f"{d['spec'].get('capacity', {}).get('memory', 0)}Mi"),
-        ("DRIVERS", lambda d: ",".join(d["spec"].get("drivers", []))),
-        ("LABELS", lambda d: ",".join(f"{k}={v}" for k, v in d["spec"].get("labels", {}).items())
-         or "-"),
+        ("STATE", lambda d, s: node_state(d["spec"], d.get("status") or {}).value),
+        ("ADDRESS", lambda d, s: s.address),
+        ("CPU", lambda d, s: f"{s.capacity.cpu}m"),
+        ("MEMORY", lambda d, s: f"{s.capacity.memory}Mi"),
+        ("DRIVERS", lambda d, s: ",".join(s.drivers)),
+        ("LABELS", lambda d, s: _labels(s.labels)),
     ],
     "Instance": [
-        ("SERVICE", lambda d: d["spec"]["service"]),
-        ("STATE", lambda d: d.get("status", {}).get("state", "pending")),
-        ("NODE", lambda d: d["spec"].get("node") or "-"),
-        ("ADDRESS", lambda d: _endpoint(d.get("status", {}))),
-        ("RESTARTS", lambda d: _restarts(d.get("status", {}))),
-        ("REASON", lambda d: str(d.get("status", {}).get("reason", "")) or "-"),
+        ("SERVICE", lambda d, s: s.service),
+        ("STATE", lambda d, s: d.get("status", {}).get("state", "pending")),
+        ("NODE", lambda d, s: s.node or "-"),
+        ("ADDRESS", lambda d, s: _endpoint(d.get("status", {}))),
+        ("RESTARTS", lambda d, s: _restarts(d.get("status", {}))),
+        ("REASON", lambda d, s: str(d.get("status", {}).get("reason", "")) or "-"),
     ],
     "Certificate": [
-        ("IDENTITY", lambda d: d["spec"]["identity"]),
-        ("SERIAL", lambda d: d["spec"]["serial"][:16]),
-        ("EXPIRES", lambda d: d["spec"]["notAfter"]),
-        ("NODE", lambda d: d["spec"]["node"]),
-        ("INSTANCE", lambda d: d["spec"].get("instance") or "-"),
+        ("IDENTITY", lambda d, s: s.identity),
+        ("SERIAL", lambda d, s: s.serial[:16]),
+        ("EXPIRES", lambda d, s: s.not_after),
+        ("NODE", lambda d, s: s.node),
+        ("INSTANCE", lambda d, s: s.instance or "-"),
     ],
 }
 
@@ -133,7 +138,8 @@ def table(docs: Sequence[Doc], console: Console, *, namespaces: bool) -> None:
         for doc in items:
             meta = doc["metadata"]
             row = ([meta["namespace"]] if namespaces else []) + [meta["name"]]
-            grid.add_row(*row, *(fn(doc) for _, fn in columns), _age(doc))
+            spec = spec_of(doc)
+            grid.add_row(*row, *(fn(doc, spec) for _, fn in columns), _age(doc))
         console.print(grid)
 
 

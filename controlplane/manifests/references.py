@@ -13,9 +13,21 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from pydantic import BaseModel
+from pydantic.alias_generators import to_snake
+
 from controlplane.errors import FieldViolation
-from controlplane.manifests.sources import CONFIG_KINDS, env_problem, source_key
+from controlplane.manifests.sources import CONFIG_KINDS, env_problem
 from controlplane.model import ObjectKey, Reference, Resource
+from controlplane.model.specs import (
+    GatewaySpec,
+    IntentionSpec,
+    SecretSpec,
+    ServiceSpec,
+    TrafficPolicySpec,
+)
+from controlplane.model.specs.common import PlacementSpec
+from controlplane.model.specs.service import EnvFrom, Mount
 
 
 class View(Protocol):
@@ -26,54 +38,62 @@ class View(Protocol):
     def list(self, kind: str, namespace: str) -> Sequence[Resource]: ...
 
 
-#: The placement fields of a Service or Gateway that name services of its
-#: namespace (the scheduler counts a Gateway's instances under its name too).
-PLACEMENT_NAMES = ("affinity", "antiAffinity", "preferredAffinity", "preferredAntiAffinity")
+def source_key(item: Mount | EnvFrom, namespace: str) -> ObjectKey:
+    """The object one ``mounts`` or ``envFrom`` entry names."""
+    if item.config_map:
+        return ObjectKey("ConfigMap", namespace, item.config_map)
+    return ObjectKey("Secret", namespace, str(item.secret))
+
+
+def placement_names(placement: PlacementSpec) -> list[tuple[str, list[str]]]:
+    """The placement fields of a Service or Gateway that name services of its
+    namespace (the scheduler counts a Gateway's instances under its name too),
+    by their manifest name."""
+    return [("affinity", placement.affinity), ("antiAffinity", placement.anti_affinity),
+            ("preferredAffinity", placement.preferred_affinity),
+            ("preferredAntiAffinity", placement.preferred_anti_affinity)]
 
 
 def references(resource: Resource) -> list[Reference]:
-    spec, ns, out = resource.spec, resource.namespace, []
+    spec, ns, out = resource.spec_model, resource.namespace, []
 
     def add(path: str, kind: str, name: str, namespace: str | None = None) -> None:
         out.append(Reference(resource.key, path, ObjectKey(kind, namespace or ns, name)))
 
-    def placed_by() -> None:
-        placement = spec.get("placement") or {}
-        for field in PLACEMENT_NAMES:
-            for i, name in enumerate(placement.get(field) or []):
+    def placed_by(placement: PlacementSpec) -> None:
+        for field, names in placement_names(placement):
+            for i, name in enumerate(names):
                 if name != resource.name:  # itself: a rule about its own replicas
                     add(f"spec.placement.{field}[{i}]", "Service", name)
 
-    if resource.kind == "Service":
-        for i, up in enumerate(_items(spec, "upstreams")):
-            add(f"spec.upstreams[{i}].name", "Service", up["name"], up.get("namespace"))
-        placed_by()
-        for field in ("mounts", "envFrom"):
-            for i, item in enumerate(_items(spec, field)):
-                if "configMap" in item:
-                    add(f"spec.{field}[{i}].configMap", "ConfigMap", item["configMap"])
-                if "secret" in item:
-                    add(f"spec.{field}[{i}].secret", "Secret", item["secret"])
-    elif resource.kind == "TrafficPolicy":
-        add("spec.destination", "Service", spec["destination"])
-    elif resource.kind == "Intention":
-        for field in ("source", "destination"):
-            namespace, _, name = str(spec[field]).rpartition("/")
+    if isinstance(spec, ServiceSpec):
+        for i, up in enumerate(spec.upstreams):
+            add(f"spec.upstreams[{i}].name", "Service", up.name, up.namespace)
+        placed_by(spec.placement)
+        sources: list[tuple[str, Sequence[Mount | EnvFrom]]] = [
+            ("mounts", spec.mounts), ("envFrom", spec.env_from)]
+        for field, items in sources:
+            for i, item in enumerate(items):
+                if item.config_map:
+                    add(f"spec.{field}[{i}].configMap", "ConfigMap", item.config_map)
+                if item.secret:
+                    add(f"spec.{field}[{i}].secret", "Secret", item.secret)
+    elif isinstance(spec, TrafficPolicySpec):
+        add("spec.destination", "Service", spec.destination)
+    elif isinstance(spec, IntentionSpec):
+        for field, pattern in (("source", spec.source), ("destination", spec.destination)):
+            namespace, _, name = pattern.rpartition("/")
             if "*" not in (namespace, name):
                 add(f"spec.{field}", "Service", name, namespace or None)
-    elif resource.kind == "Gateway":
-        for i, listener in enumerate(_items(spec, "listeners")):
-            if listener.get("tls"):
-                add(f"spec.listeners[{i}].tls.secret", "Secret", listener["tls"]["secret"])
-            for j, route in enumerate(listener.get("routes") or []):
+    elif isinstance(spec, GatewaySpec):
+        for i, listener in enumerate(spec.listeners):
+            if listener.tls:
+                add(f"spec.listeners[{i}].tls.secret", "Secret", listener.tls.secret)
+            for j, route in enumerate(listener.routes):
                 path = f"spec.listeners[{i}].routes[{j}].service"
-                add(path, "Service", route["service"], route.get("namespace"))
-        placed_by()
+                add(path, "Service", route.service, route.namespace)
+        placed_by(spec.placement)
     return out
-
-
-def _items(spec: Mapping[str, Any], field: str) -> list[Mapping[str, Any]]:
-    return list(spec.get(field) or [])
 
 
 def check_batch(
@@ -106,7 +126,7 @@ def check_batch(
                 out.append(FieldViolation(
                     ref.path, _dangling_placed(ref) if placed else _dangling(ref), source))
             elif ref.target.kind == "Secret" and ".tls." in ref.path and (
-                target.spec.get("type") != "tls"
+                not isinstance(target.spec_model, SecretSpec) or target.spec_model.type != "tls"
             ):
                 out.append(
                     FieldViolation(
@@ -145,7 +165,7 @@ def _dangling_placed(ref: Reference) -> str:
 def _env_sources(service: Resource, lookup: Any, source: str) -> list[FieldViolation]:
     """Each ``envFrom`` object's keys must be variable names, its values text."""
     out = []
-    for i, item in enumerate(_items(service.spec, "envFrom")):
+    for i, item in enumerate(service.typed(ServiceSpec).env_from):
         key = source_key(item, service.namespace)
         target = lookup(key)
         problem = env_problem(target) if target is not None else None
@@ -166,7 +186,7 @@ def _env_consumers(config: Resource, siblings: Any, mine: Mapping[ObjectKey, Res
     if problem is None:
         return []
     for service in siblings("Service", config.namespace):
-        uses = [i for i, item in enumerate(_items(service.spec, "envFrom"))
+        uses = [i for i, item in enumerate(service.typed(ServiceSpec).env_from)
                 if source_key(item, service.namespace) == config.key]
         if uses and service.key not in mine:
             return [FieldViolation(
@@ -194,21 +214,28 @@ NOT_FOR_TCP: dict[str, tuple[str, str]] = {
 }
 
 
-def _not_for_tcp(spec: Mapping[str, Any]) -> list[str]:
-    """The fields of NOT_FOR_TCP a policy spec sets."""
+def _not_for_tcp(spec: TrafficPolicySpec) -> list[str]:
+    """The fields of NOT_FOR_TCP a policy spec sets (to other than their default)."""
     found = []
     for path in NOT_FOR_TCP:
-        value: Any = spec
-        for part in path.split("."):
-            value = value.get(part) if isinstance(value, Mapping) else None
-        if value is not None:
+        *parents, last = [to_snake(part) for part in path.split(".")]
+        model: BaseModel | None = spec
+        for part in parents:
+            model = getattr(model, part) if model is not None else None
+        if model is not None and getattr(model, last) != type(model).model_fields[
+                last].get_default(call_default_factory=True):
             found.append(path)
     return found
 
 
+def _is_tcp(service: Resource | None) -> bool:
+    return service is not None and service.typed(ServiceSpec).protocol == "tcp"
+
+
 def _policy_for_tcp(policy: Resource, lookup: Any, source: str) -> list[FieldViolation]:
-    dest = lookup(ObjectKey("Service", policy.namespace, policy.spec["destination"]))
-    if dest is None or dest.spec.get("protocol") != "tcp":
+    spec = policy.typed(TrafficPolicySpec)
+    dest = lookup(ObjectKey("Service", policy.namespace, spec.destination))
+    if not _is_tcp(dest):
         return []
     return [
         FieldViolation(
@@ -218,7 +245,7 @@ def _policy_for_tcp(policy: Resource, lookup: Any, source: str) -> list[FieldVio
             "protocol to http or grpc",
             source,
         )
-        for path in _not_for_tcp(policy.spec)
+        for path in _not_for_tcp(spec)
     ]
 
 
@@ -227,12 +254,12 @@ def _policy_turned_tcp(service: Resource, stored: Any, siblings: Any,
     """A Service that changes to tcp leaves its stored TrafficPolicy nothing
     that tcp ignores (a policy in the same batch is judged by _policy_for_tcp)."""
     before = stored(service.key)
-    if service.spec.get("protocol") != "tcp" or (
-            before is not None and before.spec.get("protocol") == "tcp"):
+    if not _is_tcp(service) or _is_tcp(before):
         return []
     for policy in siblings("TrafficPolicy", service.namespace):
-        ignored = _not_for_tcp(policy.spec)
-        if policy.spec.get("destination") == service.name and ignored and policy.key not in mine:
+        spec = policy.typed(TrafficPolicySpec)
+        ignored = _not_for_tcp(spec)
+        if spec.destination == service.name and ignored and policy.key not in mine:
             return [FieldViolation(
                 "spec.protocol",
                 f"TrafficPolicy {policy.namespace}/{policy.name} sets {', '.join(ignored)}, "
@@ -244,9 +271,9 @@ def _policy_turned_tcp(service: Resource, stored: Any, siblings: Any,
 def _one_policy_per_destination(
     policy: Resource, siblings: Any, source: str
 ) -> list[FieldViolation]:
-    dest = policy.spec["destination"]
+    dest = policy.typed(TrafficPolicySpec).destination
     for other in siblings("TrafficPolicy", policy.namespace):
-        if other.name != policy.name and other.spec.get("destination") == dest:
+        if other.name != policy.name and other.typed(TrafficPolicySpec).destination == dest:
             return [
                 FieldViolation(
                     "spec.destination",
@@ -262,12 +289,13 @@ def _intention_rules(
     intention: Resource, lookup: Any, siblings: Any, source: str
 ) -> list[FieldViolation]:
     out: list[FieldViolation] = []
-    spec = intention.spec
-    pair = (_qualify(spec["source"], intention.namespace),
-            _qualify(spec["destination"], intention.namespace))
+    spec = intention.typed(IntentionSpec)
+    pair = (_qualify(spec.source, intention.namespace),
+            _qualify(spec.destination, intention.namespace))
     for other in siblings("Intention", intention.namespace):
-        other_pair = (_qualify(other.spec["source"], other.namespace),
-                      _qualify(other.spec["destination"], other.namespace))
+        theirs = other.typed(IntentionSpec)
+        other_pair = (_qualify(theirs.source, other.namespace),
+                      _qualify(theirs.destination, other.namespace))
         if other.name != intention.name and other_pair == pair:
             out.append(
                 FieldViolation(
@@ -280,7 +308,7 @@ def _intention_rules(
             break
     namespace, _, name = pair[1].partition("/")
     dest = lookup(ObjectKey("Service", namespace, name)) if "*" not in (namespace, name) else None
-    if dest is not None and "external" in dest.spec:
+    if dest is not None and dest.typed(ServiceSpec).external is not None:
         out.append(
             FieldViolation(
                 "spec.destination",
@@ -290,7 +318,7 @@ def _intention_rules(
                 source,
             )
         )
-    if spec.get("http") and dest is not None and dest.spec.get("protocol") == "tcp":
+    if spec.http and _is_tcp(dest):
         out.append(
             FieldViolation(
                 "spec.http",

@@ -145,7 +145,7 @@ def to_resource(doc: Any, source: str = "") -> Resource:
         kind=kind,
         name=meta.name,
         namespace=meta.namespace,
-        spec=spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+        spec=spec.to_dict(),
         labels=dict(meta.labels),
         annotations=dict(meta.annotations),
         resource_version=meta.resource_version or 0,

@@ -2,17 +2,24 @@
 
 Contract: ``spec`` and ``status`` are JSON-compatible values (dict, list, str,
 int, float, bool, None) and are never mutated after construction; build a new
-``Resource`` with :func:`dataclasses.replace` instead.
+``Resource`` with :func:`dataclasses.replace` instead. ``typed(SpecType)`` is
+the spec as its kind's frozen model (:data:`controlplane.model.specs.SPEC_TYPES`),
+decoded once per ``Resource``; readers move to it kind by kind, and then
+``spec`` becomes the model itself.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from controlplane.model.cluster import NodeState
+from controlplane.model.specs import SPEC_TYPES, Schema
+
+S = TypeVar("S", bound=Schema)
 
 API_VERSION = "flotilla.dev/v1"
 DEFAULT_NAMESPACE = "default"
@@ -55,6 +62,15 @@ def node_state(spec: Mapping[str, Any], status: Mapping[str, Any]) -> NodeState:
     return NodeState.DRAINING if state is NodeState.READY and spec.get("drain") else state
 
 
+def decode_spec(kind: str, spec: Mapping[str, Any]) -> Schema:
+    """*spec*'s JSON form as its kind's model. Raises ``KeyError`` for a kind
+    Flotilla does not know, pydantic's ``ValidationError`` for a spec its
+    kind's schema refuses."""
+    model = SPEC_TYPES[kind].model_validate(spec)
+    normalize = getattr(model, "normalized", None)
+    return model if normalize is None else normalize()
+
+
 @dataclass(frozen=True, order=True)
 class ObjectKey:
     kind: str
@@ -85,6 +101,19 @@ class Resource:
     @property
     def key(self) -> ObjectKey:
         return ObjectKey(self.kind, self.namespace, self.name)
+
+    @functools.cached_property
+    def spec_model(self) -> Schema:
+        """``spec`` as its kind's model, decoded on first use."""
+        return decode_spec(self.kind, self.spec)
+
+    def typed(self, spec_type: type[S]) -> S:
+        """``spec`` as *spec_type*; a ``TypeError`` when the kind has another."""
+        model = self.spec_model
+        if not isinstance(model, spec_type):
+            raise TypeError(f"{self.key} has a {type(model).__name__}, "
+                            f"not a {spec_type.__name__}")
+        return model
 
     def same_content(self, other: Resource) -> bool:
         """True when applying ``other`` over ``self`` would change nothing."""

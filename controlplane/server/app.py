@@ -36,6 +36,7 @@ from controlplane.api.flotilla.v1 import (
     resources_pb2_grpc,
 )
 from controlplane.errors import UserError
+from controlplane.model.external import external_name
 from controlplane.catalog.consul import ConsulCatalog
 from controlplane.catalog.external import ExternalWatcher
 from controlplane.catalog.registrations import catalog_node
@@ -309,7 +310,7 @@ def _catalog_address(listen: str) -> str:
 def _warn_external_without_catalog(store: Store) -> None:
     """External Services stored before the server lost its --catalog have no
     endpoints now: say so once."""
-    stranded = [str(s.key) for s in store.list("Service") if "external" in s.spec]
+    stranded = [str(s.key) for s in store.list("Service") if external_name(s) is not None]
     if stranded:
         log.warning("%s follow Consul, and this server has no --catalog: they have no "
                     "endpoints until it runs with --catalog consul://HOST:PORT",

@@ -12,7 +12,7 @@ from controlplane.controllers.nodes import NodeRegistry
 from controlplane.controllers.registered import RegisteredInstances, RegistrationRequest
 from controlplane.errors import UserError
 from controlplane.model import DEFAULT_NAMESPACE, SERVICE_LABEL, Resource
-from controlplane.model.endpoints import is_registered
+from controlplane.model.specs import InstanceSpec
 from controlplane.server.agents import node_to_pb
 from controlplane.server.status import abort
 from controlplane.store import Store
@@ -31,15 +31,15 @@ _STATES = {
 
 
 def instance_to_pb(instance: Resource) -> instances_pb2.Instance:
-    status = instance.status
+    status, spec = instance.status, instance.typed(InstanceSpec)
     return instances_pb2.Instance(
-        id=instance.name, namespace=instance.namespace, service=instance.spec["service"],
-        node=instance.spec.get("node", ""), address=str(status.get("address", "")),
+        id=instance.name, namespace=instance.namespace, service=spec.service,
+        node=spec.node, address=str(status.get("address", "")),
         port=int(status.get("port") or 0), labels=dict(instance.labels),
         state=_STATES.get(str(status.get("state", "pending")),
                           instances_pb2.Instance.STATE_UNSPECIFIED),
         reason=str(status.get("reason", "")),
-        ttl=_duration(float(instance.spec["ttl"])) if is_registered(instance) else None,
+        ttl=_duration(spec.ttl) if spec.registered else None,
     )
 
 

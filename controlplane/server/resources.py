@@ -13,6 +13,7 @@ from controlplane.errors import FieldViolation, InvalidManifest, NotFound, UserE
 from controlplane.manifests import check_batch, resolve_kind, to_resources
 from controlplane.manifests.references import View
 from controlplane.model import DEFAULT_NAMESPACE, KINDS, EventType, ObjectKey, Resource, WatchEvent
+from controlplane.model.external import external_name
 from controlplane import convert
 from controlplane.server.status import abort
 from controlplane.store import Store
@@ -164,7 +165,7 @@ def _admission(sources: dict[ObjectKey, str], catalog: bool
                                "this server has no catalog: start `flotilla server` with "
                                "--catalog consul://HOST:PORT, or remove spec.external",
                                sources.get(r.key) or str(r.key))
-                for r in batch if r.kind == "Service" and "external" in r.spec
+                for r in batch if r.kind == "Service" and external_name(r) is not None
             ]
         if problems:
             raise InvalidManifest(problems)

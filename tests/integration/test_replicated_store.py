@@ -12,6 +12,7 @@ import pytest
 
 from controlplane.errors import Conflict, FailedPrecondition
 from controlplane.model import ObjectKey, Resource
+from controlplane.model.specs import ConfigMapSpec
 from controlplane.store import Store
 from controlplane.store.consul import ConsulLog
 from tests.consul import ConsulAgent, consul  # noqa: F401 - the fixture
@@ -24,7 +25,8 @@ def config_map(name: str, value: str, rv: int = 0) -> Resource:
 
 
 def dump(store: Store) -> list[tuple[str, int, str]]:
-    return [(r.name, r.resource_version, r.spec["data"]["k"]) for r in store.list("ConfigMap")]
+    return [(r.name, r.resource_version, r.typed(ConfigMapSpec).data["k"])
+            for r in store.list("ConfigMap")]
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from controlplane.errors import Conflict, FailedPrecondition, InvalidManifest, N
 from controlplane.manifests import check_batch, to_resource
 from controlplane.manifests.references import View
 from controlplane.model import ApplyAction, EventType, ObjectKey, Resource
+from controlplane.model.specs import SecretSpec
 from controlplane.store import Store
 from controlplane.store.sealing import Sealer, load_or_create_key
 
@@ -123,7 +124,7 @@ def test_secrets_are_sealed_on_disk_and_survive_reopen(tmp_path: Path) -> None:
     assert b"dG9wc2VjcmV0" not in raw and b"topsecret" not in raw
     reopened = Store(tmp_path / "s.db", sealer=Sealer(key))
     secret = reopened.get(ObjectKey("Secret", "default", "s"))
-    assert secret is not None and secret.spec["data"] == {"pw": "dG9wc2VjcmV0LXZhbHVl"}
+    assert secret is not None and secret.typed(SecretSpec).data == {"pw": "dG9wc2VjcmV0LXZhbHVl"}
     assert reopened.resource_version == 1
     reopened.close()
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from controlplane.errors import InvalidManifest
 from controlplane.manifests import parse_yaml, resolve_kind, to_resource, to_resources
 from controlplane.model.types import parse_duration
+from controlplane.model.specs import SecretSpec, ServiceSpec
 
 
 def service(**spec: Any) -> dict[str, Any]:
@@ -65,23 +66,25 @@ def test_service_rules(spec: dict[str, Any], expected: str) -> None:
 
 def test_defaults_are_applied_and_stable() -> None:
     resource = to_resource(service(image="x", port=8080))
-    assert resource.spec["replicas"] == 1
-    assert resource.spec["protocol"] == "http"
-    assert resource.spec["resources"] == {"cpu": 100, "memory": 128}
-    again = to_resource(service(**resource.spec))
+    spec = resource.typed(ServiceSpec)
+    assert spec.replicas == 1
+    assert spec.protocol == "http"
+    assert (spec.resources.cpu, spec.resources.memory) == (100, 128)
+    assert spec.to_dict()["resources"] == {"cpu": 100, "memory": 128}
+    again = to_resource(service(**spec.to_dict()))
     assert again.spec == resource.spec
 
 
 def test_a_service_without_workload_has_no_replicas() -> None:
-    assert to_resource(service(port=9090, protocol="grpc")).spec["replicas"] == 0
+    assert to_resource(service(port=9090, protocol="grpc")).typed(ServiceSpec).replicas == 0
 
 
 def test_secret_string_data_is_merged_as_base64() -> None:
     doc = {"apiVersion": "flotilla.dev/v1", "kind": "Secret", "metadata": {"name": "s"},
            "spec": {"stringData": {"b": "hi"}, "data": {"a": "eA=="}}}
-    spec = to_resource(doc).spec
-    assert spec["data"] == {"a": "eA==", "b": "aGk="}
-    assert "stringData" not in spec
+    spec = to_resource(doc).typed(SecretSpec)
+    assert spec.data == {"a": "eA==", "b": "aGk="}
+    assert spec.string_data is None and "stringData" not in spec.to_dict()
 
 
 def test_envelope_problems() -> None:
@@ -147,4 +150,4 @@ def test_validation_is_idempotent(
     first = to_resource(doc)
     second = to_resource({**doc, "spec": dict(first.spec)})
     assert second == first
-    assert first.spec["replicas"] == replicas
+    assert first.typed(ServiceSpec).replicas == replicas

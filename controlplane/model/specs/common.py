@@ -19,9 +19,25 @@ RESERVED_PORTS = range(15000, 15100)
 
 
 class Schema(BaseModel):
+    """A spec, or part of one: frozen, strict, camelCase in manifests."""
+
     model_config = ConfigDict(
         extra="forbid", alias_generator=to_camel, frozen=True, populate_by_name=False
     )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form, as stored and as `get -o yaml` shows it: camelCase,
+        defaults included, unset optional fields left out."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class SystemSchema(Schema):
+    """The spec of an object Flotilla writes itself (Node, Instance,
+    Certificate): never applied, so it is built by field name in code and
+    decoded by alias from the store; a field an older version stored and this
+    one dropped is ignored."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
 
 #: The key, in a field's ``json_schema_extra``, of why the field is refused:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from cryptography import x509
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from controlplane.model.specs.common import (
@@ -180,7 +180,10 @@ def _check_env(env: dict[str, str]) -> dict[str, str]:
     return env
 
 
-class ServiceSpec(Schema):
+class WorkloadFields(Schema):
+    """What shapes one instance of a Service: its template (replicas,
+    placement, update and autoscaling do not)."""
+
     image: Annotated[str, Field(min_length=1)] | None = None
     command: Annotated[list[str], Field(min_length=1)] | None = None
     args: list[str] = []
@@ -191,25 +194,53 @@ class ServiceSpec(Schema):
     protocol: Literal["http", "grpc", "tcp"] = "http"
     resources: ResourceLimits = ResourceLimits()
     health_check: HealthCheck | None = None
-    replicas: NonNegativeInt | None = None
     restart_policy: Literal["always", "on-failure", "never"] = "always"
     driver: Literal["docker", "process"] | None = None
-    placement: PlacementSpec = PlacementSpec()
     upstreams: list[Upstream] = []
+    mounts: list[Mount] = []
+
+
+class Workload(WorkloadFields):
+    """One instance's workload, as its Instance object and the agent's
+    assignment carry it: a Service's template, or a Gateway's Envoy."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    #: The instance is a Gateway's Envoy, holding ``host_ports`` on its node.
+    gateway: bool | None = None
+    host_ports: list[Port] | None = None
+
+
+class ServiceSpec(WorkloadFields):
+    replicas: NonNegativeInt | None = None
+    placement: PlacementSpec = PlacementSpec()
     update: UpdateStrategy = UpdateStrategy()
     autoscaling: Autoscaling | None = not_supported_yet(
         "autoscaling is not supported yet: nothing scales instances on load; "
         "set spec.replicas (or `flotilla scale`) instead")
-    mounts: list[Mount] = []
     #: Instances registered in Consul by others serve this Service.
     external: External | None = None
+
+    @property
+    def has_workload(self) -> bool:
+        return self.image is not None or self.command is not None
+
+    @property
+    def desired_replicas(self) -> int:
+        """``replicas``, or its default: 1 with a workload, 0 without."""
+        if self.replicas is not None:
+            return self.replicas
+        return 1 if self.has_workload else 0
+
+    def workload(self) -> Workload:
+        return Workload.model_validate(
+            {name: getattr(self, name) for name in WorkloadFields.model_fields})
 
     @model_validator(mode="after")
     def _workload(self) -> ServiceSpec:
         if self.external is not None:
             self._external()
-        has_workload = self.image is not None or self.command is not None
-        if not has_workload and self.replicas:
+        if not self.has_workload and self.replicas:
             raise FieldError(
                 "replicas",
                 "replicas > 0 needs a workload: set image or command, or set replicas "
@@ -253,6 +284,5 @@ class ServiceSpec(Schema):
 
     def normalized(self) -> ServiceSpec:
         if self.replicas is None:
-            workload = self.image is not None or self.command is not None
-            return self.model_copy(update={"replicas": 1 if workload else 0})
+            return self.model_copy(update={"replicas": self.desired_replicas})
         return self

@@ -1,0 +1,88 @@
+"""Typed specs: every kind's spec decodes into its model, the system kinds'
+too, stored JSON of older versions included; an instance's workload is its
+Service's template, field for field."""
+
+from __future__ import annotations
+
+import pytest
+
+from controlplane.controllers.replicas import template_of
+from controlplane.manifests import to_resource
+from controlplane.model import KINDS, SYSTEM_KINDS, Resource
+from controlplane.model.specs import (
+    SPEC_TYPES,
+    CertificateSpec,
+    InstanceSpec,
+    NodeSpec,
+    SecretSpec,
+    ServiceSpec,
+    Workload,
+)
+
+
+def _service(**spec: object) -> Resource:
+    return to_resource({"apiVersion": "flotilla.dev/v1", "kind": "Service",
+                        "metadata": {"name": "web"}, "spec": spec})
+
+
+def test_every_kind_has_a_spec_type() -> None:
+    assert set(SPEC_TYPES) == set(KINDS) | set(SYSTEM_KINDS)
+
+
+def test_typed_narrows_and_refuses_another_kind() -> None:
+    service = _service(image="web:1", port=8080)
+    spec = service.typed(ServiceSpec)
+    assert (spec.image, spec.port, spec.replicas, spec.resources.memory) == ("web:1", 8080, 1, 128)
+    assert service.typed(ServiceSpec) is spec  # decoded once per Resource
+    with pytest.raises(TypeError, match="Service default/web has a ServiceSpec, not a SecretSpec"):
+        service.typed(SecretSpec)
+
+
+def test_the_json_form_is_what_is_stored() -> None:
+    service = _service(image="web:1", port=8080, healthCheck={"http": {"path": "/ok"}})
+    assert service.typed(ServiceSpec).to_dict() == dict(service.spec)
+    assert service.spec["healthCheck"] == {"http": {"path": "/ok"}, "interval": "5s",
+                                           "timeout": "2s", "initialDelay": "0s",
+                                           "failureThreshold": 3}
+
+
+def test_a_workload_is_the_services_template_field_for_field() -> None:
+    service = _service(image="web:1", port=8080, env={"A": "1"}, replicas=3,
+                       upstreams=[{"name": "db"}], mounts=[{"configMap": "cfg", "path": "/etc/x"}])
+    workload = service.typed(ServiceSpec).workload()
+    assert workload.to_dict() == template_of(service.spec)
+    assert Workload.model_validate(template_of(service.spec)) == workload
+    assert workload.gateway is None and workload.host_ports is None
+
+
+def test_stored_instances_of_older_versions_decode_with_defaults() -> None:
+    old = Resource(kind="Instance", name="gw-1", spec={
+        "service": "gw", "node": "n1", "driver": "process", "gateway": True, "revision": 2,
+        "template": "abc", "drainingSince": 12.5, "draining": True, "droppedField": 1,
+        "workload": {"gateway": True, "hostPorts": [8080], "driver": "process",
+                     "resources": {"cpu": 100, "memory": 64}}})
+    spec = old.typed(InstanceSpec)
+    assert (spec.gateway, spec.node, spec.draining_since, spec.registered) == (
+        True, "n1", 12.5, False)
+    assert spec.workload.host_ports == [8080] and spec.workload.resources.memory == 64
+    assert spec.workload.restart_policy == "always"  # the schema's default, stated once
+    assert spec.to_dict()["drainingSince"] == 12.5 and "droppedField" not in spec.to_dict()
+
+
+def test_nodes_and_certificates_decode() -> None:
+    node = Resource(kind="Node", name="n1", namespace="cluster", spec={
+        "address": "127.0.0.2", "capacity": {"cpu": 2000, "memory": 4096},
+        "drivers": ["process"], "logsEndpoint": "127.0.0.2:7400", "revokedAt": "2026-01-01"})
+    spec = node.typed(NodeSpec)
+    assert (spec.capacity.cpu, spec.logs_endpoint, spec.drain, spec.revoked_at) == (
+        2000, "127.0.0.2:7400", False, "2026-01-01")
+    cert = Resource(kind="Certificate", name="c", spec={
+        "identity": "spiffe://t/ns/default/svc/web", "serial": "ab", "node": "n1",
+        "root": "cd", "notAfter": "2026-12-31T00:00:00Z"})
+    assert cert.typed(CertificateSpec).not_after == "2026-12-31T00:00:00Z"
+    assert cert.typed(CertificateSpec).instance is None
+
+
+def test_an_unknown_kind_has_no_spec_model() -> None:
+    with pytest.raises(KeyError):
+        _ = Resource(kind="Gizmo", name="g").spec_model
