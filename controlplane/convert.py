@@ -61,9 +61,10 @@ def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
 
 def redacted_spec(resource: Resource) -> Mapping[str, Any]:
     """What the API shows of a spec: Secret values never leave the server."""
+    spec = resource.spec.to_dict()
     if resource.kind != "Secret":
-        return resource.spec
-    return {**resource.spec, "data": dict.fromkeys(resource.typed(SecretSpec).data, REDACTED)}
+        return spec
+    return {**spec, "data": dict.fromkeys(resource.typed(SecretSpec).data, REDACTED)}
 
 
 def resource_to_pb(resource: Resource) -> pb.Resource:

@@ -28,6 +28,7 @@ from typing import Any
 
 from controlplane.model import Resource
 from controlplane.model.endpoints import is_registered, ready_nodes, serving_address
+from controlplane.model.specs import InstanceSpec
 
 #: The meta key (and its value) that marks an entry as Flotilla's.
 MANAGED = "flotilla-managed"
@@ -111,13 +112,15 @@ def registration(service: Resource, instance: Resource, address: str, port: int
     """The entry of one serving ``instance`` of ``service`` at address:port."""
     version = service.labels.get(VERSION_LABEL, "")
     tags = {TAG, instance.namespace, *((version,) if version else ())}
+    spec = instance.typed(InstanceSpec)
     return CatalogEntry(
         id=registration_id(instance.namespace, instance.name),
         name=service.name, address=address, port=port, tags=tuple(sorted(tags)),
         meta={
             "flotilla-namespace": instance.namespace,
-            "flotilla-version": str(instance.spec.get("revision", "")),
-            "flotilla-node": str(instance.spec.get("node", "")),
+            # A registered instance has no revision (0): its meta says "".
+            "flotilla-version": str(spec.revision or ""),
+            "flotilla-node": spec.node,
             "flotilla-instance": instance.name,
             MANAGED: "true",
             **({REGISTERED: "true"} if is_registered(instance) else {}),
@@ -178,7 +181,7 @@ class Wanted:
             flipped, self._ready = ready ^ self._ready, ready
             if flipped:
                 dirty |= {key for key, i in self._instances.items()
-                          if str(i.spec.get("node") or "") in flipped}
+                          if i.typed(InstanceSpec).node in flipped}
         touched = set()
         for namespace, name in dirty:
             entry_id = registration_id(namespace, name)
@@ -192,7 +195,7 @@ class Wanted:
 
     def _entry(self, instance: Resource | None) -> CatalogEntry | None:
         """The entry of one instance, or None when it is not an endpoint."""
-        if instance is None or instance.spec.get("gateway"):
+        if instance is None or instance.typed(InstanceSpec).gateway:
             return None  # gone, or a gateway's Envoy (not an endpoint of any service)
         service = self._services.get(_owner(instance))
         served = serving_address(instance, self._ready) if service is not None else None
@@ -209,7 +212,7 @@ class Wanted:
 
 
 def _owner(instance: Resource) -> Key:
-    return (instance.namespace, str(instance.spec.get("service")))
+    return (instance.namespace, instance.typed(InstanceSpec).service)
 
 
 def registration_of(service_id: str, entry: Mapping[str, Any]) -> CatalogEntry | None:

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from controlplane.client import spec_of
-from controlplane.model import node_state
+from controlplane.model import node_state_of
 from controlplane.model.specs import GatewaySpec, ServiceSpec
 
 Doc = dict[str, Any]
@@ -81,7 +81,7 @@ COLUMNS: dict[str, list[Column]] = {
         ("KEYS", lambda d, s: str(len(s.data))),
     ],
     "Node": [
-        ("STATE", lambda d, s: node_state(d["spec"], d.get("status") or {}).value),
+        ("STATE", lambda d, s: node_state_of(s, d.get("status") or {}).value),
         ("ADDRESS", lambda d, s: s.address),
         ("CPU", lambda d, s: f"{s.capacity.cpu}m"),
         ("MEMORY", lambda d, s: f"{s.capacity.memory}Mi"),

@@ -25,6 +25,8 @@ from typing import Any
 from controlplane.errors import FieldViolation, InvalidRequest, NotFound, Unauthenticated
 from controlplane.model.types import check_dns_label, check_labels
 from controlplane.model import NODE_NAMESPACE, ObjectKey, Resource
+from controlplane.model.specs import NodeSpec
+from controlplane.model.specs.system import NodeCapacity
 from controlplane.store import Store
 
 
@@ -109,15 +111,12 @@ class NodeRegistry:
         if problems:
             raise InvalidRequest(problems)
         current = self._store.get(node_key(name))
-        spec: dict[str, Any] = {
-            "address": address, "labels": dict(labels),
-            "capacity": {"cpu": cpu_millis, "memory": memory_mib},
-            "drivers": sorted(drivers),
-            "logsEndpoint": logs_endpoint,
-            "drain": bool(current and current.spec.get("drain")),
-            **({"revokedAt": current.spec["revokedAt"]}
-               if current and current.spec.get("revokedAt") else {}),
-        }
+        kept = current.typed(NodeSpec) if current is not None else NodeSpec()
+        spec = NodeSpec(address=address, labels=dict(labels),
+                        capacity=NodeCapacity(cpu=cpu_millis, memory=memory_mib),
+                        drivers=sorted(drivers), logs_endpoint=logs_endpoint,
+                        # What an operator decided outlives the agent's joins.
+                        drain=kept.drain, revoked_at=kept.revoked_at)
         base = current or Resource(kind="Node", namespace=NODE_NAMESPACE, name=name)
         self._store.apply([replace(base, spec=spec, resource_version=0)])
         return self.heartbeat(name)
@@ -156,7 +155,7 @@ class NodeRegistry:
         """The node (None before its first join); UNAUTHENTICATED when an
         operator revoked it."""
         node = self._store.get(node_key(name))
-        if node is not None and node.spec.get("revoked"):
+        if node is not None and node.typed(NodeSpec).revoked:
             raise Unauthenticated(
                 f"node {name} is revoked: its agent is refused until an operator runs "
                 f"`flotilla revoke {name} --undo`")
@@ -169,13 +168,14 @@ class NodeRegistry:
         node = self._store.get(node_key(name))
         if node is None:
             raise NotFound(f"node {name} not found")
-        spec = dict(node.spec)
+        spec = current = node.typed(NodeSpec)
         if undo:
-            spec["revoked"] = False
-        elif not spec.get("revoked"):
-            spec["revoked"] = True
-            spec["revokedAt"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
-        if spec != node.spec:
+            spec = current.model_copy(update={"revoked": False})
+        elif not current.revoked:
+            spec = current.model_copy(update={
+                "revoked": True,
+                "revoked_at": datetime.datetime.now(datetime.timezone.utc).isoformat()})
+        if spec != current:
             self._store.apply([replace(node, spec=spec, resource_version=0)])
         found = self._store.get(node_key(name))
         assert found is not None
@@ -185,8 +185,9 @@ class NodeRegistry:
         node = self._store.get(node_key(name))
         if node is None:
             raise NotFound(f"node {name} not found")
-        if not node.spec.get("drain"):
-            self._store.apply([replace(node, spec={**node.spec, "drain": True},
+        spec = node.typed(NodeSpec)
+        if not spec.drain:
+            self._store.apply([replace(node, spec=spec.model_copy(update={"drain": True}),
                                        resource_version=0)])
         found = self._store.get(node_key(name))
         assert found is not None

@@ -5,9 +5,8 @@ driver each placement runs with."""
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from controlplane.model import Resource, node_state
 from controlplane.model.cluster import (
@@ -21,8 +20,10 @@ from controlplane.model.cluster import (
     Plan,
     Strategy,
 )
+from controlplane.model.specs import InstanceSpec, NodeSpec, Workload
+from controlplane.model.specs.service import ResourceLimits
+from controlplane.model.specs.system import NodeCapacity
 from controlplane.scheduler import check_plan, schedule
-
 
 
 @dataclass(frozen=True)
@@ -52,27 +53,24 @@ def _id(instance: Resource) -> str:
     return f"{instance.namespace}/{instance.name}"
 
 
-def _capacity(resources: Mapping[str, Any]) -> Capacity:
-    return Capacity(int(resources.get("cpu", 100)), int(resources.get("memory", 128)))
+def _capacity(resources: ResourceLimits | NodeCapacity) -> Capacity:
+    return Capacity(resources.cpu, resources.memory)
 
 
 def _node(node: Resource) -> Node:
-    spec = node.spec
+    spec = node.typed(NodeSpec)
     return Node(
-        name=node.name, address=str(spec.get("address", "")),
-        capacity=_capacity(spec.get("capacity") or {}), labels=dict(spec.get("labels") or {}),
-        drivers=frozenset(spec.get("drivers") or ()),
-        state=node_state(node.spec, node.status),
+        name=node.name, address=spec.address, capacity=_capacity(spec.capacity),
+        labels=dict(spec.labels), drivers=frozenset(spec.drivers), state=node_state(node),
     )
 
 
-def required_driver(workload: Mapping[str, Any]) -> str | None:
+def required_driver(workload: Workload) -> str | None:
     """The driver a workload needs: as declared, else docker for an image
     alone, process for a command alone, either when it has both."""
-    declared = workload.get("driver")
-    if declared:
-        return str(declared)
-    has_image, has_command = bool(workload.get("image")), bool(workload.get("command"))
+    if workload.driver:
+        return workload.driver
+    has_image, has_command = bool(workload.image), bool(workload.command)
     if has_image and not has_command:
         return "docker"
     if has_command and not has_image:
@@ -82,39 +80,33 @@ def required_driver(workload: Mapping[str, Any]) -> str | None:
 
 def _request(instance: Resource) -> PlacementRequest:
     """The scheduler's view of a pending instance; ``spec.placement`` is the
-    Service's, as validated (an instance stored without a field gets the
-    model's default)."""
-    workload = instance.spec.get("workload") or {}
-    placement = instance.spec.get("placement") or {}
-
-    def names(field: str) -> tuple[str, ...]:
-        return tuple(placement.get(field) or ())
-
+    Service's, as validated."""
+    spec = instance.typed(InstanceSpec)
+    workload, placement = spec.workload, spec.placement
     return PlacementRequest(
         instance_id=_id(instance), namespace=instance.namespace,
-        service=instance.spec["service"], resources=_capacity(workload.get("resources") or {}),
-        host_ports=frozenset(int(p) for p in workload.get("hostPorts") or ()),
+        service=spec.service, resources=_capacity(workload.resources),
+        host_ports=frozenset(workload.host_ports or ()),
         driver=required_driver(workload),
-        constraints=tuple(Constraint.of(c["key"], c.get("operator", "="), c.get("value"),
-                                        c.get("values"))
-                          for c in placement.get("constraints") or ()),
-        strategy=Strategy(placement.get("strategy", PlacementRequest.strategy)),
-        affinity=names("affinity"), anti_affinity=names("antiAffinity"),
-        preferred_affinity=names("preferredAffinity"),
-        preferred_anti_affinity=names("preferredAntiAffinity"),
-        spread_by=names("spreadBy"),
+        constraints=tuple(Constraint.of(c.key, c.operator, c.value, c.values)
+                          for c in placement.constraints),
+        strategy=Strategy(placement.strategy),
+        affinity=tuple(placement.affinity), anti_affinity=tuple(placement.anti_affinity),
+        preferred_affinity=tuple(placement.preferred_affinity),
+        preferred_anti_affinity=tuple(placement.preferred_anti_affinity),
+        spread_by=tuple(placement.spread_by),
     )
 
 
 def snapshot(nodes: Sequence[Resource], instances: Sequence[Resource]) -> ClusterSnapshot:
+    specs = ((i, i.typed(InstanceSpec)) for i in instances)
     placed = tuple(
         PlacedInstance(
-            id=_id(i), namespace=i.namespace, service=i.spec["service"], node=i.spec["node"],
-            resources=_capacity((i.spec.get("workload") or {}).get("resources") or {}),
-            host_ports=frozenset(int(p) for p in
-                                 (i.spec.get("workload") or {}).get("hostPorts") or ()),
+            id=_id(i), namespace=i.namespace, service=spec.service, node=spec.node,
+            resources=_capacity(spec.workload.resources),
+            host_ports=frozenset(spec.workload.host_ports or ()),
         )
-        for i in instances if i.spec.get("node")
+        for i, spec in specs if spec.node
     )
     return ClusterSnapshot(nodes=tuple(_node(n) for n in nodes), placed=placed)
 
@@ -124,12 +116,11 @@ def plan(nodes: Sequence[Resource], instances: Sequence[Resource],
     world = snapshot(nodes, instances)
     decided = schedule(world, [_request(i) for i in pending], rng)
     by_id = {_id(i): i for i in pending}
-    drivers = {n.name: frozenset(n.spec.get("drivers") or ()) for n in nodes}
+    drivers = {n.name: frozenset(n.typed(NodeSpec).drivers) for n in nodes}
     placements = []
     for p in decided.placements:
         instance = by_id[p.instance_id]
-        workload = instance.spec.get("workload") or {}
-        driver = required_driver(workload) or (
+        driver = required_driver(instance.typed(InstanceSpec).workload) or (
             "docker" if "docker" in drivers.get(p.node, ()) else "process")
         placements.append(Placed(instance.namespace, instance.name, p.node, driver))
     failures = tuple(Failed(by_id[f.instance_id].namespace, by_id[f.instance_id].name,

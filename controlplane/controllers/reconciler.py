@@ -24,7 +24,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 
 from controlplane.controllers import placement
-from controlplane.controllers.replicas import available, decide, template_hash, template_of
+from controlplane.controllers.replicas import (
+    Desired,
+    available,
+    decide,
+    gateway_desired,
+    service_desired,
+)
 from controlplane.controllers.workqueue import WorkQueue, sync_one
 from controlplane.errors import Conflict
 from controlplane.manifests.sources import CONFIG_KINDS, sources_of, versions
@@ -32,6 +38,7 @@ from controlplane.model import SERVICE_LABEL, ObjectKey, Resource, WatchEvent, n
 from controlplane.model.clock import SYSTEM_CLOCK, Clock
 from controlplane.model.cluster import NodeState
 from controlplane.model.endpoints import is_registered
+from controlplane.model.specs import GatewaySpec, InstanceSpec, ServiceSpec
 from controlplane.store import Store
 from controlplane.store.follower import StoreFollower
 
@@ -126,7 +133,7 @@ class Reconciler:
             wanted |= set(by_service) | {s.key for s in self._store.list("Service")}
             wanted |= {g.key for g in self._store.list("Gateway")}
         usable = {n.name for n in self._store.list("Node")
-                  if node_state(n.spec, n.status) is NodeState.READY}
+                  if node_state(n) is NodeState.READY}
         given = set(keys)
         for key in sorted(wanted):
             if key not in given and self._queue.failures(key):
@@ -167,27 +174,25 @@ class Reconciler:
     # --- replicas -------------------------------------------------------------------
 
     def reconcile(self, key: ObjectKey, instances: list[Resource], usable: set[str]) -> None:
-        """Converge one Service's ``instances`` on its spec (idempotent);
-        ``usable`` names the nodes instances may stay on."""
-        service = self._store.get(key)
-        if service is not None and key.kind == "Gateway":
-            service = gateway_as_service(service)
-        draining = [i for i in instances if i.spec.get("draining")]
-        instances = [i for i in instances if not i.spec.get("draining")]
-        sources = versions(service.spec, key.namespace, self._store.get) \
-            if service is not None else {}
-        decision = decide(service, instances, usable, sources)
-        if service is not None:
-            status = service_status(service, instances)
-            if self._queue.failures(key) and "conditions" in service.status:
-                status["conditions"] = service.status["conditions"]  # until it converges
+        """Converge one Service's (or Gateway's) ``instances`` on its spec
+        (idempotent); ``usable`` names the nodes instances may stay on."""
+        owner = self._store.get(key)
+        desired = self._desired(owner) if owner is not None else None
+        draining = [i for i in instances if i.typed(InstanceSpec).draining]
+        instances = [i for i in instances if not i.typed(InstanceSpec).draining]
+        decision = decide(desired, instances, usable)
+        if owner is not None and desired is not None:
+            status = service_status(desired, instances)
+            if self._queue.failures(key) and "conditions" in owner.status:
+                status["conditions"] = owner.status["conditions"]  # until it converges
             self._store.write_status(key, status)
         by_name = {i.name: i for i in instances}
         doomed = [by_name[name] for name in decision.remove]
         # Serving instances drain first: out of every client's EDS, then stopped.
-        to_drain = [i for i in doomed if i.spec.get("node") in usable and available(i)]
+        to_drain = [i for i in doomed if i.typed(InstanceSpec).node in usable and available(i)]
         for instance in to_drain:
-            spec = {**instance.spec, "draining": True, "drainingSince": time.time()}
+            spec = instance.typed(InstanceSpec).model_copy(
+                update={"draining": True, "draining_since": time.time()})
             try:
                 self._store.apply([replace(instance, spec=spec)])
             except Conflict:
@@ -205,15 +210,23 @@ class Reconciler:
             self._store.delete([ObjectKey("Instance", key.namespace, name) for name in gone],
                                ignore_not_found=True)
             log.info("%s: removed %s", key, ", ".join(gone))
-        if decision.create and service is not None:
-            created = [self._new_instance(service, sources) for _ in range(decision.create)]
+        if decision.create and owner is not None and desired is not None:
+            created = [self._new_instance(owner, desired) for _ in range(decision.create)]
             self._store.apply(created)
             log.info("%s: created %s", key, ", ".join(i.name for i in created))
+
+    def _desired(self, owner: Resource) -> Desired:
+        """What a Service or Gateway asks to run now (a Service's with the
+        current versions of the objects it takes data from)."""
+        if owner.kind == "Gateway":
+            return gateway_desired(owner.typed(GatewaySpec))
+        spec = owner.typed(ServiceSpec)
+        return service_desired(spec, versions(spec, owner.namespace, self._store.get))
 
     def _drained(self, instance: Resource) -> bool:
         """Every proxy has ACKed a config without the instance (or it waited
         long enough, or its node is gone)."""
-        waited = time.time() - float(instance.spec.get("drainingSince", 0))
+        waited = time.time() - instance.typed(InstanceSpec).draining_since
         return waited >= self._drain_timeout or self._proxies_synced(instance.resource_version)
 
     def _touched(self, event: WatchEvent) -> set[ObjectKey]:
@@ -222,28 +235,25 @@ class Reconciler:
         resource = event.resource
         if resource.kind in CONFIG_KINDS:
             return {s.key for s in self._store.list("Service", resource.namespace)
-                    if resource.key in sources_of(s.spec, s.namespace)}
+                    if resource.key in sources_of(s.typed(ServiceSpec), s.namespace)}
         return _service_keys(event)
 
-    def _new_instance(self, service: Resource, sources: dict[str, str]) -> Resource:
+    def _new_instance(self, owner: Resource, desired: Desired) -> Resource:
         suffix = "".join(self._rng.choice(_SUFFIX) for _ in range(5))
-        spec = service.spec
         return Resource(
-            kind="Instance", namespace=service.namespace, name=f"{service.name}-{suffix}",
-            labels={SERVICE_LABEL: service.name},
-            spec={
-                "service": service.name, "revision": service.generation,
-                "template": template_hash(spec, sources), "workload": template_of(spec),
-                "placement": spec.get("placement") or {}, "node": "", "driver": "",
-                **({"gateway": True} if service.kind == "Gateway" else {}),
-            },
+            kind="Instance", namespace=owner.namespace, name=f"{owner.name}-{suffix}",
+            labels={SERVICE_LABEL: owner.name},
+            spec=InstanceSpec(service=owner.name, revision=owner.generation,
+                              template=desired.template, workload=desired.workload,
+                              placement=desired.placement, gateway=desired.gateway),
         )
 
     # --- placement (the plan applier) -------------------------------------------------
 
     def place_pending(self) -> None:
         instances = self._store.list("Instance")
-        pending = [i for i in instances if not i.spec.get("node") and not is_registered(i)]
+        pending = [i for i in instances
+                   if not i.typed(InstanceSpec).node and not is_registered(i)]
         if not pending:
             return
         nodes = self._store.list("Node")
@@ -256,7 +266,8 @@ class Reconciler:
             if (placed.namespace, placed.instance) in conflicts:
                 continue
             instance = by_name[(placed.namespace, placed.instance)]
-            spec = {**instance.spec, "node": placed.node, "driver": placed.driver}
+            spec = instance.typed(InstanceSpec).model_copy(
+                update={"node": placed.node, "driver": placed.driver})
             try:
                 self._store.apply([replace(instance, spec=spec)])
             except Conflict:
@@ -267,42 +278,24 @@ class Reconciler:
             self._store.write_status(key, {"state": "pending", "reason": failed.explanation})
 
 
-def service_status(service: Resource, instances: list[Resource]) -> dict[str, object]:
+def service_status(desired: Desired, instances: list[Resource]) -> dict[str, object]:
     """What `flotilla describe service` shows: counts, and why anything waits."""
     status: dict[str, object] = {
-        "replicas": int(service.spec.get("replicas", 0)),
+        "replicas": desired.replicas,
         "instances": len(instances),
         "available": sum(1 for i in instances if available(i)),
     }
     waiting = sorted({str(i.status.get("reason")) for i in instances
-                      if not i.spec.get("node") and i.status.get("reason")})
+                      if not i.typed(InstanceSpec).node and i.status.get("reason")})
     if waiting:
         status["unschedulable"] = waiting
     return status
 
 
-def gateway_as_service(gateway: Resource) -> Resource:
-    """A Gateway runs as ``spec.replicas`` instances, placed by its
-    ``spec.placement``, of a service whose whole workload is an Envoy (run by
-    the agent like a sidecar) holding the listener ports on its node: those
-    host ports keep two replicas off one node. Its routes reach Envoy over
-    xDS, so changing them replaces nothing; changing its ports does, one
-    replica at a time. With several replicas one of them may be down
-    meanwhile (``maxUnavailable: 1``): where a replica runs on every node, a
-    new one finds its ports free only on a node an old one left."""
-    ports = sorted({int(listener["port"]) for listener in gateway.spec.get("listeners") or ()})
-    replicas = int(gateway.spec.get("replicas", 1))
-    return replace(gateway, spec={
-        "replicas": replicas, "gateway": True, "hostPorts": ports, "driver": "process",
-        "resources": {"cpu": 100, "memory": 64}, "placement": gateway.spec.get("placement") or {},
-        "update": {"strategy": "rolling", "maxSurge": 1,
-                   "maxUnavailable": 1 if replicas > 1 else 0},
-    })
-
-
 def service_key_of(instance: Resource) -> ObjectKey:
-    kind = "Gateway" if instance.spec.get("gateway") else "Service"
-    return ObjectKey(kind, instance.namespace, instance.spec["service"])
+    """The Service, or with ``spec.gateway`` the Gateway, an instance belongs to."""
+    spec = instance.typed(InstanceSpec)
+    return ObjectKey("Gateway" if spec.gateway else "Service", instance.namespace, spec.service)
 
 
 def _service_keys(event: WatchEvent) -> set[ObjectKey]:

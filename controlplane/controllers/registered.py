@@ -50,6 +50,7 @@ from controlplane.model.types import check_dns_label, check_labels
 from controlplane.manifests.references import View
 from controlplane.model import DEFAULT_NAMESPACE, SERVICE_LABEL, ObjectKey, Resource, WatchEvent
 from controlplane.model.endpoints import is_registered
+from controlplane.model.specs import InstanceSpec, ServiceSpec
 from controlplane.controllers.nodes import HEARTBEAT, heartbeat_age, with_heartbeat
 from controlplane.controllers.reconciler import always_leader
 from controlplane.store import Store
@@ -141,15 +142,16 @@ def registered_instance(request: RegistrationRequest, name: str, ttl: float) -> 
     return Resource(
         kind="Instance", namespace=request.namespace, name=name,
         labels={**request.labels, SERVICE_LABEL: request.service},
-        spec={"service": request.service, "node": "", "registered": True,
-              "address": request.address, "port": request.port, "ttl": ttl},
+        spec=InstanceSpec(service=request.service, registered=True, address=request.address,
+                          port=request.port, ttl=ttl),
     )
 
 
-def registered_status(spec: Mapping[str, Any]) -> dict[str, Any]:
+def registered_status(instance: Resource) -> dict[str, Any]:
     """What a registered instance's status says while it lives."""
-    return {"state": "healthy", "address": str(spec["address"]), "port": int(spec["port"]),
-            "reason": f"registered, TTL {format_seconds(float(spec['ttl']))}"}
+    spec = instance.typed(InstanceSpec)
+    return {"state": "healthy", "address": spec.address, "port": spec.port,
+            "reason": f"registered, TTL {format_seconds(spec.ttl)}"}
 
 
 @dataclass
@@ -173,9 +175,8 @@ class Lease:
 
 
 def lease_of(instance: Resource, now: float) -> Lease:
-    spec = instance.spec
-    return Lease(instance.namespace, str(spec["service"]), str(spec["address"]),
-                 int(spec["port"]), float(spec["ttl"]), now)
+    spec = instance.typed(InstanceSpec)
+    return Lease(instance.namespace, spec.service, spec.address, spec.port, spec.ttl, now)
 
 
 # --- the registry of registered instances -----------------------------------------
@@ -244,7 +245,7 @@ class RegisteredInstances:
             found = view.get(service)
             if found is None:
                 raise NotFound(_no_service(service))
-            if found.spec.get("external") is not None:
+            if found.typed(ServiceSpec).external is not None:
                 raise InvalidRequest([FieldViolation("service", (
                     f"Service {service.namespace}/{service.name} is external: its instances "
                     "come from Consul; register there, or name a Service without "
@@ -264,7 +265,7 @@ class RegisteredInstances:
             with self._lock:
                 name = self._new_name(request.service)
         instance = registered_instance(request, name, ttl)
-        instance = replace(instance, status=registered_status(instance.spec))
+        instance = replace(instance, status=registered_status(instance))
         stored = self._store.apply([instance], admit=admit, with_status=True)[0].resource
         self._hold(name, lease_of(stored, self._clock()))
         return stored
@@ -285,7 +286,7 @@ class RegisteredInstances:
             self._forget([name], lease)  # deleted behind our back (flotilla delete)
             raise NotFound(_not_registered(name))
         if self._shared:
-            status = with_heartbeat(registered_status(instance.spec), instance.status, lease.ttl)
+            status = with_heartbeat(registered_status(instance), instance.status, lease.ttl)
             if status != dict(instance.status):
                 self._store.write_status(instance.key, status)
 
@@ -344,8 +345,8 @@ class RegisteredInstances:
         for instance in found:
             self._hold(instance.name, lease_of(instance, now))
             status = {k: v for k, v in instance.status.items() if k != HEARTBEAT}
-            if status != registered_status(instance.spec):
-                self._store.write_status(instance.key, registered_status(instance.spec))
+            if status != registered_status(instance):
+                self._store.write_status(instance.key, registered_status(instance))
 
     def _registered(self) -> list[Resource]:
         return [i for i in self._store.list("Instance") if is_registered(i)]

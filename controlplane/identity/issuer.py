@@ -40,6 +40,7 @@ from controlplane.model import (
     control_plane_spiffe_id,
     node_spiffe_id,
 )
+from controlplane.model.specs import CertificateSpec, InstanceSpec
 from controlplane.store import Store
 
 PRIVATE_KEY = "ca"
@@ -139,7 +140,7 @@ class Issuer:
             new, phase = self.rotation["new"], self.rotation["phase"]
             reports: list[dict[str, Any]] = [
                 dict(i.status["certificate"]) for i in self._store.list("Instance")
-                if i.spec.get("node") and i.status.get("certificate")]
+                if i.typed(InstanceSpec).node and i.status.get("certificate")]
             if phase == "trusting" and all(new in (r.get("trusts") or ()) for r in reports):
                 roots = sorted(self.ca.roots, key=lambda r: r.serial != new)
                 self.ca = CertificateAuthority(self.ca.trust_domain, roots)
@@ -159,11 +160,12 @@ class Issuer:
         instance = self._store.get(ObjectKey("Instance", namespace, instance_id))
         if instance is None:
             raise NotFound(f"instance {namespace}/{instance_id} does not exist")
-        if instance.spec.get("node") != node:
+        spec = instance.typed(InstanceSpec)
+        if spec.node != node:
             raise PermissionDenied(
                 f"node {node} does not run instance {namespace}/{instance_id}; a node gets "
                 "certificates only for the instances it runs")
-        identity = spiffe_id(self.ca.trust_domain, namespace, str(instance.spec["service"]))
+        identity = spiffe_id(self.ca.trust_domain, namespace, spec.service)
         leaf = self._sign(csr_pem, identity)
         self._record(leaf, node, instance.namespace, instance.name, INSTANCE_LABEL)
         return leaf
@@ -213,10 +215,10 @@ class Issuer:
         record = Resource(
             kind="Certificate", namespace=namespace, name=f"{owner}-{leaf.serial[:12]}",
             labels={label: owner},
-            spec={"identity": leaf.identity, "serial": leaf.serial, "node": node,
-                  **({"instance": owner} if label == INSTANCE_LABEL else {}),
-                  "root": leaf.root,
-                  "notAfter": leaf.not_after.isoformat().replace("+00:00", "Z")},
+            spec=CertificateSpec(
+                identity=leaf.identity, serial=leaf.serial, node=node,
+                instance=owner if label == INSTANCE_LABEL else None, root=leaf.root,
+                not_after=_rfc3339(leaf.not_after)),
         )
         with self._pending_lock:
             self._pending.append(record)
@@ -252,14 +254,20 @@ class Issuer:
             del held[:-KEEP_PER_INSTANCE]
         if time.monotonic() >= self._next_sweep:  # expired records of gone instances
             self._next_sweep = time.monotonic() + 60
-            now = self._now().isoformat().replace("+00:00", "Z")
+            now = _rfc3339(self._now())
             expired = {c.key for c in self._store.list("Certificate")
-                       if str(c.spec.get("notAfter", "")) < now}
+                       if c.typed(CertificateSpec).not_after < now}
             for held in self._records.values():
                 held[:] = [key for key in held if key not in expired]
             doomed += expired
         if doomed:
             self._store.delete(sorted(set(doomed)), ignore_not_found=True)
+
+
+def _rfc3339(moment: datetime.datetime) -> str:
+    """A UTC time as Certificate records spell it (``...Z``), so that two
+    compare as strings in time order."""
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def _holder(record: Resource) -> tuple[str, tuple[tuple[str, str], ...]]:

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from pydantic.alias_generators import to_snake
 
 from controlplane.errors import FieldViolation
-from controlplane.manifests.sources import CONFIG_KINDS, env_problem
+from controlplane.manifests.sources import CONFIG_KINDS, env_problem, source_key
 from controlplane.model import ObjectKey, Reference, Resource
 from controlplane.model.specs import (
     GatewaySpec,
@@ -38,13 +38,6 @@ class View(Protocol):
     def list(self, kind: str, namespace: str) -> Sequence[Resource]: ...
 
 
-def source_key(item: Mount | EnvFrom, namespace: str) -> ObjectKey:
-    """The object one ``mounts`` or ``envFrom`` entry names."""
-    if item.config_map:
-        return ObjectKey("ConfigMap", namespace, item.config_map)
-    return ObjectKey("Secret", namespace, str(item.secret))
-
-
 def placement_names(placement: PlacementSpec) -> list[tuple[str, list[str]]]:
     """The placement fields of a Service or Gateway that name services of its
     namespace (the scheduler counts a Gateway's instances under its name too),
@@ -55,7 +48,7 @@ def placement_names(placement: PlacementSpec) -> list[tuple[str, list[str]]]:
 
 
 def references(resource: Resource) -> list[Reference]:
-    spec, ns, out = resource.spec_model, resource.namespace, []
+    spec, ns, out = resource.spec, resource.namespace, []
 
     def add(path: str, kind: str, name: str, namespace: str | None = None) -> None:
         out.append(Reference(resource.key, path, ObjectKey(kind, namespace or ns, name)))
@@ -126,7 +119,7 @@ def check_batch(
                 out.append(FieldViolation(
                     ref.path, _dangling_placed(ref) if placed else _dangling(ref), source))
             elif ref.target.kind == "Secret" and ".tls." in ref.path and (
-                not isinstance(target.spec_model, SecretSpec) or target.spec_model.type != "tls"
+                not isinstance(target.spec, SecretSpec) or target.spec.type != "tls"
             ):
                 out.append(
                     FieldViolation(

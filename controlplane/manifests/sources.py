@@ -29,6 +29,8 @@ from typing import Any
 
 from controlplane.model.types import ENV_NAME
 from controlplane.model import ObjectKey, Resource
+from controlplane.model.specs import ConfigMapSpec, SecretSpec
+from controlplane.model.specs.service import EnvFrom, Mount, WorkloadFields
 
 #: The kinds a Service takes files and environment from.
 CONFIG_KINDS = ("ConfigMap", "Secret")
@@ -66,26 +68,24 @@ class Projection:
     missing: tuple[ObjectKey, ...] = ()
 
 
-def source_key(item: Mapping[str, Any], namespace: str) -> ObjectKey:
+def source_key(item: Mount | EnvFrom, namespace: str) -> ObjectKey:
     """The object one ``mounts`` or ``envFrom`` entry names."""
-    if item.get("configMap"):
-        return ObjectKey("ConfigMap", namespace, str(item["configMap"]))
-    return ObjectKey("Secret", namespace, str(item["secret"]))
+    if item.config_map:
+        return ObjectKey("ConfigMap", namespace, item.config_map)
+    return ObjectKey("Secret", namespace, str(item.secret))
 
 
-def sources_of(spec: Mapping[str, Any], namespace: str) -> list[ObjectKey]:
-    """Every object a Service's spec mounts or takes env from, each once."""
-    keys = [source_key(item, namespace)
-            for name in ("mounts", "envFrom") for item in spec.get(name) or ()]
-    return list(dict.fromkeys(keys))
+def sources_of(workload: WorkloadFields, namespace: str) -> list[ObjectKey]:
+    """Every object a workload mounts or takes env from, each once."""
+    items: list[Mount | EnvFrom] = [*workload.mounts, *workload.env_from]
+    return list(dict.fromkeys(source_key(item, namespace) for item in items))
 
 
 def data_of(resource: Resource) -> dict[str, bytes]:
     """A ConfigMap's or Secret's data as bytes (a Secret's base64 decoded)."""
-    data = resource.spec.get("data") or {}
     if resource.kind == "Secret":
-        return {str(key): _decoded(value) for key, value in data.items()}
-    return {str(key): str(value).encode() for key, value in data.items()}
+        return {key: _decoded(value) for key, value in resource.typed(SecretSpec).data.items()}
+    return {key: value.encode() for key, value in resource.typed(ConfigMapSpec).data.items()}
 
 
 def _decoded(value: Any) -> bytes:
@@ -125,8 +125,8 @@ def _quoted(keys: Sequence[str], most: int = 5) -> str:
     return shown + (f" and {len(keys) - most} more" if len(keys) > most else "")
 
 
-def project(spec: Mapping[str, Any], namespace: str, lookup: Lookup) -> Projection:
-    """The files and environment an instance of ``spec`` gets now."""
+def project(workload: WorkloadFields, namespace: str, lookup: Lookup) -> Projection:
+    """The files and environment an instance of ``workload`` gets now."""
     env: dict[str, str] = {}
     mounts: list[ProjectedMount] = []
     missing: list[ObjectKey] = []
@@ -139,7 +139,7 @@ def project(spec: Mapping[str, Any], namespace: str, lookup: Lookup) -> Projecti
                 missing.append(key)
         return found[key]
 
-    for item in spec.get("envFrom") or ():
+    for item in workload.env_from:
         source = get(source_key(item, namespace))
         if source is None:
             continue
@@ -147,19 +147,19 @@ def project(spec: Mapping[str, Any], namespace: str, lookup: Lookup) -> Projecti
             text = _text(value)
             if ENV_NAME.match(key) and text is not None:  # apply refuses the others
                 env[key] = text
-    for item in spec.get("mounts") or ():
-        source = get(source_key(item, namespace))
+    for mount in workload.mounts:
+        source = get(source_key(mount, namespace))
         if source is not None:
             mode = SECRET_MODE if source.kind == "Secret" else CONFIG_MAP_MODE
-            mounts.append(ProjectedMount(str(item["path"]), data_of(source), mode))
+            mounts.append(ProjectedMount(mount.path, data_of(source), mode))
     return Projection(env, tuple(mounts), tuple(missing))
 
 
-def versions(spec: Mapping[str, Any], namespace: str, lookup: Lookup) -> dict[str, str]:
-    """``Kind/name`` -> ``uid/generation`` of each object the spec takes data
-    from (``missing`` for one not found); empty when it takes none."""
+def versions(workload: WorkloadFields, namespace: str, lookup: Lookup) -> dict[str, str]:
+    """``Kind/name`` -> ``uid/generation`` of each object the workload takes
+    data from (``missing`` for one not found); empty when it takes none."""
     out: dict[str, str] = {}
-    for key in sources_of(spec, namespace):
+    for key in sources_of(workload, namespace):
         found = lookup(key)
         out[f"{key.kind}/{key.name}"] = (
             f"{found.uid}/{found.generation}" if found is not None else "missing")

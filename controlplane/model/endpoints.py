@@ -18,6 +18,7 @@ from collections.abc import Iterable
 
 from controlplane.model.cluster import NodeState
 from controlplane.model.resources import Resource, node_state
+from controlplane.model.specs import InstanceSpec
 
 #: Instance states that make an instance an endpoint.
 SERVING = ("healthy", "running")
@@ -25,20 +26,20 @@ SERVING = ("healthy", "running")
 
 def ready_nodes(nodes: Iterable[Resource]) -> set[str]:
     """Names of the Nodes instances may serve from."""
-    return {n.name for n in nodes if node_state(n.spec, n.status) is NodeState.READY}
+    return {n.name for n in nodes if node_state(n) is NodeState.READY}
 
 
 def is_registered(instance: Resource) -> bool:
     """True for an instance a client registered (not run by Flotilla)."""
-    return bool(instance.spec.get("registered"))
+    return instance.typed(InstanceSpec).registered
 
 
 def serving_address(instance: Resource, ready: set[str]) -> tuple[str, int] | None:
     """The (address, port) an Instance serves on, or None when it is not an
     endpoint; ``ready`` is :func:`ready_nodes` of the cluster's Nodes."""
-    spec, status = instance.spec, instance.status
-    placed = is_registered(instance) or str(spec.get("node") or "") in ready
-    if (not placed or spec.get("draining")
+    spec, status = instance.typed(InstanceSpec), instance.status
+    placed = spec.registered or spec.node in ready
+    if (not placed or spec.draining
             or status.get("state") not in SERVING
             or not status.get("address") or not status.get("port")):
         return None

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from controlplane.model.resources import Resource
+from controlplane.model.specs import ServiceSpec
 
 #: Consul service meta marking an instance that speaks TLS (value ``"true"``).
 TLS_META = "flotilla-tls"
@@ -50,7 +50,7 @@ CatalogEndpoints = Mapping[str, tuple[CatalogEndpoint, ...]]
 def external_name(service: Resource) -> str | None:
     """The Consul service an external Service follows (``spec.external.service``,
     by default its own name); None for a Service of the mesh."""
-    external: Mapping[str, Any] | None = service.spec.get("external")
+    external = service.typed(ServiceSpec).external
     if external is None:
         return None
-    return str(external.get("service") or service.name)
+    return external.service or service.name

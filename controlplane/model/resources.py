@@ -1,23 +1,23 @@
 """Resources as stored: identity, metadata, a validated spec and a status.
 
-Contract: ``spec`` and ``status`` are JSON-compatible values (dict, list, str,
-int, float, bool, None) and are never mutated after construction; build a new
-``Resource`` with :func:`dataclasses.replace` instead. ``typed(SpecType)`` is
-the spec as its kind's frozen model (:data:`controlplane.model.specs.SPEC_TYPES`),
-decoded once per ``Resource``; readers move to it kind by kind, and then
-``spec`` becomes the model itself.
+Contract: ``spec`` is its kind's frozen model
+(:data:`controlplane.model.specs.SPEC_TYPES`); a mapping given instead (the
+store's JSON form, a test's literal) is decoded once, when the ``Resource`` is
+built. ``status`` is a JSON-compatible value (dict, list, str, int, float,
+bool, None). Neither is mutated after construction: build a new ``Resource``
+with :func:`dataclasses.replace` instead. ``typed(SpecType)`` narrows ``spec``
+to the model a reader expects.
 """
 
 from __future__ import annotations
 
 import enum
-import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from controlplane.model.cluster import NodeState
-from controlplane.model.specs import SPEC_TYPES, Schema
+from controlplane.model.specs import SPEC_TYPES, NodeSpec, Schema
 
 S = TypeVar("S", bound=Schema)
 
@@ -50,16 +50,21 @@ def control_plane_spiffe_id(trust_domain: str) -> str:
     return f"spiffe://{trust_domain}/control-plane"
 
 
-def node_state(spec: Mapping[str, Any], status: Mapping[str, Any]) -> NodeState:
-    """A Node's state from its spec and status: READY, DOWN, DRAINING for a
-    ready node an operator drains, or REVOKED."""
-    if spec.get("revoked"):
+def node_state(node: Resource) -> NodeState:
+    """A Node's state: READY, DOWN, DRAINING for a ready node an operator
+    drains, or REVOKED."""
+    return node_state_of(node.typed(NodeSpec), node.status)
+
+
+def node_state_of(spec: NodeSpec, status: Mapping[str, Any]) -> NodeState:
+    """:func:`node_state` from a Node's spec and status (as a client reads them)."""
+    if spec.revoked:
         return NodeState.REVOKED
     try:
         state = NodeState(str(status.get("state", "ready")))
     except ValueError:
         return NodeState.DOWN  # a state this version does not know: place nothing there
-    return NodeState.DRAINING if state is NodeState.READY and spec.get("drain") else state
+    return NodeState.DRAINING if state is NodeState.READY and spec.drain else state
 
 
 def decode_spec(kind: str, spec: Mapping[str, Any]) -> Schema:
@@ -86,7 +91,8 @@ class Resource:
     kind: str
     name: str
     namespace: str = DEFAULT_NAMESPACE
-    spec: Mapping[str, Any] = field(default_factory=dict)
+    #: Its kind's model; a mapping is decoded (see the module's contract).
+    spec: Schema = field(default_factory=dict)  # type: ignore[assignment]
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
     status: Mapping[str, Any] = field(default_factory=dict)
@@ -102,14 +108,13 @@ class Resource:
     def key(self) -> ObjectKey:
         return ObjectKey(self.kind, self.namespace, self.name)
 
-    @functools.cached_property
-    def spec_model(self) -> Schema:
-        """``spec`` as its kind's model, decoded on first use."""
-        return decode_spec(self.kind, self.spec)
+    def __post_init__(self) -> None:
+        if not isinstance(self.spec, Schema):
+            object.__setattr__(self, "spec", decode_spec(self.kind, self.spec))
 
     def typed(self, spec_type: type[S]) -> S:
         """``spec`` as *spec_type*; a ``TypeError`` when the kind has another."""
-        model = self.spec_model
+        model = self.spec
         if not isinstance(model, spec_type):
             raise TypeError(f"{self.key} has a {type(model).__name__}, "
                             f"not a {spec_type.__name__}")
@@ -118,7 +123,7 @@ class Resource:
     def same_content(self, other: Resource) -> bool:
         """True when applying ``other`` over ``self`` would change nothing."""
         return (
-            dict(self.spec) == dict(other.spec)
+            self.spec == other.spec
             and dict(self.labels) == dict(other.labels)
             and dict(self.annotations) == dict(other.annotations)
         )

@@ -32,6 +32,7 @@ from controlplane.identity.tokens import JoinTokens
 from controlplane.manifests import sources
 from controlplane.model import ObjectKey, Resource, node_state
 from controlplane.model.cluster import NodeState
+from controlplane.model.specs import InstanceSpec, NodeSpec
 from controlplane.server.status import abort
 from controlplane.store import Store
 
@@ -44,17 +45,16 @@ _REPORTED = {"state": "state", "reason": "reason", "address": "address", "port":
 
 
 def node_to_pb(node: Resource) -> nodes_pb2.Node:
-    capacity = node.spec.get("capacity") or {}
+    spec = node.typed(NodeSpec)
     states = {NodeState.READY: nodes_pb2.Node.READY, NodeState.DOWN: nodes_pb2.Node.DOWN,
               NodeState.DRAINING: nodes_pb2.Node.DRAINING,
               NodeState.REVOKED: nodes_pb2.Node.REVOKED}
     return nodes_pb2.Node(
-        name=node.name, address=node.spec.get("address", ""),
-        labels=dict(node.spec.get("labels") or {}),
-        capacity=nodes_pb2.Capacity(cpu_millis=capacity.get("cpu", 0),
-                                    memory_mib=capacity.get("memory", 0)),
-        drivers=list(node.spec.get("drivers") or []),
-        state=states.get(node_state(node.spec, node.status), nodes_pb2.Node.STATE_UNSPECIFIED),
+        name=node.name, address=spec.address, labels=dict(spec.labels),
+        capacity=nodes_pb2.Capacity(cpu_millis=spec.capacity.cpu,
+                                    memory_mib=spec.capacity.memory),
+        drivers=list(spec.drivers),
+        state=states.get(node_state(node), nodes_pb2.Node.STATE_UNSPECIFIED),
     )
 
 
@@ -62,20 +62,21 @@ def assignments_of(store: Store, node: str) -> agent_pb2.Assignments:
     """What ``node`` runs, with the ConfigMap and Secret data each instance
     mounts or takes env from: the only place Secret values are decoded for a
     node, and they go only to its stream."""
-    instances = [i for i in store.list("Instance") if i.spec.get("node") == node]
+    instances = [i for i in store.list("Instance") if i.typed(InstanceSpec).node == node]
     lookup = functools.cache(store.get)  # one read of each object per message
     return agent_pb2.Assignments(assignments=[
-        _assignment(i, sources.project(i.spec.get("workload") or {}, i.namespace, lookup))
+        _assignment(i, sources.project(i.typed(InstanceSpec).workload, i.namespace, lookup))
         for i in sorted(instances, key=lambda r: r.name)
     ])
 
 
 def _assignment(instance: Resource, projection: sources.Projection) -> agent_pb2.Assignment:
+    spec = instance.typed(InstanceSpec)
     return agent_pb2.Assignment(
         instance_id=instance.name, namespace=instance.namespace,
-        service=instance.spec["service"], revision=int(instance.spec.get("revision", 0)),
-        spec=convert.struct_of(instance.spec.get("workload") or {}),
-        driver=instance.spec.get("driver", ""),
+        service=spec.service, revision=spec.revision,
+        spec=convert.struct_of(spec.workload.to_dict()),
+        driver=spec.driver,
         env_from=dict(projection.env),
         mounts=[agent_pb2.MountedFiles(path=m.path, files=dict(m.files), mode=m.mode)
                 for m in projection.mounts],
@@ -126,7 +127,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         if kind != "node" or domain != self._issuer.ca.trust_domain:
             raise PermissionDenied(f"{peer.decode()} is not a node of this cluster")
         node = self._nodes.check_admitted(name)
-        revoked_at = node.spec.get("revokedAt") if node is not None else None
+        revoked_at = node.typed(NodeSpec).revoked_at if node is not None else None
         certificate = b"".join(auth.get("x509_pem_cert") or [])
         if revoked_at and certificate and \
                 _issued_at(certificate) <= datetime.datetime.fromisoformat(revoked_at):
@@ -235,7 +236,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         for report in request.instances:
             key = ObjectKey("Instance", report.namespace or "default", report.instance_id)
             instance = self._store.get(key)
-            if instance is None or instance.spec.get("node") != request.node:
+            if instance is None or instance.typed(InstanceSpec).node != request.node:
                 continue  # no longer this node's; the agent stops it
             status = {name: getattr(report, field) for field, name in _REPORTED.items()}
             status["node"] = request.node

@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
+#: Decoded objects kept (by their stored body): ~2 KiB each.
+_DECODED = 16_384
 #: Times a write is redone after other replicas appended first.
 _RETRIES = 50
 
@@ -135,6 +137,9 @@ class Store:
         self._wakes = 0
         self._log = log
         self._private_pending: dict[str, str] = {}
+        # A stored body decodes to the same Resource every time: its spec
+        # model is built once, not on every list, get and watch event.
+        self._decode = functools.lru_cache(maxsize=_DECODED)(self._decode_body)
         if log is not None:
             head = log.read_head()[0]
             if head < self._rv:
@@ -420,7 +425,7 @@ class Store:
             )
             event, action = EventType.ADDED, ApplyAction.CREATED
         else:
-            spec_changed = dict(current.spec) != dict(resource.spec)
+            spec_changed = current.spec != resource.spec
             stored = replace(
                 resource, uid=current.uid, resource_version=self._rv,
                 generation=current.generation + (1 if spec_changed else 0),
@@ -524,9 +529,9 @@ class Store:
         return found
 
     def _encode(self, resource: Resource) -> str:
-        spec: Any = resource.spec
+        spec: Any = resource.spec.to_dict()
         if resource.kind == "Secret" and self._sealer is not None:
-            spec = self._sealer.seal(dict(spec))
+            spec = self._sealer.seal(spec)
         return json.dumps(
             {
                 "kind": resource.kind, "namespace": resource.namespace, "name": resource.name,
@@ -538,7 +543,7 @@ class Store:
             separators=(",", ":"), sort_keys=True,
         )
 
-    def _decode(self, body: str) -> Resource:
+    def _decode_body(self, body: str) -> Resource:
         raw = json.loads(body)
         spec = raw["spec"]
         if self._sealer is not None:

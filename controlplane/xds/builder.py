@@ -35,7 +35,7 @@ more than building for one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
@@ -69,6 +69,7 @@ from google.protobuf.message import Message
 
 from controlplane.model.durations import parse_duration
 from controlplane.model import spiffe_id
+from controlplane.model.specs.gateway import GatewayRoute
 from controlplane.xds import rbac
 from controlplane.xds.mesh import (
     GATEWAY,
@@ -99,8 +100,6 @@ _GRPC_LACKS: dict[str, tuple[Message, str]] = {
     "random": (random_pb2.Random(), "random: proxyless gRPC has no random policy; "
                                     "round-robin used"),
 }
-#: Failures where the request never reached an app: safe to retry by default.
-_SAFE_RETRIES = ["connect-failure", "refused-stream", "unavailable"]
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
@@ -256,8 +255,7 @@ def _listener(name: str, address: str, port: int, network_filter: Message,
 
 def _algorithm(service: ServiceView) -> str:
     """The load-balancing algorithm its TrafficPolicy asks for."""
-    return str(((service.policy or {}).get("loadBalancer") or {}).get("algorithm",
-                                                                       "round-robin"))
+    return service.traffic_policy.load_balancer.algorithm
 
 
 def _typed_policy(config: Message) -> cluster_pb2.LoadBalancingPolicy.Policy:
@@ -273,8 +271,8 @@ def proxyless_notes(service: ServiceView) -> list[str]:
     lacking = _GRPC_LACKS.get(_algorithm(service))
     if lacking is not None:
         notes.append(lacking[1])
-    hash_on = ((service.policy or {}).get("loadBalancer") or {}).get("hashOn") or {}
-    if hash_on.get("sourceIP"):
+    hash_on = service.traffic_policy.load_balancer.hash_on
+    if hash_on is not None and hash_on.source_ip:
         notes.append("ring-hash on sourceIP: gRPC hashes on headers only; each call "
                      "gets a random hash")
     return notes
@@ -322,8 +320,8 @@ class Builder:
                 return False
             for gateway in (now.gateways.get(key), before.gateways.get(key)):
                 for listener in gateway.listeners if gateway else ():
-                    keys |= {(str(r.get("namespace") or proxy.namespace), str(r["service"]))
-                             for r in listener.get("routes") or ()}
+                    keys |= {(r.namespace or proxy.namespace, r.service)
+                             for r in listener.routes}
         return all(now.services.get(k) == before.services.get(k) for k in keys)
 
     # --- per proxy kind ---------------------------------------------------------
@@ -358,17 +356,17 @@ class Builder:
         gateway = self.view.gateways.get((proxy.namespace, proxy.name))
         address = proxy.inbound[0] if proxy.inbound else "0.0.0.0"
         for listener in gateway.listeners if gateway else ():
-            targets = []
-            for route in listener.get("routes") or ():
-                service = self.view.services.get(
-                    (str(route.get("namespace") or proxy.namespace), str(route["service"])))
+            targets: list[tuple[GatewayRoute, ServiceView]] = []
+            for route in listener.routes:
+                service = self.view.services.get((route.namespace or proxy.namespace,
+                                                  route.service))
                 if service is not None:
                     self._add_service(items, service)
                     targets.append((route, service))
             if not targets:
                 continue
-            name, port = str(listener["name"]), int(listener["port"])
-            if listener.get("protocol") == "tcp":
+            name, port = listener.name, listener.port
+            if listener.protocol == "tcp":
                 service = targets[0][1]
                 items[LISTENER].append(Item(f"gateway:{name}", _listener(
                     f"gateway:{name}", address, port, self._tcp_proxy(service, f"gw_{name}"))))
@@ -418,12 +416,12 @@ class Builder:
         return item
 
     def _cluster(self, service: ServiceView, name: str) -> cluster_pb2.Cluster:
-        policy = service.policy or {}
+        policy = service.traffic_policy
         cluster = cluster_pb2.Cluster(
             name=name, type=cluster_pb2.Cluster.EDS,
             eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=_ADS,
                                                                     service_name=name),
-            connect_timeout=_duration(str(policy.get("connectTimeout", "5s"))),
+            connect_timeout=_duration(policy.connect_timeout),
             lb_policy=_LB[_algorithm(service)],
         )
         if service.protocol == "grpc":
@@ -444,24 +442,24 @@ class Builder:
                     transport_socket=base_pb2.TransportSocket(
                         name="envoy.transport_sockets.raw_buffer",
                         typed_config=_any(raw_buffer_pb2.RawBuffer()))))
-        breaker = policy.get("circuitBreaker")
-        if breaker:
+        breaker = policy.circuit_breaker
+        if breaker is not None:
+            # The schema's fields are Envoy's threshold fields; a breaker
+            # setting none of them adds no thresholds.
             thresholds = circuit_breaker_pb2.CircuitBreakers.Thresholds()
-            for field, key in (("max_connections", "maxConnections"),
-                               ("max_pending_requests", "maxPendingRequests"),
-                               ("max_requests", "maxRequests"), ("max_retries", "maxRetries")):
-                if breaker.get(key) is not None:
-                    getattr(thresholds, field).value = int(breaker[key])
-            cluster.circuit_breakers.thresholds.append(thresholds)
-        outlier = policy.get("outlierDetection")
-        if outlier:
+            for field in type(breaker).model_fields:
+                limit = getattr(breaker, field)
+                if limit is not None:
+                    getattr(thresholds, field).value = limit
+            if thresholds.ListFields():
+                cluster.circuit_breakers.thresholds.append(thresholds)
+        outlier = policy.outlier_detection
+        if outlier is not None:
             cluster.outlier_detection.CopyFrom(outlier_detection_pb2.OutlierDetection(
-                consecutive_5xx=wrappers_pb2.UInt32Value(value=int(outlier.get("consecutive5xx",
-                                                                                5))),
-                interval=_duration(str(outlier.get("interval", "10s"))),
-                base_ejection_time=_duration(str(outlier.get("baseEjectionTime", "30s"))),
-                max_ejection_percent=wrappers_pb2.UInt32Value(
-                    value=int(outlier.get("maxEjectionPercent", 10))),
+                consecutive_5xx=wrappers_pb2.UInt32Value(value=outlier.consecutive_5xx),
+                interval=_duration(outlier.interval),
+                base_ejection_time=_duration(outlier.base_ejection_time),
+                max_ejection_percent=wrappers_pb2.UInt32Value(value=outlier.max_ejection_percent),
             ))
         return cluster
 
@@ -515,31 +513,29 @@ class Builder:
         )])
 
     def _route_action(self, service: ServiceView, cluster: str) -> rc_pb2.RouteAction:
-        policy = service.policy or {}
+        policy = service.traffic_policy
         action = rc_pb2.RouteAction(
             cluster=cluster,
             # Like a mesh should: no deadline unless the policy sets one (gRPC
             # streams and long polls would break at Envoy's 15 s default).
-            timeout=_duration(str(policy.get("requestTimeout", "0s"))),
+            timeout=(_duration(policy.request_timeout) if policy.request_timeout
+                     else duration_pb2.Duration()),
         )
-        if policy.get("idleTimeout"):
-            action.idle_timeout.CopyFrom(_duration(str(policy["idleTimeout"])))
-        # Without a policy, retry what never reached the app, as meshes do.
-        retries = policy.get("retries", {"attempts": 2, "retryOn": _SAFE_RETRIES})
-        if retries:
-            retry = rc_pb2.RetryPolicy(
-                retry_on=",".join(retries.get("retryOn") or
-                                  ["connect-failure", "refused-stream", "unavailable"]),
-                num_retries=wrappers_pb2.UInt32Value(value=int(retries.get("attempts", 1))),
-            )
-            if retries.get("perTryTimeout"):
-                retry.per_try_timeout.CopyFrom(_duration(str(retries["perTryTimeout"])))
-            action.retry_policy.CopyFrom(retry)
-        hash_on = (policy.get("loadBalancer") or {}).get("hashOn") or {}
-        if hash_on.get("header"):
+        if policy.idle_timeout:
+            action.idle_timeout.CopyFrom(_duration(policy.idle_timeout))
+        retries = policy.effective_retries
+        retry = rc_pb2.RetryPolicy(
+            retry_on=",".join(retries.conditions),
+            num_retries=wrappers_pb2.UInt32Value(value=retries.attempts),
+        )
+        if retries.per_try_timeout:
+            retry.per_try_timeout.CopyFrom(_duration(retries.per_try_timeout))
+        action.retry_policy.CopyFrom(retry)
+        hash_on = policy.load_balancer.hash_on
+        if hash_on is not None and hash_on.header:
             action.hash_policy.append(rc_pb2.RouteAction.HashPolicy(
-                header=rc_pb2.RouteAction.HashPolicy.Header(header_name=str(hash_on["header"]))))
-        elif hash_on.get("sourceIP"):
+                header=rc_pb2.RouteAction.HashPolicy.Header(header_name=hash_on.header)))
+        elif hash_on is not None and hash_on.source_ip:
             action.hash_policy.append(rc_pb2.RouteAction.HashPolicy(
                 connection_properties=rc_pb2.RouteAction.HashPolicy.ConnectionProperties(
                     source_ip=True)))
@@ -608,18 +604,17 @@ class Builder:
     def _tcp_proxy(service: ServiceView, prefix: str) -> tcp_proxy_pb2.TcpProxy:
         proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=prefix,
                                        cluster=cluster_name(service.namespace, service.name))
-        hash_on = ((service.policy or {}).get("loadBalancer") or {}).get("hashOn") or {}
-        if hash_on:  # a tcp connection has no headers: its source address is the key
+        # A tcp connection has no headers: its source address is the key.
+        if service.traffic_policy.load_balancer.hash_on is not None:
             proxy.hash_policy.append(hash_policy_pb2.HashPolicy(
                 source_ip=hash_policy_pb2.HashPolicy.SourceIp()))
         return proxy
 
-    def _gateway_routes(self, name: str, targets: Iterable[tuple[Mapping[str, Any], ServiceView]]
+    def _gateway_routes(self, name: str, targets: Iterable[tuple[GatewayRoute, ServiceView]]
                         ) -> route_pb2.RouteConfiguration:
         by_host: dict[str, list[tuple[str, ServiceView]]] = {}
         for route, service in targets:
-            by_host.setdefault(str(route.get("host") or "*"), []).append(
-                (str(route.get("pathPrefix") or "/"), service))
+            by_host.setdefault(route.host or "*", []).append((route.path_prefix, service))
         hosts = []
         # Exact hosts before the catch-all; longest prefixes first within a host.
         for host in sorted(by_host, key=lambda h: (h == "*", h)):

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from controlplane.model import EventType, Resource, WatchEvent
 from controlplane.model.external import CatalogEndpoint, CatalogEndpoints, external_name
+from controlplane.model.specs import InstanceSpec, TrafficPolicySpec
 from controlplane.store import Store
 from controlplane.store.follower import StoreFollower
 from controlplane.xds.cache import XdsCache
@@ -91,7 +92,7 @@ class MeshIndex:
                 flipped = ready ^ self.ready
                 self.ready = ready
                 dirty |= {key for key, found in self.instances.items()
-                          if any(i.spec.get("node") in flipped for i in found.values())}
+                          if any(i.typed(InstanceSpec).node in flipped for i in found.values())}
         if intentions_changed:
             self.ranked = tuple(ranked(self.intentions.values()))
         return self._rebuild(dirty) or gateways_changed or intentions_changed
@@ -128,7 +129,7 @@ class MeshIndex:
                 self.instances.get(old, {}).pop(resource.name, None)
                 touched.add(old)
             if not deleted:
-                owner = (resource.namespace, str(resource.spec.get("service")))
+                owner = (resource.namespace, resource.typed(InstanceSpec).service)
                 self.instances.setdefault(owner, {})[resource.name] = resource
                 self._owner[key] = owner
                 touched.add(owner)
@@ -140,7 +141,7 @@ class MeshIndex:
                 self.policies.pop(old, None)
                 touched.add(old)
             if not deleted:
-                destination = (resource.namespace, str(resource.spec.get("destination")))
+                destination = (resource.namespace, resource.typed(TrafficPolicySpec).destination)
                 self.policies[destination] = resource
                 self._destination[key] = destination
                 touched.add(destination)
@@ -173,7 +174,7 @@ class MeshIndex:
                 continue
             policy = self.policies.get(key)
             view = service_view(service, self.instances.get(key, {}).values(),
-                                policy.spec if policy else None, self.ready,
+                                policy.typed(TrafficPolicySpec) if policy else None, self.ready,
                                 self.catalog.get(external_name(service) or "", ()))
             if self.views.get(key) != view:
                 self.views[key] = view

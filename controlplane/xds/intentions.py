@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from controlplane.model.specs import re2_regex
 from controlplane.model import Resource
+from controlplane.model.specs import IntentionSpec, re2_regex
+from controlplane.model.specs.intention import HttpPermission
 
 ALLOW = "allow"
 DENY = "deny"
@@ -83,34 +83,33 @@ def header_name(name: str) -> str:
     return ":authority" if lowered == "host" else lowered
 
 
-def rule_matches(rule: Mapping[str, Any], request: Request) -> bool:
+def rule_matches(rule: HttpPermission, request: Request) -> bool:
     """Whether one L7 rule matches, as Envoy's RBAC matches it: ``pathExact``
     ignores a query string, ``pathPrefix`` does not; methods are
     case-sensitive; a header rule on an absent header fails (but for
     ``present: false``); a regex is RE2, matched against the whole value;
     ``:path`` and ``:method`` are headers too."""
-    path = request.path
-    if "pathExact" in rule and not (path == rule["pathExact"]
-                                    or path.startswith(f"{rule['pathExact']}?")):
+    path, exact = request.path, rule.path_exact
+    if exact is not None and not (path == exact or path.startswith(f"{exact}?")):
         return False
-    if "pathPrefix" in rule and not path.startswith(str(rule["pathPrefix"])):
+    if rule.path_prefix is not None and not path.startswith(rule.path_prefix):
         return False
-    if rule.get("methods") and request.method not in rule["methods"]:
+    if rule.methods and request.method not in rule.methods:
         return False
     headers = {**{header_name(k): v for k, v in request.headers.items()},
                ":path": path, ":method": request.method}
-    for header in rule.get("headers") or ():
-        value = headers.get(header_name(str(header["name"])))
-        if header.get("present") is not None:
-            if (value is not None) != header["present"]:
+    for header in rule.headers:
+        value = headers.get(header_name(header.name))
+        if header.present is not None:
+            if (value is not None) != header.present:
                 return False
         elif value is None:
             return False
-        elif "exact" in header and value != header["exact"]:
+        elif header.exact is not None and value != header.exact:
             return False
-        elif "prefix" in header and not value.startswith(str(header["prefix"])):
+        elif header.prefix is not None and not value.startswith(header.prefix):
             return False
-        elif "regex" in header and re2_regex(str(header["regex"])).fullmatch(value) is None:
+        elif header.regex is not None and re2_regex(header.regex).fullmatch(value) is None:
             return False
     return True
 
@@ -123,7 +122,7 @@ class Ranked:
     source: tuple[str, str]
     destination: tuple[str, str]
     action: str
-    rules: tuple[Mapping[str, Any], ...]
+    rules: tuple[HttpPermission, ...]
     precedence: int
 
     @property
@@ -135,13 +134,13 @@ def ranked(intentions: Iterable[Resource]) -> list[Ranked]:
     """Every intention, highest precedence first, deny before allow."""
     found = []
     for intention in intentions:
-        spec = intention.spec
-        source = qualify(str(spec["source"]), intention.namespace)
-        destination = qualify(str(spec["destination"]), intention.namespace)
+        spec = intention.typed(IntentionSpec)
+        source = qualify(spec.source, intention.namespace)
+        destination = qualify(spec.destination, intention.namespace)
         found.append(Ranked(
             key=f"{intention.namespace}/{intention.name}", source=source,
-            destination=destination, action=str(spec["action"]),
-            rules=tuple(spec.get("http") or ()), precedence=precedence(source, destination),
+            destination=destination, action=spec.action,
+            rules=tuple(spec.http), precedence=precedence(source, destination),
         ))
     return sorted(found, key=lambda r: r.order)
 

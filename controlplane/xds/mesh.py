@@ -15,9 +15,9 @@ given as ``catalog``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from controlplane.model import Resource
 from controlplane.model.endpoints import ready_nodes as ready_nodes
@@ -32,6 +32,9 @@ from controlplane.model.proxy import ProxyError as ProxyError
 from controlplane.model.proxy import proxy_metadata as proxy_metadata
 from controlplane.model.proxy import proxy_of as proxy_of
 from controlplane.model.proxy import upstream_key as upstream_key
+from controlplane.model.specs import GatewaySpec, InstanceSpec, ServiceSpec, TrafficPolicySpec
+from controlplane.model.specs.gateway import Listener
+from controlplane.model.specs.service import ExternalTls
 from controlplane.xds.intentions import Ranked
 
 
@@ -61,7 +64,7 @@ class ServiceView:
     upstreams: tuple[tuple[str, str, int | None], ...] = ()
     endpoints: tuple[Endpoint, ...] = ()
     #: The TrafficPolicy spec whose destination is this service, if any.
-    policy: Mapping[str, Any] | None = None
+    policy: TrafficPolicySpec | None = None
     #: Its instances run outside the mesh (from Consul): no mesh identity, so
     #: no mTLS to them; TLS where an endpoint says so.
     external: bool = False
@@ -73,12 +76,18 @@ class ServiceView:
     def key(self) -> tuple[str, str]:
         return (self.namespace, self.name)
 
+    @functools.cached_property
+    def traffic_policy(self) -> TrafficPolicySpec:
+        """How traffic to it is shaped: ``policy``, or without one a policy
+        with every field at its schema default."""
+        return self.policy or TrafficPolicySpec(destination=self.name)
+
 
 @dataclass(frozen=True)
 class GatewayView:
     namespace: str
     name: str
-    listeners: tuple[Mapping[str, Any], ...]
+    listeners: tuple[Listener, ...]
 
 
 @dataclass(frozen=True)
@@ -100,52 +109,49 @@ def instance_endpoint(instance: Resource, ready: set[str]) -> Endpoint | None:
     served = serving_address(instance, ready)
     if served is None:
         return None
-    return Endpoint(served[0], served[1], instance.name, str(instance.spec.get("node", "")),
+    return Endpoint(served[0], served[1], instance.name, instance.typed(InstanceSpec).node,
                     plaintext=is_registered(instance))
 
 
-def catalog_endpoint(endpoint: CatalogEndpoint, tls: Mapping[str, Any] | None) -> Endpoint:
+def catalog_endpoint(endpoint: CatalogEndpoint, tls: ExternalTls | None) -> Endpoint:
     """An external service's endpoint; ``tls`` (its ``spec.external.tls``)
     makes it TLS whatever Consul says, and its ``sni`` wins over Consul's."""
     if tls is None:
         return Endpoint(endpoint.address, endpoint.port, endpoint.id, endpoint.node,
                         endpoint.tls, endpoint.sni if endpoint.tls else "")
     return Endpoint(endpoint.address, endpoint.port, endpoint.id, endpoint.node, True,
-                    str(tls.get("sni") or endpoint.sni))
+                    tls.sni or endpoint.sni)
 
 
 def service_view(service: Resource, instances: Iterable[Resource],
-                 policy: Mapping[str, Any] | None, ready_nodes: set[str],
+                 policy: TrafficPolicySpec | None, ready_nodes: set[str],
                  catalog: Iterable[CatalogEndpoint] = ()) -> ServiceView:
     """One service as the builder sees it: its port, protocol, upstreams, the
     endpoints among ``instances`` (an external service: ``catalog``, what
     Consul lists for it) and its TrafficPolicy spec."""
-    spec = service.spec
-    external = spec.get("external")
+    spec = service.typed(ServiceSpec)
+    external = spec.external
+    tls = external.tls if external is not None else None
     if external is not None:
-        tls = external.get("tls")
         endpoints: Iterable[Endpoint | None] = (catalog_endpoint(e, tls) for e in catalog)
     else:
         endpoints = (instance_endpoint(i, ready_nodes) for i in instances)
     return ServiceView(
         namespace=service.namespace, name=service.name,
-        port=int(spec["port"]) if spec.get("port") else None,
-        protocol=str(spec.get("protocol", "http")),
-        upstreams=tuple(
-            (str(u.get("namespace") or service.namespace), str(u["name"]),
-             int(u["port"]) if u.get("port") else None)
-            for u in spec.get("upstreams") or ()
-        ),
+        port=spec.port,
+        protocol=spec.protocol,
+        upstreams=tuple((u.namespace or service.namespace, u.name, u.port)
+                        for u in spec.upstreams),
         endpoints=tuple(sorted(e for e in endpoints if e is not None)),
         policy=policy,
         external=external is not None,
-        ca=str(((external or {}).get("tls") or {}).get("ca") or ""),
+        ca=tls.ca or "" if tls is not None else "",
     )
 
 
 def gateway_view(gateway: Resource) -> GatewayView:
     return GatewayView(gateway.namespace, gateway.name,
-                       tuple(gateway.spec.get("listeners") or ()))
+                       tuple(gateway.typed(GatewaySpec).listeners))
 
 
 def mesh_view(resources: Iterable[Resource], version: int = 0,
@@ -159,10 +165,12 @@ def mesh_view(resources: Iterable[Resource], version: int = 0,
     ready = ready_nodes(by_kind.get("Node", ()))
     instances: dict[tuple[str, str], list[Resource]] = {}
     for instance in by_kind.get("Instance", ()):
-        instances.setdefault((instance.namespace, str(instance.spec.get("service"))),
+        instances.setdefault((instance.namespace, instance.typed(InstanceSpec).service),
                              []).append(instance)
-    policies = {(p.namespace, str(p.spec.get("destination"))): p.spec
-                for p in by_kind.get("TrafficPolicy", ())}
+    policies: dict[tuple[str, str], TrafficPolicySpec] = {}
+    for policy in by_kind.get("TrafficPolicy", ()):
+        spec = policy.typed(TrafficPolicySpec)
+        policies[(policy.namespace, spec.destination)] = spec
     services = {
         (s.namespace, s.name): service_view(s, instances.get((s.namespace, s.name), ()),
                                             policies.get((s.namespace, s.name)), ready,

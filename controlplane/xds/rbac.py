@@ -12,7 +12,7 @@ one (denied: the connection closes).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from envoy.config.rbac.v3 import rbac_pb2 as rbac_config
@@ -25,6 +25,7 @@ from google.protobuf.message import Message
 from xds.core.v3 import extension_pb2 as xds_extension
 from xds.type.matcher.v3 import matcher_pb2, regex_pb2, string_pb2
 
+from controlplane.model.specs.intention import HttpPermission
 from controlplane.xds.intentions import ALLOW, DENY, Ranked, matches
 
 Matcher: Any = matcher_pb2.Matcher
@@ -91,31 +92,31 @@ def peer(trust_domain: str, source: tuple[str, str]) -> Proto:
     return _san(string_pb2.StringMatcher(exact=f"{root}ns/{namespace}/svc/{name}"))
 
 
-def rule(spec: Mapping[str, Any]) -> list[Proto]:
+def rule(permission: HttpPermission) -> list[Proto]:
     """The request conditions of one L7 rule."""
     found = []
-    if "pathExact" in spec:
+    if permission.path_exact is not None:
         # The query string is not part of the path. No regex: Envoy refuses one
         # whose RE2 program is larger than 100, which a long path would make.
-        path = str(spec["pathExact"])
+        path = permission.path_exact
         found.append(_any([_header(":path", string_pb2.StringMatcher(exact=path)),
                            _header(":path", string_pb2.StringMatcher(prefix=f"{path}?"))]))
-    if "pathPrefix" in spec:
-        found.append(_header(":path", string_pb2.StringMatcher(prefix=str(spec["pathPrefix"]))))
-    if spec.get("methods"):
+    if permission.path_prefix is not None:
+        found.append(_header(":path", string_pb2.StringMatcher(prefix=permission.path_prefix)))
+    if permission.methods:
         found.append(_any([_header(":method", string_pb2.StringMatcher(exact=m))
-                           for m in spec["methods"]]))
-    for header in spec.get("headers") or ():
-        name = str(header["name"]).lower()
-        if "exact" in header:
-            found.append(_header(name, string_pb2.StringMatcher(exact=str(header["exact"]))))
-        if "prefix" in header:
-            found.append(_header(name, string_pb2.StringMatcher(prefix=str(header["prefix"]))))
-        if "regex" in header:
-            found.append(_header(name, _regex(str(header["regex"]))))
-        if header.get("present") is not None:
+                           for m in permission.methods]))
+    for header in permission.headers:
+        name = header.name.lower()
+        if header.exact is not None:
+            found.append(_header(name, string_pb2.StringMatcher(exact=header.exact)))
+        if header.prefix is not None:
+            found.append(_header(name, string_pb2.StringMatcher(prefix=header.prefix)))
+        if header.regex is not None:
+            found.append(_header(name, _regex(header.regex)))
+        if header.present is not None:
             present = _header(name, _regex(".*"))
-            found.append(present if header["present"] else Predicate(not_matcher=present))
+            found.append(present if header.present else Predicate(not_matcher=present))
     return found
 
 
@@ -131,9 +132,9 @@ def matcher(intentions: Sequence[Ranked], destination: tuple[str, str], trust_do
                 predicate=source, on_match=_action(intention.key, intention.action)))
         elif l7:
             entries += [Matcher.MatcherList.FieldMatcher(
-                predicate=_all([source, *rule(spec)]),
+                predicate=_all([source, *rule(permission)]),
                 on_match=_action(f"{intention.key}#{index}", intention.action))
-                for index, spec in enumerate(intention.rules)]
+                for index, permission in enumerate(intention.rules)]
     found = Matcher(on_no_match=_action("default", DENY if default == DENY else ALLOW))
     if entries:
         found.matcher_list.CopyFrom(Matcher.MatcherList(matchers=entries))

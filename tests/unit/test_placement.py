@@ -10,6 +10,7 @@ import pytest
 
 from controlplane.controllers import placement
 from controlplane.model import Resource
+from controlplane.model.specs import Workload
 
 IMAGE, COMMAND = {"image": "web:1"}, {"command": ["run"]}
 
@@ -28,7 +29,7 @@ IMAGE, COMMAND = {"image": "web:1"}, {"command": ["run"]}
          "declared-docker-with-a-command", "declared-process-with-an-image"],
 )
 def test_required_driver(workload: dict[str, Any], needed: str | None) -> None:
-    assert placement.required_driver(workload) == needed
+    assert placement.required_driver(Workload.model_validate(workload)) == needed
 
 
 def node(drivers: list[str]) -> Resource:

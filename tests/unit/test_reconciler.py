@@ -14,10 +14,12 @@ from rich.console import Console
 from controlplane.cli import output
 from controlplane.controllers import reconciler as reconciler_module
 from controlplane.controllers.reconciler import Reconciler
+from controlplane.controllers.replicas import Desired
 from controlplane.convert import doc_of_pb, resource_to_pb
 from controlplane.manifests import to_resource
 from controlplane.model import SERVICE_LABEL, ObjectKey, Resource
 from controlplane.model.clock import FakeClock
+from controlplane.model.specs import InstanceSpec
 from controlplane.store import Store
 
 
@@ -33,7 +35,8 @@ def store(tmp_path: Path) -> Iterator[Store]:
 def service(name: str) -> Resource:
     return to_resource({"apiVersion": "flotilla.dev/v1", "kind": "Service",
                         "metadata": {"name": name},
-                        "spec": {"command": ["sleep", "60"], "replicas": 1}})
+                        "spec": {"command": ["sleep", "60"], "replicas": 1,
+                                 "env": {"SERVICE": name}}})
 
 
 def instances_of(store: Store, name: str) -> list[Resource]:
@@ -57,10 +60,10 @@ def test_a_failing_service_backs_off_alone_and_says_why(store: Store,
     real = reconciler_module.decide
     broken = {"on": True}
 
-    def decide(service: Any, *args: Any, **kwargs: Any) -> Any:
-        if broken["on"] and service is not None and service.name == "broken":
+    def decide(desired: Desired | None, *args: Any, **kwargs: Any) -> Any:
+        if broken["on"] and desired is not None and desired.workload.env["SERVICE"] == "broken":
             raise RuntimeError("the template of broken cannot be read")
-        return real(service, *args, **kwargs)
+        return real(desired, *args, **kwargs)
 
     monkeypatch.setattr(reconciler_module, "decide", decide)
     clock = FakeClock()
@@ -71,7 +74,7 @@ def test_a_failing_service_backs_off_alone_and_says_why(store: Store,
     # The others converged in the same pass, placed on the node.
     for name in ("alpha", "gamma"):
         [instance] = instances_of(store, name)
-        assert instance.spec.get("node") == "n1"
+        assert instance.typed(InstanceSpec).node == "n1"
     assert instances_of(store, "broken") == []
     queue = reconciler._queue
     assert queue.failures(keys[1]) == 1 and len(queue) == 1  # waits for its backoff

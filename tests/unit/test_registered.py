@@ -20,6 +20,7 @@ from controlplane.controllers.registered import (
 )
 from controlplane.errors import InvalidRequest, NotFound
 from controlplane.model import SERVICE_LABEL, ObjectKey, Resource
+from controlplane.model.specs import InstanceSpec
 from controlplane.store import Store
 from controlplane.xds.mesh import Endpoint, mesh_view
 
@@ -110,7 +111,10 @@ def test_a_registration_is_a_healthy_instance_without_a_node(
         store: Store, clock: FakeClock) -> None:
     stored = registered(store, clock).register(request(labels={"version": "v2"}))
     assert stored.name.startswith("payments-") and stored.namespace == "default"
-    assert stored.spec["registered"] is True and stored.spec["node"] == ""
+    spec = stored.typed(InstanceSpec)
+    assert spec.registered is True and spec.node == ""
+    assert (spec.service, spec.address, spec.port, spec.ttl) == ("payments", "127.0.0.5", 9000,
+                                                                 10.0)
     assert dict(stored.labels) == {"version": "v2", SERVICE_LABEL: "payments"}
     assert dict(stored.status) == {"state": "healthy", "address": "127.0.0.5", "port": 9000,
                                    "reason": "registered, TTL 10s"}
@@ -119,7 +123,7 @@ def test_a_registration_is_a_healthy_instance_without_a_node(
 
 def test_no_ttl_gets_the_default(store: Store, clock: FakeClock) -> None:
     stored = registered(store, clock).register(request(ttl=None))
-    assert stored.spec["ttl"] == TTL_DEFAULT
+    assert stored.typed(InstanceSpec).ttl == TTL_DEFAULT
 
 
 def test_bad_input_stores_nothing(store: Store, clock: FakeClock) -> None:
@@ -160,7 +164,7 @@ def test_registering_the_same_endpoint_again_renews_it(
     first = leases.register(request())
     clock.now += 9.0
     again = leases.register(request(ttl=20.0, labels={"version": "v3"}))
-    assert again.name == first.name and again.spec["ttl"] == 20.0
+    assert again.name == first.name and again.typed(InstanceSpec).ttl == 20.0
     assert again.labels["version"] == "v3" and again.status["reason"] == "registered, TTL 20s"
     clock.now += 15.0
     assert leases.sweep() == [] and len(instances(store)) == 1

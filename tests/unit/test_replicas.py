@@ -6,23 +6,35 @@ from typing import Any
 
 import pytest
 
-from controlplane.controllers.reconciler import gateway_as_service
-from controlplane.controllers.replicas import Decision, decide, template_hash
+from controlplane.controllers.replicas import (
+    GATEWAY_RESOURCES,
+    Decision,
+    Desired,
+    decide,
+    gateway_desired,
+    service_desired,
+    template_hash,
+    template_of,
+)
+from controlplane.manifests import to_resource
 from controlplane.model import Resource
+from controlplane.model.specs import GatewaySpec, InstanceSpec, ServiceSpec
+from controlplane.model.specs.common import PlacementSpec
 
 SPEC: dict[str, Any] = {"image": "web:1", "port": 8080, "replicas": 2,
                         "update": {"strategy": "rolling", "maxSurge": 1, "maxUnavailable": 0}}
 
 
-def service(**changes: Any) -> Resource:
-    return Resource(kind="Service", name="web", spec={**SPEC, **changes})
+def service(**changes: Any) -> Desired:
+    return service_desired(Resource(kind="Service", name="web",
+                                    spec={**SPEC, **changes}).typed(ServiceSpec))
 
 
 def instance(name: str, node: str = "n1", state: str = "healthy", template: str | None = None,
              created: float = 0.0) -> Resource:
     return Resource(kind="Instance", name=name, create_time=created,
                     spec={"service": "web", "node": node,
-                          "template": template or template_hash(SPEC)},
+                          "template": template or service().template},
                     status={"state": state})
 
 
@@ -65,14 +77,41 @@ OLD = "0ld"
          "rolling-retire-one", "rolling-wait-for-ready", "rolling-drop-unavailable",
          "recreate"],
 )
-def test_decide(svc: Resource | None, instances: list[Resource], usable: set[str],
+def test_decide(svc: Desired | None, instances: list[Resource], usable: set[str],
                 expected: Decision) -> None:
     assert decide(svc, instances, usable) == expected
 
 
 def test_replicas_do_not_change_the_template() -> None:
-    assert template_hash({**SPEC, "replicas": 9}) == template_hash(SPEC)
-    assert template_hash({**SPEC, "image": "web:2"}) != template_hash(SPEC)
+    assert service(replicas=9).template == service().template
+    assert service(update={"strategy": "recreate"}).template == service().template
+    assert service(placement={"strategy": "binpack"}).template == service().template
+    assert service(image="web:2").template != service().template
+
+
+def test_the_template_hashes_the_stored_json_of_the_service_spec() -> None:
+    """The hash of a Service's stored spec minus replicas, update, placement
+    and autoscaling, as it always was: stored instances do not roll on upgrade."""
+    spec = Resource(kind="Service", name="web", spec=SPEC).typed(ServiceSpec)
+    stored = spec.to_dict()
+    template = {k: v for k, v in stored.items()
+                if k not in ("replicas", "autoscaling", "update", "placement")}
+    assert service().template == template_hash(template)
+    assert template_of(stored | {"replicas": 5, "update": {}}) == template
+    # The instance's workload is the same template, field for field.
+    assert service().workload.to_dict() == template
+
+
+def test_a_stored_service_keeps_the_template_hash_the_previous_version_stored() -> None:
+    applied = to_resource({"apiVersion": "flotilla.dev/v1", "kind": "Service",
+                           "metadata": {"name": "web"}, "spec": {
+                               "image": "web:1", "port": 8080, "replicas": 2, "env": {"A": "1"},
+                               "mounts": [{"configMap": "cfg", "path": "/etc/x"}],
+                               "healthCheck": {"http": {"path": "/ok"}},
+                               "placement": {"strategy": "binpack"}}})
+    spec = applied.typed(ServiceSpec)
+    assert service_desired(spec).template == "46b69139e0"
+    assert service_desired(spec, {"ConfigMap/cfg": "u/1"}).template == "d5308c974c"
 
 
 def old(count: int) -> list[Resource]:
@@ -121,31 +160,53 @@ def test_update_bounds(spec: dict[str, Any], instances: list[Resource],
     assert decide(service(replicas=3, **spec), instances, {"n1"}) == expected
 
 
-def gateway(**spec: Any) -> Resource:
-    return Resource(kind="Gateway", name="edge", spec={
-        "listeners": [{"name": "web", "port": 8000, "routes": [{"service": "web"}]}], **spec})
+def gateway(**spec: Any) -> Desired:
+    return gateway_desired(Resource(kind="Gateway", name="edge", spec={
+        "listeners": [{"name": "web", "port": 8000, "routes": [{"service": "web"}]}],
+        **spec}).typed(GatewaySpec))
 
 
 def test_a_gateway_runs_its_replicas_where_its_placement_says() -> None:
     placement = {"constraints": [{"key": "zone", "operator": "=", "value": "b"}],
                  "strategy": "binpack", "antiAffinity": ["web"]}
-    two = gateway_as_service(gateway(replicas=2, placement=placement))
-    assert two.spec["replicas"] == 2 and two.spec["placement"] == placement
-    assert two.spec["hostPorts"] == [8000]
+    two = gateway(replicas=2, placement=placement)
+    assert two.replicas == 2 and two.placement == PlacementSpec.model_validate(placement)
+    assert two.workload.host_ports == [8000] and two.gateway
     assert decide(two, [], {"n1"}) == Decision(2, ())
     # Replicas and placement shape no instance: changing them replaces none.
-    one = gateway_as_service(gateway())
-    assert template_hash(one.spec) == template_hash(two.spec)
+    one = gateway()
+    assert one.template == two.template
+
+
+def test_a_gateway_s_template_hash_is_what_it_always_was() -> None:
+    """The Envoy's JSON as Gateways' instances have always been hashed from:
+    stored gateway instances do not roll on upgrade."""
+    edge = gateway(listeners=[{"name": "b", "port": 9000, "routes": [{"service": "web"}]},
+                              {"name": "a", "port": 8000, "routes": [{"service": "web"}]}])
+    assert edge.template == template_hash({
+        "gateway": True, "hostPorts": [8000, 9000], "driver": "process",
+        "resources": {"cpu": 100, "memory": 64}})
+    assert edge.template == "81fdc75b2d"  # what the previous version stored
+    workload = edge.workload
+    assert (workload.gateway, workload.host_ports, workload.driver) == (
+        True, [8000, 9000], "process")
+    assert workload.resources == GATEWAY_RESOURCES
+    assert (GATEWAY_RESOURCES.cpu, GATEWAY_RESOURCES.memory) == (100, 64)
+    assert (edge.update.strategy, edge.update.max_surge, edge.update.max_unavailable) == (
+        "rolling", 1, 0)
+    assert gateway(replicas=3).update.max_unavailable == 1
+    # Its instances say they are a Gateway's.
+    assert InstanceSpec(service="edge", gateway=edge.gateway).gateway is True
 
 
 def test_new_gateway_ports_replace_one_replica_at_a_time_even_on_full_nodes() -> None:
     """With a replica on every node, a new one fits only where an old one
     left: one old replica goes while the first new one waits for its node."""
-    moved = gateway_as_service(gateway(replicas=2, listeners=[
-        {"name": "web", "port": 8001, "routes": [{"service": "web"}]}]))
+    moved = gateway(replicas=2, listeners=[
+        {"name": "web", "port": 8001, "routes": [{"service": "web"}]}])
     replicas = [instance("o1", node="n1", template=OLD), instance("o2", node="n2", template=OLD)]
     assert decide(moved, replicas, {"n1", "n2"}) == Decision(1, ("o1",))
     # A single replica keeps serving until its replacement is ready.
-    single = gateway_as_service(gateway(listeners=[
-        {"name": "web", "port": 8001, "routes": [{"service": "web"}]}]))
+    single = gateway(listeners=[
+        {"name": "web", "port": 8001, "routes": [{"service": "web"}]}])
     assert decide(single, replicas[:1], {"n1"}) == Decision(1, ())

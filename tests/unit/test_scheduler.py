@@ -18,6 +18,7 @@ from controlplane.controllers import placement as placement_controller
 from controlplane.errors import InvalidManifest
 from controlplane.manifests import to_resource
 from controlplane.model import Resource
+from controlplane.model.specs import ServiceSpec
 from controlplane.model.cluster import (
     Capacity,
     ClusterSnapshot,
@@ -600,7 +601,7 @@ def stored_placement(placement: dict[str, Any]) -> Any:
     """``spec.placement`` of Service web as validated and stored."""
     doc = {"apiVersion": "flotilla.dev/v1", "kind": "Service", "metadata": {"name": "web"},
            "spec": {"command": ["run"], "placement": placement}}
-    return to_resource(doc).spec["placement"]
+    return to_resource(doc).typed(ServiceSpec).placement.to_dict()
 
 
 def stored_node(name: str, rack: str) -> Resource:

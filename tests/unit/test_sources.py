@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 
-from controlplane.controllers.replicas import decide, template_hash
+from controlplane.controllers.replicas import decide, service_desired
 from controlplane.manifests import check_batch, to_resource
 from controlplane.manifests.sources import env_problem, project, versions
 from controlplane.model import ObjectKey, Resource
+from controlplane.model.specs import ServiceSpec
 from controlplane.server.agents import assignments_of
 from controlplane.store import Store
 from controlplane.store.sealing import Sealer, load_or_create_key
@@ -49,6 +50,8 @@ SPEC: dict[str, Any] = {
     "mounts": [{"configMap": "files", "path": "/etc/app"},
                {"secret": "credentials", "path": "/run/secrets/app"}],
 }
+#: ``SPEC`` as validated: what the reconciler and the assignments read.
+SERVICE = ServiceSpec.model_validate(SPEC)
 WORLD = Objects(SETTINGS, FILES, CREDENTIALS, BINARY)
 
 
@@ -56,14 +59,14 @@ WORLD = Objects(SETTINGS, FILES, CREDENTIALS, BINARY)
 
 
 def test_env_from_takes_every_key_and_a_later_source_wins() -> None:
-    projection = project(SPEC, "default", WORLD.get)
+    projection = project(SERVICE, "default", WORLD.get)
     assert dict(projection.env) == {"GREETING": "hello", "MODE": "secret",
                                     "API_TOKEN": "s3cret"}
     assert projection.missing == ()
 
 
 def test_mounts_carry_decoded_data_with_the_mode_of_their_kind() -> None:
-    files, secret = project(SPEC, "default", WORLD.get).mounts
+    files, secret = project(SERVICE, "default", WORLD.get).mounts
     assert (files.path, dict(files.files), files.mode) == (
         "/etc/app", {"app.conf": b"a = 1\n", "GREETING": b"from files"}, 0o444)
     assert (secret.path, dict(secret.files), secret.mode) == (
@@ -71,7 +74,7 @@ def test_mounts_carry_decoded_data_with_the_mode_of_their_kind() -> None:
 
 
 def test_no_repr_shows_a_secret_value() -> None:
-    projection = project(SPEC, "default", WORLD.get)
+    projection = project(SERVICE, "default", WORLD.get)
     assert "s3cret" not in repr(projection)
     workload = Workload("i", "default", "app", 1, env=dict(projection.env),
                         mounts=[MountedFiles("/run/secrets/app", {"API_TOKEN": b"s3cret"}, 0o400)])
@@ -79,7 +82,7 @@ def test_no_repr_shows_a_secret_value() -> None:
 
 
 def test_an_object_gone_is_named_missing_and_gives_nothing() -> None:
-    projection = project(SPEC, "default", Objects(SETTINGS).get)
+    projection = project(SERVICE, "default", Objects(SETTINGS).get)
     assert set(projection.missing) == {ObjectKey("Secret", "default", "credentials"),
                                        ObjectKey("ConfigMap", "default", "files")}
     assert dict(projection.env) == {"GREETING": "hello", "MODE": "configmap"}
@@ -130,16 +133,17 @@ def test_a_config_map_a_service_takes_env_from_keeps_fit_for_it() -> None:
 
 
 def test_the_template_holds_the_versions_of_the_objects_it_takes_data_from() -> None:
-    plain = {"image": "web:1", "port": 8080}
+    plain = ServiceSpec.model_validate({"image": "web:1", "port": 8080})
     assert versions(plain, "default", WORLD.get) == {}
-    assert template_hash(plain, {}) == template_hash(plain)  # nothing rolls on upgrade
+    # nothing rolls on upgrade
+    assert service_desired(plain, {}).template == service_desired(plain).template
     world = Objects(stored(SETTINGS), stored(FILES), stored(CREDENTIALS))
-    before = versions(SPEC, "default", world.get)
+    before = versions(SERVICE, "default", world.get)
     assert before == {"ConfigMap/files": "uid-files/1", "Secret/credentials": "uid-credentials/1",
                       "ConfigMap/settings": "uid-settings/1"}
-    after = versions(SPEC, "default", Objects(stored(SETTINGS, 2), stored(FILES),
+    after = versions(SERVICE, "default", Objects(stored(SETTINGS, 2), stored(FILES),
                                               stored(CREDENTIALS)).get)
-    assert template_hash(SPEC, after) != template_hash(SPEC, before)
+    assert service_desired(SERVICE, after).template != service_desired(SERVICE, before).template
     assert "s3cret" not in str(before)
 
 
@@ -147,12 +151,13 @@ def test_a_changed_config_map_replaces_the_instances_one_by_one() -> None:
     service = Resource(kind="Service", name="web", spec={
         **SPEC, "replicas": 2, "update": {"strategy": "rolling", "maxSurge": 1,
                                           "maxUnavailable": 0}})
-    old = {"ConfigMap/settings": "u/1"}
+    old = service_desired(service.typed(ServiceSpec), {"ConfigMap/settings": "u/1"})
     instances = [Resource(kind="Instance", name=name, spec={
-        "service": "web", "node": "n1", "template": template_hash(service.spec, old)},
+        "service": "web", "node": "n1", "template": old.template},
         status={"state": "healthy"}) for name in ("a", "b")]
-    assert decide(service, instances, {"n1"}, old).create == 0
-    rolled = decide(service, instances, {"n1"}, {"ConfigMap/settings": "u/2"})
+    assert decide(old, instances, {"n1"}).create == 0
+    rolled = decide(service_desired(service.typed(ServiceSpec), {"ConfigMap/settings": "u/2"}),
+                    instances, {"n1"})
     assert (rolled.create, rolled.remove) == (1, ())  # a surge first, nobody removed yet
 
 

@@ -40,8 +40,9 @@ def test_typed_narrows_and_refuses_another_kind() -> None:
 
 def test_the_json_form_is_what_is_stored() -> None:
     service = _service(image="web:1", port=8080, healthCheck={"http": {"path": "/ok"}})
-    assert service.typed(ServiceSpec).to_dict() == dict(service.spec)
-    assert service.spec["healthCheck"] == {"http": {"path": "/ok"}, "interval": "5s",
+    assert service.typed(ServiceSpec) is service.spec
+    assert Resource(kind="Service", name="web", spec=service.spec.to_dict()) == service
+    assert service.spec.to_dict()["healthCheck"] == {"http": {"path": "/ok"}, "interval": "5s",
                                            "timeout": "2s", "initialDelay": "0s",
                                            "failureThreshold": 3}
 
@@ -50,8 +51,8 @@ def test_a_workload_is_the_services_template_field_for_field() -> None:
     service = _service(image="web:1", port=8080, env={"A": "1"}, replicas=3,
                        upstreams=[{"name": "db"}], mounts=[{"configMap": "cfg", "path": "/etc/x"}])
     workload = service.typed(ServiceSpec).workload()
-    assert workload.to_dict() == template_of(service.spec)
-    assert Workload.model_validate(template_of(service.spec)) == workload
+    assert workload.to_dict() == template_of(service.spec.to_dict())
+    assert Workload.model_validate(template_of(service.spec.to_dict())) == workload
     assert workload.gateway is None and workload.host_ports is None
 
 

@@ -148,6 +148,6 @@ def test_validation_is_idempotent(
            "metadata": {"name": name, "labels": labels},
            "spec": {"image": "x:1", "replicas": replicas, "port": port, "protocol": protocol}}
     first = to_resource(doc)
-    second = to_resource({**doc, "spec": dict(first.spec)})
+    second = to_resource({**doc, "spec": first.spec.to_dict()})
     assert second == first
     assert first.typed(ServiceSpec).replicas == replicas

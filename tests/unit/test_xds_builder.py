@@ -71,7 +71,7 @@ def policy(destination: str = "api", **spec: Any) -> Any:
 
 def gateway(name: str, *listeners: dict[str, Any], namespace: str = "default") -> GatewayView:
     spec = stored("Gateway", name, {"listeners": list(listeners)}, namespace)
-    return GatewayView(namespace, name, tuple(spec["listeners"]))
+    return GatewayView(namespace, name, tuple(spec.listeners))
 
 
 def endpoints(name: str, *ports: int) -> tuple[Endpoint, ...]:

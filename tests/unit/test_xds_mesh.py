@@ -54,7 +54,9 @@ def test_only_serving_instances_on_ready_nodes_are_endpoints() -> None:
     backend = view.services[("default", "backend")]
     assert backend.endpoints == (Endpoint("127.0.0.2", 30001, "a", "n1"),
                                  Endpoint("127.0.0.2", 30002, "bb", "n1"))
-    assert backend.policy == {"destination": "backend", "loadBalancer": {"algorithm": "random"}}
+    assert backend.policy is not None and backend.policy.load_balancer is not None
+    assert (backend.policy.destination, backend.policy.load_balancer.algorithm) == (
+        "backend", "random")
     assert view.version == 7
 
 

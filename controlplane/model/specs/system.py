@@ -11,7 +11,7 @@ from controlplane.model.specs.common import PlacementSpec, SystemSchema
 from controlplane.model.specs.service import Workload
 
 
-class Capacity(SystemSchema):
+class NodeCapacity(SystemSchema):
     #: Millicores.
     cpu: int = 0
     #: MiB.
@@ -21,7 +21,7 @@ class Capacity(SystemSchema):
 class NodeSpec(SystemSchema):
     address: str = ""
     labels: dict[str, str] = {}
-    capacity: Capacity = Capacity()
+    capacity: NodeCapacity = NodeCapacity()
     #: The drivers its agent runs (docker, process).
     drivers: list[str] = []
     #: Where the agent serves instance logs.

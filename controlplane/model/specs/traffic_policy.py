@@ -58,10 +58,25 @@ RetryOn = Literal[
 ]
 
 
+#: Failures where the request never reached an app: safe to retry.
+SAFE_RETRY_ON: tuple[RetryOn, ...] = ("connect-failure", "refused-stream", "unavailable")
+
+
 class Retries(Schema):
     attempts: Annotated[Int, Field(ge=0, le=10)]
     per_try_timeout: Duration | None = None
-    retry_on: list[RetryOn] = ["connect-failure", "refused-stream", "unavailable"]
+    #: Empty: :data:`SAFE_RETRY_ON` (see ``conditions``).
+    retry_on: list[RetryOn] = list(SAFE_RETRY_ON)
+
+    @property
+    def conditions(self) -> list[RetryOn]:
+        """What is retried: ``retry_on``, or the safe failures when it is empty."""
+        return self.retry_on or list(SAFE_RETRY_ON)
+
+
+#: The retries of a destination whose policy sets none (or that has no
+#: policy), as meshes do: what never reached the app, twice.
+MESH_RETRIES = Retries(attempts=2)
 
 
 class CircuitBreaker(Schema):
@@ -161,6 +176,7 @@ class TrafficPolicySpec(Schema):
     connect_timeout: Duration = "5s"
     request_timeout: Duration | None = None
     idle_timeout: Duration | None = None
+    #: None: :data:`MESH_RETRIES` (see ``effective_retries``).
     retries: Retries | None = None
     circuit_breaker: CircuitBreaker | None = None
     outlier_detection: OutlierDetection | None = None
@@ -178,6 +194,11 @@ class TrafficPolicySpec(Schema):
         "remove faults")
     rate_limit: RateLimit | None = not_supported_yet(
         "rate limits are not supported yet: no request would be limited; remove rateLimit")
+
+    @property
+    def effective_retries(self) -> Retries:
+        """``retries``, or :data:`MESH_RETRIES` when the policy sets none."""
+        return self.retries if self.retries is not None else MESH_RETRIES
 
     @model_validator(mode="after")
     def _subsets(self) -> TrafficPolicySpec:
