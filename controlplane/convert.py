@@ -6,11 +6,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from google.protobuf import struct_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
+from controlplane.api.flotilla.v1 import agent_pb2
 from controlplane.api.flotilla.v1 import resources_pb2 as pb
 from controlplane.model import API_VERSION, ApplyAction, EventType, Resource, WatchEvent
-from controlplane.model.specs import SecretSpec
+from controlplane.model.durations import parse_duration
+from controlplane.model.specs import SecretSpec, Workload
+from controlplane.model.specs.service import HealthCheck
 
 REDACTED = "<redacted>"
 
@@ -24,6 +27,42 @@ EVENTS = {
     EventType.MODIFIED: pb.WatchEvent.MODIFIED,
     EventType.DELETED: pb.WatchEvent.DELETED,
 }
+
+
+def workload_to_pb(workload: Workload, namespace: str) -> agent_pb2.Workload:
+    """What an agent is told to run of ``workload`` (an instance in ``namespace``)."""
+    return agent_pb2.Workload(
+        image=workload.image or "", command=workload.command or [], args=workload.args,
+        env=workload.env, port=workload.port or 0, protocol=workload.protocol,
+        cpu_millis=workload.resources.cpu, memory_mib=workload.resources.memory,
+        health_check=(_health_check_to_pb(workload.health_check)
+                      if workload.health_check is not None else None),
+        restart_policy=workload.restart_policy,
+        upstreams=[agent_pb2.Upstream(namespace=u.namespace or namespace, name=u.name,
+                                      port=u.port or 0) for u in workload.upstreams],
+        gateway=bool(workload.gateway),
+    )
+
+
+def _health_check_to_pb(check: HealthCheck) -> agent_pb2.HealthCheck:
+    out = agent_pb2.HealthCheck(
+        interval=_duration_pb(check.interval), timeout=_duration_pb(check.timeout),
+        initial_delay=_duration_pb(check.initial_delay),
+        failure_threshold=check.failure_threshold)
+    if check.http is not None:
+        out.http.CopyFrom(agent_pb2.HttpProbe(path=check.http.path, port=check.http.port or 0))
+    elif check.tcp is not None:
+        out.tcp.CopyFrom(agent_pb2.TcpProbe(port=check.tcp.port or 0))
+    elif check.grpc is not None:
+        out.grpc.CopyFrom(agent_pb2.GrpcProbe(service=check.grpc.service,
+                                              port=check.grpc.port or 0))
+    return out
+
+
+def _duration_pb(text: str) -> duration_pb2.Duration:
+    out = duration_pb2.Duration()
+    out.FromNanoseconds(round(parse_duration(text) * 1e9))
+    return out
 
 
 def struct_of(value: Mapping[str, Any]) -> struct_pb2.Struct:

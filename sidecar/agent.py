@@ -28,7 +28,6 @@ from controlplane.api.flotilla.v1 import (
     agent_pb2_grpc,
     nodes_pb2,
 )
-from controlplane.convert import dict_of
 from sidecar import envoy
 from sidecar.drivers.base import Driver, DriverError, MountedFiles, Sidecar
 from sidecar.history import History, last_lines
@@ -190,7 +189,7 @@ class Agent:
                     agent_pb2.WatchAssignmentsRequest(node=self.config.name))
                 for message in self._stream:
                     delay = 0.2
-                    self._converge([_assignment(a) for a in message.assignments])
+                    self._converge([Assignment.of(a) for a in message.assignments])
             except Refused as error:
                 self._give_up(str(error))
                 return
@@ -438,12 +437,3 @@ class _LogServicer(agent_pb2_grpc.LogServiceServicer):
                           f"the Envoy of instance {request.instance_id} does not answer on its "
                           f"admin API {running.admin}: {error}")
         return agent_pb2.ProxyConfigResponse(config_dump_json=json.dumps(dump))
-
-
-def _assignment(message: agent_pb2.Assignment) -> Assignment:
-    return Assignment(
-        instance_id=message.instance_id, namespace=message.namespace, service=message.service,
-        revision=message.revision, spec=dict_of(message.spec), driver=message.driver,
-        env_from=dict(message.env_from),
-        mounts=tuple(MountedFiles(m.path, dict(m.files), m.mode) for m in message.mounts),
-    )

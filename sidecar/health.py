@@ -2,9 +2,10 @@
 schedule that says when to probe and what the results mean.
 
 ``probe(check, address, port)`` returns ``(ok, detail)``; it never raises for
-a failing app. ``check`` is a Service spec's ``healthCheck`` mapping; ``port``
-is the app's, probed unless the check names a port of its own. A check of a
-kind this agent does not know fails: nothing passes unprobed.
+a failing app. ``check`` is the assignment's typed ``HealthCheck``, every
+default filled in by the control plane; ``port`` is the app's, probed unless
+the check names a port of its own. A check naming no probe this agent knows
+fails: nothing passes unprobed.
 
 :class:`HealthSchedule` does no I/O: on a :class:`Clock` it decides when the
 next probe is due (``interval``, ``initialDelay``) and what a run of results
@@ -17,15 +18,14 @@ from __future__ import annotations
 import enum
 import http.client
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from controlplane.api.flotilla.v1 import agent_pb2
 from controlplane.model.clock import Clock
-from controlplane.model.durations import parse_duration
 
 #: The probe kinds a ``healthCheck`` names exactly one of.
 KINDS = ("http", "tcp", "grpc")
@@ -33,42 +33,32 @@ KINDS = ("http", "tcp", "grpc")
 
 @dataclass(frozen=True)
 class CheckTiming:
-    """A ``healthCheck``'s timing, in seconds; a field the mapping leaves out
-    has the manifest schema's default."""
+    """A ``healthCheck``'s timing, in seconds."""
 
-    interval: float = 5.0
-    timeout: float = 2.0
-    initial_delay: float = 0.0
-    failure_threshold: int = 3
+    interval: float
+    timeout: float
+    initial_delay: float
+    failure_threshold: int
 
     @classmethod
-    def of(cls, check: Mapping[str, Any]) -> CheckTiming:
-        default = cls()
-
-        def seconds(name: str, fallback: float) -> float:
-            value = check.get(name)
-            return fallback if value is None else parse_duration(str(value))
-
-        threshold = check.get("failureThreshold")
-        return cls(
-            interval=seconds("interval", default.interval),
-            timeout=seconds("timeout", default.timeout),
-            initial_delay=seconds("initialDelay", default.initial_delay),
-            failure_threshold=default.failure_threshold if threshold is None else int(threshold),
-        )
+    def of(cls, check: agent_pb2.HealthCheck) -> CheckTiming:
+        """The timing the control plane sent (the schema's defaults filled in)."""
+        return cls(interval=check.interval.ToTimedelta().total_seconds(),
+                   timeout=check.timeout.ToTimedelta().total_seconds(),
+                   initial_delay=check.initial_delay.ToTimedelta().total_seconds(),
+                   failure_threshold=check.failure_threshold)
 
 
-def probe(check: Mapping[str, Any], address: str, port: int) -> tuple[bool, str]:
+def probe(check: agent_pb2.HealthCheck, address: str, port: int) -> tuple[bool, str]:
     timeout = CheckTiming.of(check).timeout
-    if "http" in check:
-        return _http(check["http"], address, port, timeout)
-    if "tcp" in check:
-        return _tcp(check["tcp"], address, port, timeout)
-    if "grpc" in check:
-        return _grpc(check["grpc"], address, port, timeout)
-    named = sorted(set(check) - {"interval", "timeout", "initialDelay", "failureThreshold"})
-    return False, (f"nothing to probe: a health check needs one of {', '.join(KINDS)} "
-                   f"(got {', '.join(named) or 'none'})")
+    kind = check.WhichOneof("probe")
+    if kind == "http":
+        return _http(check.http, address, port, timeout)
+    if kind == "tcp":
+        return _tcp(check.tcp, address, port, timeout)
+    if kind == "grpc":
+        return _grpc(check.grpc, address, port, timeout)
+    return False, f"nothing to probe: a health check needs one of {', '.join(KINDS)}"
 
 
 def _failure(error: OSError | http.client.HTTPException, timeout: float) -> str:
@@ -77,9 +67,10 @@ def _failure(error: OSError | http.client.HTTPException, timeout: float) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def _http(spec: Mapping[str, Any], address: str, port: int, timeout: float) -> tuple[bool, str]:
-    target, path = spec.get("port") or port, spec.get("path", "/")
-    what = f"GET {path}" + (f" on port {target}" if spec.get("port") else "")
+def _http(spec: agent_pb2.HttpProbe, address: str, port: int,
+          timeout: float) -> tuple[bool, str]:
+    target, path = spec.port or port, spec.path or "/"
+    what = f"GET {path}" + (f" on port {target}" if spec.port else "")
     conn = http.client.HTTPConnection(address, target, timeout=timeout)
     try:
         conn.request("GET", path, headers={"User-Agent": "flotilla-health"})
@@ -91,8 +82,9 @@ def _http(spec: Mapping[str, Any], address: str, port: int, timeout: float) -> t
     return 200 <= status < 400, f"{what} -> {status}"
 
 
-def _tcp(spec: Mapping[str, Any], address: str, port: int, timeout: float) -> tuple[bool, str]:
-    target = spec.get("port") or port
+def _tcp(spec: agent_pb2.TcpProbe, address: str, port: int,
+         timeout: float) -> tuple[bool, str]:
+    target = spec.port or port
     try:
         with socket.create_connection((address, target), timeout=timeout):
             pass
@@ -101,9 +93,10 @@ def _tcp(spec: Mapping[str, Any], address: str, port: int, timeout: float) -> tu
     return True, f"tcp {address}:{target} accepts connections"
 
 
-def _grpc(spec: Mapping[str, Any], address: str, port: int, timeout: float) -> tuple[bool, str]:
-    target = f"{address}:{spec.get('port') or port}"
-    service = str(spec.get("service", ""))
+def _grpc(spec: agent_pb2.GrpcProbe, address: str, port: int,
+          timeout: float) -> tuple[bool, str]:
+    target = f"{address}:{spec.port or port}"
+    service = spec.service
     what = f"grpc health {service}" if service else "grpc health"
     # The app is reached directly: never through an http_proxy of the agent's.
     with grpc.insecure_channel(target, options=[("grpc.enable_http_proxy", 0)]) as channel:

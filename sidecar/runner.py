@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from controlplane.api.flotilla.v1 import agent_pb2
 from controlplane.model.clock import SYSTEM_CLOCK
 from sidecar import envoy
 from sidecar.drivers.base import (
@@ -42,29 +43,35 @@ class Assignment:
     namespace: str
     service: str
     revision: int
-    spec: Mapping[str, Any]
+    #: What it runs, every default filled in by the control plane.
+    spec: agent_pb2.Workload
     driver: str
     #: ``spec.envFrom`` as the control plane resolved it (may hold Secret
     #: values: left out of repr); ``spec.env`` wins over it.
     env_from: Mapping[str, str] = field(default_factory=dict, repr=False)
     mounts: tuple[MountedFiles, ...] = ()
 
+    @classmethod
+    def of(cls, message: agent_pb2.Assignment) -> Assignment:
+        return cls(
+            instance_id=message.instance_id, namespace=message.namespace,
+            service=message.service, revision=message.revision, spec=message.workload,
+            driver=message.driver, env_from=dict(message.env_from),
+            mounts=tuple(MountedFiles(m.path, dict(m.files), m.mode) for m in message.mounts),
+        )
+
     def workload(self, restarts: int = 0, sidecar: Sidecar | None = None) -> Workload:
         spec = self.spec
-        resources = spec.get("resources") or {}
         if sidecar is not None:
-            sidecar = replace(sidecar, kind="gateway" if spec.get("gateway") else "sidecar",
-                              upstreams=tuple(
-                (str(u.get("namespace") or self.namespace), str(u["name"]),
-                 int(u["port"]) if u.get("port") else None)
-                for u in spec.get("upstreams") or ()))
+            sidecar = replace(sidecar, kind="gateway" if spec.gateway else "sidecar",
+                              upstreams=tuple((u.namespace, u.name, u.port or None)
+                                              for u in spec.upstreams))
         return Workload(
             instance_id=self.instance_id, namespace=self.namespace, service=self.service,
-            revision=self.revision, image=spec.get("image"), command=spec.get("command"),
-            args=tuple(spec.get("args") or ()),
-            env={**self.env_from, **(spec.get("env") or {})},
-            port=spec.get("port"), protocol=spec.get("protocol", "http"),
-            cpu_millis=int(resources.get("cpu", 100)), memory_mib=int(resources.get("memory", 128)),
+            revision=self.revision, image=spec.image or None,
+            command=list(spec.command) or None, args=tuple(spec.args),
+            env={**self.env_from, **spec.env}, port=spec.port or None, protocol=spec.protocol,
+            cpu_millis=spec.cpu_millis, memory_mib=spec.memory_mib,
             restarts=restarts, sidecar=sidecar, mounts=self.mounts,
         )
 
@@ -229,7 +236,7 @@ class InstanceRunner:
         """Record an exit and keep the run's last output; returns
         (consecutive failures, restart?)."""
         code = running.exit_code if running.exit_code is not None else -1
-        policy = self.assignment.spec.get("restartPolicy", "always")
+        policy = self.assignment.spec.restart_policy
         self._keep_output()
         self._driver.stop(self.instance_id, 1.0)  # clean up what is left of it
         if policy == "never" or (policy == "on-failure" and code == 0):
@@ -284,13 +291,14 @@ class InstanceRunner:
     def _supervise(self, running: Running, failures: int) -> int:
         """Watch a running instance until it exits, fails its health check or
         the runner stops; returns the consecutive failure count."""
-        check: Mapping[str, Any] = self.assignment.spec.get("healthCheck") or {}
+        check = (self.assignment.spec.health_check
+                 if self.assignment.spec.HasField("health_check") else None)
         self._sidecar_down, self._sidecar_failures, self._sidecar_due = False, 0, 0.0
-        self._app("waiting for the first health check" if check else "", ok=True,
+        self._app("waiting for the first health check" if check is not None else "", ok=True,
                   address=running.address, port=running.port or 0,
-                  state="starting" if check else "running")
+                  state="starting" if check is not None else "running")
         schedule = HealthSchedule(CheckTiming.of(check), SYSTEM_CLOCK, tick=self.TICK,
-                                  grace=self.STARTUP_GRACE) if check else None
+                                  grace=self.STARTUP_GRACE) if check is not None else None
         # The app itself, not through its sidecar, when it has one.
         address = running.app_address or running.address
         port = (running.app_port if running.app_address else running.port) or 0
@@ -300,7 +308,7 @@ class InstanceRunner:
                 return failures
             if self._watch_sidecar(now):
                 continue
-            if schedule is None:
+            if schedule is None or check is None:
                 continue
             judged = schedule.probe_if_due(lambda: probe(check, address, port))
             if judged is None:

@@ -75,7 +75,7 @@ def _assignment(instance: Resource, projection: sources.Projection) -> agent_pb2
     return agent_pb2.Assignment(
         instance_id=instance.name, namespace=instance.namespace,
         service=spec.service, revision=spec.revision,
-        spec=convert.struct_of(spec.workload.to_dict()),
+        workload=convert.workload_to_pb(spec.workload, instance.namespace),
         driver=spec.driver,
         env_from=dict(projection.env),
         mounts=[agent_pb2.MountedFiles(path=m.path, files=dict(m.files), mode=m.mode)

@@ -43,6 +43,8 @@ import docker
 import docker.errors
 
 from controlplane.client import Client
+from controlplane.convert import workload_to_pb
+from controlplane.model.specs import ServiceSpec
 from sidecar.drivers.base import Driver, Workload
 from sidecar.drivers.docker import DockerDriver
 from sidecar.drivers.process import ProcessDriver
@@ -171,14 +173,15 @@ def floor(driver: str, replicas: int, timeout: float, workdir: Path) -> float:
     client = docker.from_env(timeout=60) if driver == "docker" else None
     runtime: Driver = (DockerDriver(client, node, ADDRESS) if client is not None
                        else ProcessDriver(node, ADDRESS, workdir / node))
-    spec = manifest(driver, replicas)["spec"]
+    spec = workload_to_pb(ServiceSpec.model_validate(manifest(driver, replicas)["spec"])
+                          .workload(), "default")
     workloads = [Assignment(f"{node}-{i}", "default", "rollout", 1, spec, driver).workload()
                  for i in range(replicas)]
     began = time.monotonic()
 
     def healthy(workload: Workload) -> None:
         running = runtime.start(workload)
-        wait_until(lambda: probe(spec["healthCheck"], running.address, running.port or 0)[0],
+        wait_until(lambda: probe(spec.health_check, running.address, running.port or 0)[0],
                    timeout - (time.monotonic() - began), f"{workload.instance_id} healthy")
 
     try:

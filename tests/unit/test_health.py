@@ -20,10 +20,20 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from controlplane.api.flotilla.v1 import agent_pb2
+from controlplane.convert import workload_to_pb
 from controlplane.model.clock import FakeClock
+from controlplane.model.specs import Workload
 from sidecar.health import CheckTiming, HealthSchedule, Verdict, probe
 
 LOOPBACK = "127.0.0.1"
+
+
+def check_of(manifest: dict[str, Any]) -> agent_pb2.HealthCheck:
+    """A manifest's ``healthCheck`` as the control plane sends it to the agent:
+    validated, the schema's defaults filled in."""
+    workload = Workload.model_validate({"healthCheck": manifest})
+    return workload_to_pb(workload, "default").health_check
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 #: Seconds a slow app takes to answer (at most: it answers at once when its
@@ -142,11 +152,11 @@ def test_a_check_with_its_own_port_probes_that_port_not_the_apps(kind: str) -> N
     failing, passing = APPS[kind]
     with ExitStack() as stack:
         app_port, check_port = stack.enter_context(failing()), stack.enter_context(passing())
-        ok, detail = probe({kind: {}}, LOOPBACK, app_port)
+        ok, detail = probe(check_of({kind: {}}), LOOPBACK, app_port)
         assert not ok, detail  # the app's own port fails the check...
-        ok, detail = probe({kind: {"port": check_port}}, LOOPBACK, app_port)
+        ok, detail = probe(check_of({kind: {"port": check_port}}), LOOPBACK, app_port)
         assert ok, detail  # ...and the check's port passes it
-        ok, detail = probe({kind: {"port": app_port}}, LOOPBACK, check_port)
+        ok, detail = probe(check_of({kind: {"port": app_port}}), LOOPBACK, check_port)
         assert not ok, detail  # the check's port wins over the app's, both ways
         if kind != "grpc":
             assert str(app_port) in detail
@@ -154,10 +164,11 @@ def test_a_check_with_its_own_port_probes_that_port_not_the_apps(kind: str) -> N
 
 def test_the_grpc_probe_asks_the_apps_health_service() -> None:
     with grpc_app({"": SERVING}) as app:
-        assert probe({"grpc": {}}, LOOPBACK, app.port) == (True, "grpc health SERVING")
+        check = check_of({"grpc": {}})
+        assert probe(check, LOOPBACK, app.port) == (True, "grpc health SERVING")
         app.health.set("", NOT_SERVING)
-        assert probe({"grpc": {}}, LOOPBACK, app.port) == (False, "grpc health NOT_SERVING")
-    ok, detail = probe({"grpc": {}}, LOOPBACK, app.port)
+        assert probe(check, LOOPBACK, app.port) == (False, "grpc health NOT_SERVING")
+    ok, detail = probe(check, LOOPBACK, app.port)
     assert (ok, detail) == (False, f"grpc health at {LOOPBACK}:{app.port}: UNAVAILABLE")
 
 
@@ -180,7 +191,8 @@ def test_the_grpc_check_asks_for_the_service_it_names(
     echo_app: GrpcApp, service: str | None, ok: bool, detail: str
 ) -> None:
     check = {"grpc": {} if service is None else {"service": service}}
-    assert probe(check, LOOPBACK, echo_app.port) == (ok, detail.format(port=echo_app.port))
+    assert probe(check_of(check), LOOPBACK, echo_app.port) == (
+        ok, detail.format(port=echo_app.port))
 
 
 @contextmanager
@@ -197,26 +209,31 @@ def slow_app(kind: str) -> Iterator[int]:
 def test_a_probe_slower_than_its_timeout_fails(kind: str) -> None:
     with slow_app(kind) as port:
         started = time.monotonic()
-        ok, detail = probe({kind: {}, "timeout": "100ms"}, LOOPBACK, port)
+        ok, detail = probe(check_of({kind: {}, "timeout": "100ms"}), LOOPBACK, port)
         took = time.monotonic() - started
         assert not ok and "no answer within the 0.1s timeout" in detail, detail
         assert took < SLOW  # the timeout ended the probe, not the app's answer
-        ok, detail = probe({kind: {}, "timeout": "5s"}, LOOPBACK, port)
+        ok, detail = probe(check_of({kind: {}, "timeout": "5s"}), LOOPBACK, port)
         assert ok, detail  # the same slow app within a longer timeout
 
 
-@pytest.mark.parametrize(("check", "got"), [
-    ({"exec": {"command": ["true"]}}, "got exec"),
-    ({"interval": "1s", "failureThreshold": 1}, "got none"),
-    ({}, "got none"),
+#: A check whose probe is field 8, one this agent's protocol does not know (a
+#: newer control plane's): parsed, it names none of the probes.
+_UNKNOWN_PROBE = agent_pb2.HealthCheck.FromString(b"\x42\x00\x38\x01")
+
+
+@pytest.mark.parametrize("check", [
+    _UNKNOWN_PROBE,
+    agent_pb2.HealthCheck(failure_threshold=1),
+    agent_pb2.HealthCheck(),
 ], ids=["an-unknown-kind", "timing-only", "empty"])
 def test_a_check_of_no_known_kind_fails_even_on_a_healthy_app(
-    check: dict[str, Any], got: str
+    check: agent_pb2.HealthCheck
 ) -> None:
     with http_app(200) as port:
         ok, detail = probe(check, LOOPBACK, port)
     assert not ok
-    assert detail == f"nothing to probe: a health check needs one of http, tcp, grpc ({got})"
+    assert detail == "nothing to probe: a health check needs one of http, tcp, grpc"
 
 
 @pytest.mark.parametrize(("check", "timing"), [
@@ -226,7 +243,7 @@ def test_a_check_of_no_known_kind_fails_even_on_a_healthy_app(
       "failureThreshold": 7}, CheckTiming(0.25, 1.5, 60.0, 7)),
 ], ids=["the-schema-defaults", "each-field"])
 def test_check_timing_reads_each_field(check: dict[str, Any], timing: CheckTiming) -> None:
-    assert CheckTiming.of(check) == timing
+    assert CheckTiming.of(check_of(check)) == timing
 
 
 # --- the schedule, on a fake clock ----------------------------------------------------
@@ -243,7 +260,7 @@ def drive(check: dict[str, Any], results: list[bool], seconds: float
     each probe's (seconds since the run started, verdict), up to a restart."""
     clock = FakeClock()
     start = clock.monotonic()
-    schedule = HealthSchedule(CheckTiming.of({"http": {}, **check}), clock,
+    schedule = HealthSchedule(CheckTiming.of(check_of({"http": {}, **check})), clock,
                               tick=TICK, grace=GRACE)
     seen: list[tuple[float, Verdict]] = []
     while clock.monotonic() - start < seconds and R not in (v for _, v in seen):

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from controlplane.convert import workload_to_pb
 from controlplane.controllers.replicas import decide, service_desired
 from controlplane.manifests import check_batch, to_resource
 from controlplane.manifests.sources import env_problem, project, versions
@@ -186,7 +187,8 @@ def test_the_assignment_carries_the_decoded_data_and_the_store_keeps_it_sealed(
 
 
 def test_the_agent_puts_env_over_env_from() -> None:
-    assignment = Assignment("i", "default", "web", 1, SPEC, "process",
+    assignment = Assignment("i", "default", "web", 1,
+                            workload_to_pb(SERVICE.workload(), "default"), "process",
                             env_from={"MODE": "secret", "API_TOKEN": "s3cret"},
                             mounts=(MountedFiles("/etc/app", {"k": b"v"}, 0o444),))
     workload = assignment.workload()

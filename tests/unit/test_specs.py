@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from controlplane.controllers.replicas import template_of
+from controlplane.convert import workload_to_pb
 from controlplane.manifests import to_resource
 from controlplane.model import KINDS, SYSTEM_KINDS, Resource
 from controlplane.model.specs import (
@@ -18,6 +19,7 @@ from controlplane.model.specs import (
     ServiceSpec,
     Workload,
 )
+from sidecar.health import CheckTiming
 
 
 def _service(**spec: object) -> Resource:
@@ -86,4 +88,23 @@ def test_nodes_and_certificates_decode() -> None:
 
 def test_an_unknown_kind_has_no_spec_model() -> None:
     with pytest.raises(KeyError):
-        _ = Resource(kind="Gizmo", name="g").spec_model
+        Resource(kind="Gizmo", name="g")
+
+
+def test_the_agent_is_sent_a_typed_workload_with_the_schemas_defaults() -> None:
+    service = _service(command=["app"], port=8080,
+                       healthCheck={"grpc": {"service": "echo.Echo"}, "interval": "250ms"},
+                       upstreams=[{"name": "db"}, {"name": "ledger", "namespace": "shop",
+                                                   "port": 7000}])
+    sent = workload_to_pb(service.typed(ServiceSpec).workload(), "team-a")
+    assert (sent.image, list(sent.command), sent.port, sent.protocol) == ("", ["app"], 8080,
+                                                                         "http")
+    assert (sent.cpu_millis, sent.memory_mib, sent.restart_policy) == (100, 128, "always")
+    assert [(u.namespace, u.name, u.port) for u in sent.upstreams] == [
+        ("team-a", "db", 0), ("shop", "ledger", 7000)]
+    check = sent.health_check
+    assert check.WhichOneof("probe") == "grpc" and check.grpc.service == "echo.Echo"
+    assert CheckTiming.of(check) == CheckTiming(interval=0.25, timeout=2.0, initial_delay=0.0,
+                                                failure_threshold=3)
+    assert not workload_to_pb(_service(image="web:1").typed(ServiceSpec).workload(),
+                              "default").HasField("health_check")

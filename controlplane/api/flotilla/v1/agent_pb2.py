@@ -22,12 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from controlplane.api.flotilla.v1 import nodes_pb2 as flotilla_dot_v1_dot_nodes__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66lotilla/v1/agent.proto\x12\x0b\x66lotilla.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17\x66lotilla/v1/nodes.proto\"\x95\x02\n\x0bJoinRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x34\n\x06labels\x18\x03 \x03(\x0b\x32$.flotilla.v1.JoinRequest.LabelsEntry\x12\'\n\x08\x63\x61pacity\x18\x04 \x01(\x0b\x32\x15.flotilla.v1.Capacity\x12\x0f\n\x07\x64rivers\x18\x05 \x03(\t\x12\x15\n\rlogs_endpoint\x18\x06 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x07 \x01(\t\x12\x11\n\ttimestamp\x18\x08 \x01(\x03\x12\r\n\x05proof\x18\t \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xab\x01\n\x0cJoinResponse\x12\x1f\n\x04node\x18\x01 \x01(\x0b\x32\x11.flotilla.v1.Node\x12\x1f\n\x17report_interval_seconds\x18\x02 \x01(\x01\x12\x1c\n\x14node_certificate_pem\x18\x03 \x01(\t\x12\x18\n\x10trust_bundle_pem\x18\x04 \x01(\t\x12\x12\n\nagent_port\x18\x05 \x01(\r\x12\r\n\x05proof\x18\x06 \x01(\t\".\n\x1bRenewNodeCertificateRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\t\"\x91\x01\n\x0fNodeCertificate\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\x12\x18\n\x10trust_bundle_pem\x18\x02 \x01(\t\x12\x0e\n\x06serial\x18\x03 \x01(\t\x12-\n\tnot_after\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04root\x18\x05 \x01(\t\"\xa1\x02\n\nAssignment\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x10\n\x08revision\x18\x04 \x01(\x03\x12%\n\x04spec\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06\x64river\x18\x06 \x01(\t\x12\x36\n\x08\x65nv_from\x18\x07 \x03(\x0b\x32$.flotilla.v1.Assignment.EnvFromEntry\x12)\n\x06mounts\x18\x08 \x03(\x0b\x32\x19.flotilla.v1.MountedFiles\x1a.\n\x0c\x45nvFromEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8d\x01\n\x0cMountedFiles\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x33\n\x05\x66iles\x18\x02 \x03(\x0b\x32$.flotilla.v1.MountedFiles.FilesEntry\x12\x0c\n\x04mode\x18\x03 \x01(\r\x1a,\n\nFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\'\n\x17WatchAssignmentsRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\";\n\x0b\x41ssignments\x12,\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x17.flotilla.v1.Assignment\"\xcf\x02\n\x0eInstanceReport\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x0c\n\x04port\x18\x05 \x01(\r\x12\x10\n\x08restarts\x18\x06 \x01(\x05\x12\x11\n\texit_code\x18\x07 \x01(\x05\x12\x11\n\tnamespace\x18\x08 \x01(\t\x12\x13\n\x0b\x63\x65rt_serial\x18\t \x01(\t\x12\x32\n\x0e\x63\x65rt_not_after\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncert_error\x18\x0b \x01(\t\x12\x13\n\x0b\x63\x65rt_served\x18\x0c \x01(\t\x12\x11\n\tcert_root\x18\r \x01(\t\x12\x13\n\x0b\x63\x65rt_trusts\x18\x0e \x03(\t\x12\x18\n\x10sidecar_restarts\x18\x0f \x01(\x05\"M\n\rReportRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12.\n\tinstances\x18\x02 \x03(\x0b\x32\x1b.flotilla.v1.InstanceReport\"\x10\n\x0eReportResponse\"_\n\x16SignCertificateRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x04 \x01(\t\"\xab\x01\n\x17SignCertificateResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\x12\x18\n\x10trust_bundle_pem\x18\x02 \x01(\t\x12\x10\n\x08identity\x18\x03 \x01(\t\x12\x0e\n\x06serial\x18\x04 \x01(\t\x12-\n\tnot_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04root\x18\x06 \x01(\t\"^\n\x17SignCertificatesRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x35\n\x08requests\x18\x02 \x03(\x0b\x32#.flotilla.v1.SignCertificateRequest\"o\n\x15SignCertificateResult\x12\x39\n\x0b\x63\x65rtificate\x18\x01 \x01(\x0b\x32$.flotilla.v1.SignCertificateResponse\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"O\n\x18SignCertificatesResponse\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".flotilla.v1.SignCertificateResult\"@\n\x0bLogsRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0c\n\x04tail\x18\x02 \x01(\x05\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"\x18\n\x08LogChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\")\n\x12ProxyConfigRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"/\n\x13ProxyConfigResponse\x12\x18\n\x10\x63onfig_dump_json\x18\x01 \x01(\t2\x83\x04\n\x0c\x41gentService\x12;\n\x04Join\x12\x18.flotilla.v1.JoinRequest\x1a\x19.flotilla.v1.JoinResponse\x12^\n\x14RenewNodeCertificate\x12(.flotilla.v1.RenewNodeCertificateRequest\x1a\x1c.flotilla.v1.NodeCertificate\x12\\\n\x0fSignCertificate\x12#.flotilla.v1.SignCertificateRequest\x1a$.flotilla.v1.SignCertificateResponse\x12_\n\x10SignCertificates\x12$.flotilla.v1.SignCertificatesRequest\x1a%.flotilla.v1.SignCertificatesResponse\x12T\n\x10WatchAssignments\x12$.flotilla.v1.WatchAssignmentsRequest\x1a\x18.flotilla.v1.Assignments0\x01\x12\x41\n\x06Report\x12\x1a.flotilla.v1.ReportRequest\x1a\x1b.flotilla.v1.ReportResponse2\x99\x01\n\nLogService\x12\x39\n\x04Logs\x12\x18.flotilla.v1.LogsRequest\x1a\x15.flotilla.v1.LogChunk0\x01\x12P\n\x0bProxyConfig\x12\x1f.flotilla.v1.ProxyConfigRequest\x1a .flotilla.v1.ProxyConfigResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66lotilla/v1/agent.proto\x12\x0b\x66lotilla.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17\x66lotilla/v1/nodes.proto\"\x95\x02\n\x0bJoinRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x34\n\x06labels\x18\x03 \x03(\x0b\x32$.flotilla.v1.JoinRequest.LabelsEntry\x12\'\n\x08\x63\x61pacity\x18\x04 \x01(\x0b\x32\x15.flotilla.v1.Capacity\x12\x0f\n\x07\x64rivers\x18\x05 \x03(\t\x12\x15\n\rlogs_endpoint\x18\x06 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x07 \x01(\t\x12\x11\n\ttimestamp\x18\x08 \x01(\x03\x12\r\n\x05proof\x18\t \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xab\x01\n\x0cJoinResponse\x12\x1f\n\x04node\x18\x01 \x01(\x0b\x32\x11.flotilla.v1.Node\x12\x1f\n\x17report_interval_seconds\x18\x02 \x01(\x01\x12\x1c\n\x14node_certificate_pem\x18\x03 \x01(\t\x12\x18\n\x10trust_bundle_pem\x18\x04 \x01(\t\x12\x12\n\nagent_port\x18\x05 \x01(\r\x12\r\n\x05proof\x18\x06 \x01(\t\".\n\x1bRenewNodeCertificateRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\t\"\x91\x01\n\x0fNodeCertificate\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\x12\x18\n\x10trust_bundle_pem\x18\x02 \x01(\t\x12\x0e\n\x06serial\x18\x03 \x01(\t\x12-\n\tnot_after\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04root\x18\x05 \x01(\t\"\xaf\x02\n\nAssignment\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x10\n\x08revision\x18\x04 \x01(\x03\x12\'\n\x08workload\x18\t \x01(\x0b\x32\x15.flotilla.v1.Workload\x12\x0e\n\x06\x64river\x18\x06 \x01(\t\x12\x36\n\x08\x65nv_from\x18\x07 \x03(\x0b\x32$.flotilla.v1.Assignment.EnvFromEntry\x12)\n\x06mounts\x18\x08 \x03(\x0b\x32\x19.flotilla.v1.MountedFiles\x1a.\n\x0c\x45nvFromEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01J\x04\x08\x05\x10\x06R\x04spec\"\xdc\x02\n\x08Workload\x12\r\n\x05image\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x03(\t\x12\x0c\n\x04\x61rgs\x18\x03 \x03(\t\x12+\n\x03\x65nv\x18\x04 \x03(\x0b\x32\x1e.flotilla.v1.Workload.EnvEntry\x12\x0c\n\x04port\x18\x05 \x01(\r\x12\x10\n\x08protocol\x18\x06 \x01(\t\x12\x12\n\ncpu_millis\x18\x07 \x01(\r\x12\x12\n\nmemory_mib\x18\x08 \x01(\r\x12.\n\x0chealth_check\x18\t \x01(\x0b\x32\x18.flotilla.v1.HealthCheck\x12\x16\n\x0erestart_policy\x18\n \x01(\t\x12(\n\tupstreams\x18\x0b \x03(\x0b\x32\x15.flotilla.v1.Upstream\x12\x0f\n\x07gateway\x18\x0c \x01(\x08\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb2\x02\n\x0bHealthCheck\x12&\n\x04http\x18\x01 \x01(\x0b\x32\x16.flotilla.v1.HttpProbeH\x00\x12$\n\x03tcp\x18\x02 \x01(\x0b\x32\x15.flotilla.v1.TcpProbeH\x00\x12&\n\x04grpc\x18\x03 \x01(\x0b\x32\x16.flotilla.v1.GrpcProbeH\x00\x12+\n\x08interval\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\rinitial_delay\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x19\n\x11\x66\x61ilure_threshold\x18\x07 \x01(\rB\x07\n\x05probe\"\'\n\tHttpProbe\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\"\x18\n\x08TcpProbe\x12\x0c\n\x04port\x18\x01 \x01(\r\"*\n\tGrpcProbe\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\"9\n\x08Upstream\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\"\x8d\x01\n\x0cMountedFiles\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x33\n\x05\x66iles\x18\x02 \x03(\x0b\x32$.flotilla.v1.MountedFiles.FilesEntry\x12\x0c\n\x04mode\x18\x03 \x01(\r\x1a,\n\nFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\'\n\x17WatchAssignmentsRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\";\n\x0b\x41ssignments\x12,\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x17.flotilla.v1.Assignment\"\xcf\x02\n\x0eInstanceReport\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x0c\n\x04port\x18\x05 \x01(\r\x12\x10\n\x08restarts\x18\x06 \x01(\x05\x12\x11\n\texit_code\x18\x07 \x01(\x05\x12\x11\n\tnamespace\x18\x08 \x01(\t\x12\x13\n\x0b\x63\x65rt_serial\x18\t \x01(\t\x12\x32\n\x0e\x63\x65rt_not_after\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncert_error\x18\x0b \x01(\t\x12\x13\n\x0b\x63\x65rt_served\x18\x0c \x01(\t\x12\x11\n\tcert_root\x18\r \x01(\t\x12\x13\n\x0b\x63\x65rt_trusts\x18\x0e \x03(\t\x12\x18\n\x10sidecar_restarts\x18\x0f \x01(\x05\"M\n\rReportRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12.\n\tinstances\x18\x02 \x03(\x0b\x32\x1b.flotilla.v1.InstanceReport\"\x10\n\x0eReportResponse\"_\n\x16SignCertificateRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x04 \x01(\t\"\xab\x01\n\x17SignCertificateResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\x12\x18\n\x10trust_bundle_pem\x18\x02 \x01(\t\x12\x10\n\x08identity\x18\x03 \x01(\t\x12\x0e\n\x06serial\x18\x04 \x01(\t\x12-\n\tnot_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04root\x18\x06 \x01(\t\"^\n\x17SignCertificatesRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x35\n\x08requests\x18\x02 \x03(\x0b\x32#.flotilla.v1.SignCertificateRequest\"o\n\x15SignCertificateResult\x12\x39\n\x0b\x63\x65rtificate\x18\x01 \x01(\x0b\x32$.flotilla.v1.SignCertificateResponse\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"O\n\x18SignCertificatesResponse\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".flotilla.v1.SignCertificateResult\"@\n\x0bLogsRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0c\n\x04tail\x18\x02 \x01(\x05\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"\x18\n\x08LogChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\")\n\x12ProxyConfigRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"/\n\x13ProxyConfigResponse\x12\x18\n\x10\x63onfig_dump_json\x18\x01 \x01(\t2\x83\x04\n\x0c\x41gentService\x12;\n\x04Join\x12\x18.flotilla.v1.JoinRequest\x1a\x19.flotilla.v1.JoinResponse\x12^\n\x14RenewNodeCertificate\x12(.flotilla.v1.RenewNodeCertificateRequest\x1a\x1c.flotilla.v1.NodeCertificate\x12\\\n\x0fSignCertificate\x12#.flotilla.v1.SignCertificateRequest\x1a$.flotilla.v1.SignCertificateResponse\x12_\n\x10SignCertificates\x12$.flotilla.v1.SignCertificatesRequest\x1a%.flotilla.v1.SignCertificatesResponse\x12T\n\x10WatchAssignments\x12$.flotilla.v1.WatchAssignmentsRequest\x1a\x18.flotilla.v1.Assignments0\x01\x12\x41\n\x06Report\x12\x1a.flotilla.v1.ReportRequest\x1a\x1b.flotilla.v1.ReportResponse2\x99\x01\n\nLogService\x12\x39\n\x04Logs\x12\x18.flotilla.v1.LogsRequest\x1a\x15.flotilla.v1.LogChunk0\x01\x12P\n\x0bProxyConfig\x12\x1f.flotilla.v1.ProxyConfigRequest\x1a .flotilla.v1.ProxyConfigResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,56 +38,72 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOINREQUEST_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_ASSIGNMENT_ENVFROMENTRY']._loaded_options = None
   _globals['_ASSIGNMENT_ENVFROMENTRY']._serialized_options = b'8\001'
+  _globals['_WORKLOAD_ENVENTRY']._loaded_options = None
+  _globals['_WORKLOAD_ENVENTRY']._serialized_options = b'8\001'
   _globals['_MOUNTEDFILES_FILESENTRY']._loaded_options = None
   _globals['_MOUNTEDFILES_FILESENTRY']._serialized_options = b'8\001'
-  _globals['_JOINREQUEST']._serialized_start=129
-  _globals['_JOINREQUEST']._serialized_end=406
-  _globals['_JOINREQUEST_LABELSENTRY']._serialized_start=361
-  _globals['_JOINREQUEST_LABELSENTRY']._serialized_end=406
-  _globals['_JOINRESPONSE']._serialized_start=409
-  _globals['_JOINRESPONSE']._serialized_end=580
-  _globals['_RENEWNODECERTIFICATEREQUEST']._serialized_start=582
-  _globals['_RENEWNODECERTIFICATEREQUEST']._serialized_end=628
-  _globals['_NODECERTIFICATE']._serialized_start=631
-  _globals['_NODECERTIFICATE']._serialized_end=776
-  _globals['_ASSIGNMENT']._serialized_start=779
-  _globals['_ASSIGNMENT']._serialized_end=1068
-  _globals['_ASSIGNMENT_ENVFROMENTRY']._serialized_start=1022
-  _globals['_ASSIGNMENT_ENVFROMENTRY']._serialized_end=1068
-  _globals['_MOUNTEDFILES']._serialized_start=1071
-  _globals['_MOUNTEDFILES']._serialized_end=1212
-  _globals['_MOUNTEDFILES_FILESENTRY']._serialized_start=1168
-  _globals['_MOUNTEDFILES_FILESENTRY']._serialized_end=1212
-  _globals['_WATCHASSIGNMENTSREQUEST']._serialized_start=1214
-  _globals['_WATCHASSIGNMENTSREQUEST']._serialized_end=1253
-  _globals['_ASSIGNMENTS']._serialized_start=1255
-  _globals['_ASSIGNMENTS']._serialized_end=1314
-  _globals['_INSTANCEREPORT']._serialized_start=1317
-  _globals['_INSTANCEREPORT']._serialized_end=1652
-  _globals['_REPORTREQUEST']._serialized_start=1654
-  _globals['_REPORTREQUEST']._serialized_end=1731
-  _globals['_REPORTRESPONSE']._serialized_start=1733
-  _globals['_REPORTRESPONSE']._serialized_end=1749
-  _globals['_SIGNCERTIFICATEREQUEST']._serialized_start=1751
-  _globals['_SIGNCERTIFICATEREQUEST']._serialized_end=1846
-  _globals['_SIGNCERTIFICATERESPONSE']._serialized_start=1849
-  _globals['_SIGNCERTIFICATERESPONSE']._serialized_end=2020
-  _globals['_SIGNCERTIFICATESREQUEST']._serialized_start=2022
-  _globals['_SIGNCERTIFICATESREQUEST']._serialized_end=2116
-  _globals['_SIGNCERTIFICATERESULT']._serialized_start=2118
-  _globals['_SIGNCERTIFICATERESULT']._serialized_end=2229
-  _globals['_SIGNCERTIFICATESRESPONSE']._serialized_start=2231
-  _globals['_SIGNCERTIFICATESRESPONSE']._serialized_end=2310
-  _globals['_LOGSREQUEST']._serialized_start=2312
-  _globals['_LOGSREQUEST']._serialized_end=2376
-  _globals['_LOGCHUNK']._serialized_start=2378
-  _globals['_LOGCHUNK']._serialized_end=2402
-  _globals['_PROXYCONFIGREQUEST']._serialized_start=2404
-  _globals['_PROXYCONFIGREQUEST']._serialized_end=2445
-  _globals['_PROXYCONFIGRESPONSE']._serialized_start=2447
-  _globals['_PROXYCONFIGRESPONSE']._serialized_end=2494
-  _globals['_AGENTSERVICE']._serialized_start=2497
-  _globals['_AGENTSERVICE']._serialized_end=3012
-  _globals['_LOGSERVICE']._serialized_start=3015
-  _globals['_LOGSERVICE']._serialized_end=3168
+  _globals['_JOINREQUEST']._serialized_start=131
+  _globals['_JOINREQUEST']._serialized_end=408
+  _globals['_JOINREQUEST_LABELSENTRY']._serialized_start=363
+  _globals['_JOINREQUEST_LABELSENTRY']._serialized_end=408
+  _globals['_JOINRESPONSE']._serialized_start=411
+  _globals['_JOINRESPONSE']._serialized_end=582
+  _globals['_RENEWNODECERTIFICATEREQUEST']._serialized_start=584
+  _globals['_RENEWNODECERTIFICATEREQUEST']._serialized_end=630
+  _globals['_NODECERTIFICATE']._serialized_start=633
+  _globals['_NODECERTIFICATE']._serialized_end=778
+  _globals['_ASSIGNMENT']._serialized_start=781
+  _globals['_ASSIGNMENT']._serialized_end=1084
+  _globals['_ASSIGNMENT_ENVFROMENTRY']._serialized_start=1026
+  _globals['_ASSIGNMENT_ENVFROMENTRY']._serialized_end=1072
+  _globals['_WORKLOAD']._serialized_start=1087
+  _globals['_WORKLOAD']._serialized_end=1435
+  _globals['_WORKLOAD_ENVENTRY']._serialized_start=1393
+  _globals['_WORKLOAD_ENVENTRY']._serialized_end=1435
+  _globals['_HEALTHCHECK']._serialized_start=1438
+  _globals['_HEALTHCHECK']._serialized_end=1744
+  _globals['_HTTPPROBE']._serialized_start=1746
+  _globals['_HTTPPROBE']._serialized_end=1785
+  _globals['_TCPPROBE']._serialized_start=1787
+  _globals['_TCPPROBE']._serialized_end=1811
+  _globals['_GRPCPROBE']._serialized_start=1813
+  _globals['_GRPCPROBE']._serialized_end=1855
+  _globals['_UPSTREAM']._serialized_start=1857
+  _globals['_UPSTREAM']._serialized_end=1914
+  _globals['_MOUNTEDFILES']._serialized_start=1917
+  _globals['_MOUNTEDFILES']._serialized_end=2058
+  _globals['_MOUNTEDFILES_FILESENTRY']._serialized_start=2014
+  _globals['_MOUNTEDFILES_FILESENTRY']._serialized_end=2058
+  _globals['_WATCHASSIGNMENTSREQUEST']._serialized_start=2060
+  _globals['_WATCHASSIGNMENTSREQUEST']._serialized_end=2099
+  _globals['_ASSIGNMENTS']._serialized_start=2101
+  _globals['_ASSIGNMENTS']._serialized_end=2160
+  _globals['_INSTANCEREPORT']._serialized_start=2163
+  _globals['_INSTANCEREPORT']._serialized_end=2498
+  _globals['_REPORTREQUEST']._serialized_start=2500
+  _globals['_REPORTREQUEST']._serialized_end=2577
+  _globals['_REPORTRESPONSE']._serialized_start=2579
+  _globals['_REPORTRESPONSE']._serialized_end=2595
+  _globals['_SIGNCERTIFICATEREQUEST']._serialized_start=2597
+  _globals['_SIGNCERTIFICATEREQUEST']._serialized_end=2692
+  _globals['_SIGNCERTIFICATERESPONSE']._serialized_start=2695
+  _globals['_SIGNCERTIFICATERESPONSE']._serialized_end=2866
+  _globals['_SIGNCERTIFICATESREQUEST']._serialized_start=2868
+  _globals['_SIGNCERTIFICATESREQUEST']._serialized_end=2962
+  _globals['_SIGNCERTIFICATERESULT']._serialized_start=2964
+  _globals['_SIGNCERTIFICATERESULT']._serialized_end=3075
+  _globals['_SIGNCERTIFICATESRESPONSE']._serialized_start=3077
+  _globals['_SIGNCERTIFICATESRESPONSE']._serialized_end=3156
+  _globals['_LOGSREQUEST']._serialized_start=3158
+  _globals['_LOGSREQUEST']._serialized_end=3222
+  _globals['_LOGCHUNK']._serialized_start=3224
+  _globals['_LOGCHUNK']._serialized_end=3248
+  _globals['_PROXYCONFIGREQUEST']._serialized_start=3250
+  _globals['_PROXYCONFIGREQUEST']._serialized_end=3291
+  _globals['_PROXYCONFIGRESPONSE']._serialized_start=3293
+  _globals['_PROXYCONFIGRESPONSE']._serialized_end=3340
+  _globals['_AGENTSERVICE']._serialized_start=3343
+  _globals['_AGENTSERVICE']._serialized_end=3858
+  _globals['_LOGSERVICE']._serialized_start=3861
+  _globals['_LOGSERVICE']._serialized_end=4014
 # @@protoc_insertion_point(module_scope)

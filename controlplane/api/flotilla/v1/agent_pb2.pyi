@@ -1,6 +1,6 @@
 import datetime
 
-from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from controlplane.api.flotilla.v1 import nodes_pb2 as _nodes_pb2
 from google.protobuf.internal import containers as _containers
@@ -77,7 +77,7 @@ class NodeCertificate(_message.Message):
     def __init__(self, certificate_pem: _Optional[str] = ..., trust_bundle_pem: _Optional[str] = ..., serial: _Optional[str] = ..., not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., root: _Optional[str] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("instance_id", "namespace", "service", "revision", "spec", "driver", "env_from", "mounts")
+    __slots__ = ("instance_id", "namespace", "service", "revision", "workload", "driver", "env_from", "mounts")
     class EnvFromEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -89,7 +89,7 @@ class Assignment(_message.Message):
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
-    SPEC_FIELD_NUMBER: _ClassVar[int]
+    WORKLOAD_FIELD_NUMBER: _ClassVar[int]
     DRIVER_FIELD_NUMBER: _ClassVar[int]
     ENV_FROM_FIELD_NUMBER: _ClassVar[int]
     MOUNTS_FIELD_NUMBER: _ClassVar[int]
@@ -97,11 +97,96 @@ class Assignment(_message.Message):
     namespace: str
     service: str
     revision: int
-    spec: _struct_pb2.Struct
+    workload: Workload
     driver: str
     env_from: _containers.ScalarMap[str, str]
     mounts: _containers.RepeatedCompositeFieldContainer[MountedFiles]
-    def __init__(self, instance_id: _Optional[str] = ..., namespace: _Optional[str] = ..., service: _Optional[str] = ..., revision: _Optional[int] = ..., spec: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., driver: _Optional[str] = ..., env_from: _Optional[_Mapping[str, str]] = ..., mounts: _Optional[_Iterable[_Union[MountedFiles, _Mapping]]] = ...) -> None: ...
+    def __init__(self, instance_id: _Optional[str] = ..., namespace: _Optional[str] = ..., service: _Optional[str] = ..., revision: _Optional[int] = ..., workload: _Optional[_Union[Workload, _Mapping]] = ..., driver: _Optional[str] = ..., env_from: _Optional[_Mapping[str, str]] = ..., mounts: _Optional[_Iterable[_Union[MountedFiles, _Mapping]]] = ...) -> None: ...
+
+class Workload(_message.Message):
+    __slots__ = ("image", "command", "args", "env", "port", "protocol", "cpu_millis", "memory_mib", "health_check", "restart_policy", "upstreams", "gateway")
+    class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    CPU_MILLIS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MIB_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_CHECK_FIELD_NUMBER: _ClassVar[int]
+    RESTART_POLICY_FIELD_NUMBER: _ClassVar[int]
+    UPSTREAMS_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    image: str
+    command: _containers.RepeatedScalarFieldContainer[str]
+    args: _containers.RepeatedScalarFieldContainer[str]
+    env: _containers.ScalarMap[str, str]
+    port: int
+    protocol: str
+    cpu_millis: int
+    memory_mib: int
+    health_check: HealthCheck
+    restart_policy: str
+    upstreams: _containers.RepeatedCompositeFieldContainer[Upstream]
+    gateway: bool
+    def __init__(self, image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., port: _Optional[int] = ..., protocol: _Optional[str] = ..., cpu_millis: _Optional[int] = ..., memory_mib: _Optional[int] = ..., health_check: _Optional[_Union[HealthCheck, _Mapping]] = ..., restart_policy: _Optional[str] = ..., upstreams: _Optional[_Iterable[_Union[Upstream, _Mapping]]] = ..., gateway: _Optional[bool] = ...) -> None: ...
+
+class HealthCheck(_message.Message):
+    __slots__ = ("http", "tcp", "grpc", "interval", "timeout", "initial_delay", "failure_threshold")
+    HTTP_FIELD_NUMBER: _ClassVar[int]
+    TCP_FIELD_NUMBER: _ClassVar[int]
+    GRPC_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_DELAY_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    http: HttpProbe
+    tcp: TcpProbe
+    grpc: GrpcProbe
+    interval: _duration_pb2.Duration
+    timeout: _duration_pb2.Duration
+    initial_delay: _duration_pb2.Duration
+    failure_threshold: int
+    def __init__(self, http: _Optional[_Union[HttpProbe, _Mapping]] = ..., tcp: _Optional[_Union[TcpProbe, _Mapping]] = ..., grpc: _Optional[_Union[GrpcProbe, _Mapping]] = ..., interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., initial_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., failure_threshold: _Optional[int] = ...) -> None: ...
+
+class HttpProbe(_message.Message):
+    __slots__ = ("path", "port")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    port: int
+    def __init__(self, path: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...
+
+class TcpProbe(_message.Message):
+    __slots__ = ("port",)
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    port: int
+    def __init__(self, port: _Optional[int] = ...) -> None: ...
+
+class GrpcProbe(_message.Message):
+    __slots__ = ("service", "port")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    port: int
+    def __init__(self, service: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...
+
+class Upstream(_message.Message):
+    __slots__ = ("namespace", "name", "port")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    name: str
+    port: int
+    def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...
 
 class MountedFiles(_message.Message):
     __slots__ = ("path", "files", "mode")
