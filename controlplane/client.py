@@ -16,7 +16,7 @@ import time
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2
@@ -39,8 +39,8 @@ from controlplane.api.flotilla.v1 import resources_pb2 as pb
 from controlplane.api.flotilla.v1 import resources_pb2_grpc as pb_grpc
 from controlplane.model import NODE_NAMESPACE, SERVICE_LABEL
 from controlplane.model.endpoints import SERVING
-from controlplane.model.resources import decode_spec
-from controlplane.model.specs import InstanceSpec, NodeSpec, Schema, ServiceSpec, Workload
+from controlplane.manifests.document import spec_of, typed_spec
+from controlplane.model.specs import InstanceSpec, NodeSpec, ServiceSpec, Workload
 
 DEFAULT_SERVER = "127.0.0.1:7300"
 
@@ -53,27 +53,9 @@ _ACTIONS = {
 }
 
 
-S = TypeVar("S", bound=Schema)
 
 #: One proxy as the xDS server sees it (what `flotilla proxy-status` shows).
 ProxyStatus = proxies_pb2.ProxyStatus
-
-
-def spec_of(doc: Mapping[str, Any]) -> Schema:
-    """A document's spec as its kind's model. The server redacts a Secret's
-    values: its keys are kept, with empty values."""
-    spec = doc.get("spec") or {}
-    if doc["kind"] == "Secret":
-        spec = {**spec, "data": dict.fromkeys(spec.get("data") or {}, "")}
-    return decode_spec(doc["kind"], spec)
-
-
-def typed_spec(doc: Mapping[str, Any], spec_type: type[S]) -> S:
-    """``spec_of(doc)`` as *spec_type*; a ``TypeError`` for a document of another kind."""
-    spec = spec_of(doc)
-    if not isinstance(spec, spec_type):
-        raise TypeError(f"a {doc['kind']} has no {spec_type.__name__}")
-    return spec
 
 
 @dataclass(frozen=True)
@@ -283,7 +265,8 @@ class Client:
         """Set a Service's replicas, retrying when someone else wrote it meanwhile."""
         for attempt in range(5):
             doc = self.get("Service", service, namespace)
-            doc["spec"]["replicas"] = replicas
+            scaled = typed_spec(doc, ServiceSpec).model_copy(update={"replicas": replicas})
+            doc = {**doc, "spec": scaled.to_dict()}
             try:
                 return self.apply([(doc, f"scale {service}")])[0]
             except errors.Conflict:

@@ -16,7 +16,9 @@ from controlplane import errors
 from controlplane.cli.main import DESCRIBE_MORE, OUTPUT, _emit, cli, client_of, out
 from controlplane.client import Client, ProxyStatus
 from controlplane.identity.ca import new_key_and_csr, spiffe_id
+from controlplane.manifests.document import spec_of, typed_spec
 from controlplane.model import Resource
+from controlplane.model.specs import CertificateSpec, IntentionSpec
 from controlplane.xds.intentions import DENY, Request, decide, matches, qualify, ranked
 from controlplane.model.proxy import PROXYLESS, SIDECAR, Proxy, proxy_metadata
 
@@ -168,7 +170,8 @@ def certs(ctx: click.Context, namespace: str | None, output: str) -> None:
     """The service certificates the mesh CA issued: identity, serial, expiry,
     node and instance (private keys never leave their nodes)."""
     found, _ = client_of(ctx).list("Certificate", namespace or "")
-    found.sort(key=lambda d: (d["spec"]["identity"], d["spec"]["notAfter"]))
+    specs = {id(d): typed_spec(d, CertificateSpec) for d in found}
+    found.sort(key=lambda d: (specs[id(d)].identity, specs[id(d)].not_after))
     if not found and output == "table":
         out.print("No certificates issued.")
         return
@@ -334,7 +337,7 @@ def check(ctx: click.Context, source: str, destination: str, namespace: str, pat
     settings = client.mesh_settings()
     found, _ = client.list("Intention", "")
     resources = [Resource(kind="Intention", name=d["metadata"]["name"],
-                          namespace=d["metadata"]["namespace"], spec=d["spec"]) for d in found]
+                          namespace=d["metadata"]["namespace"], spec=spec_of(d)) for d in found]
     request = None
     if path is not None or method is not None or headers:
         pairs = dict(h.partition("=")[::2] for h in headers)
@@ -354,7 +357,7 @@ def check(ctx: click.Context, source: str, destination: str, namespace: str, pat
 def affected_proxies(client: Client, doc: dict[str, Any]) -> None:
     """The sidecars an intention applies to, and whether they run it yet."""
     namespace = doc["metadata"]["namespace"]
-    destination = qualify(str(doc["spec"]["destination"]), namespace)
+    destination = qualify(typed_spec(doc, IntentionSpec).destination, namespace)
     version = int(doc["metadata"].get("resourceVersion", 0))
     proxies = [p for p in client.proxies()
                if p.kind == SIDECAR and matches(destination, (p.namespace, p.service))]

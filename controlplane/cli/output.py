@@ -15,7 +15,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from controlplane.client import spec_of
+from controlplane.manifests.document import spec_json, spec_of
 from controlplane.model import node_state_of
 from controlplane.model.specs import GatewaySpec, ServiceSpec
 
@@ -53,7 +53,7 @@ def _labels(labels: Mapping[str, str]) -> str:
 
 
 #: A column: its head, and its cell from the document and its decoded spec
-#: (the kind's model, see :func:`controlplane.client.spec_of`).
+#: (the kind's model, see :func:`controlplane.manifests.document.spec_of`).
 Column = tuple[str, Callable[[Doc, Any], str]]
 
 COLUMNS: dict[str, list[Column]] = {
@@ -175,7 +175,7 @@ def describe(doc: Doc, console: Console) -> None:
     for key, value in lines:
         console.print(f"[bold]{key + ':':<{width}}[/bold]{value}", highlight=False)
     console.print("[bold]Spec:[/bold]")
-    console.print(_indent(as_yaml(doc["spec"])), highlight=False, markup=False)
+    console.print(_indent(as_yaml(spec_json(doc))), highlight=False, markup=False)
     console.print("[bold]Status:[/bold]")
     status = doc.get("status")
     console.print(_indent(as_yaml(status)) if status else "  <none>", highlight=False,

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
+from controlplane.model.resources import decode_spec
 from controlplane.model.specs import Schema
 from controlplane.model.types import Int, Labels, Name
+
+S = TypeVar("S", bound=Schema)
 
 
 class Metadata(Schema):
@@ -29,3 +33,25 @@ class Document(Schema):
     spec: dict[str, Any] = {}
     #: Written by the system; ignored on input.
     status: dict[str, Any] | None = None
+
+
+def spec_json(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A document's spec as JSON, as the server sent it (empty when it has none)."""
+    return dict(doc.get("spec") or {})
+
+
+def spec_of(doc: Mapping[str, Any]) -> Schema:
+    """A document's spec as its kind's model. The server redacts a Secret's
+    values: its keys are kept, with empty values."""
+    spec = spec_json(doc)
+    if doc["kind"] == "Secret":
+        spec["data"] = dict.fromkeys(spec.get("data") or {}, "")
+    return decode_spec(doc["kind"], spec)
+
+
+def typed_spec(doc: Mapping[str, Any], spec_type: type[S]) -> S:
+    """``spec_of(doc)`` as *spec_type*; a ``TypeError`` for a document of another kind."""
+    spec = spec_of(doc)
+    if not isinstance(spec, spec_type):
+        raise TypeError(f"a {doc['kind']} has no {spec_type.__name__}")
+    return spec

@@ -4,6 +4,9 @@ Service's template, field for field."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from controlplane.controllers.replicas import template_of
@@ -108,3 +111,16 @@ def test_the_agent_is_sent_a_typed_workload_with_the_schemas_defaults() -> None:
                                                 failure_threshold=3)
     assert not workload_to_pb(_service(image="web:1").typed(ServiceSpec).workload(),
                               "default").HasField("health_check")
+
+
+def test_no_reader_outside_the_manifests_indexes_a_spec_by_key() -> None:
+    """Specs are read by attribute; only the manifest layer handles their JSON."""
+    root = Path(__file__).resolve().parents[2]
+    keyed = re.compile(r"spec\.get\(|spec\[")
+    found = [f"{path.relative_to(root)}:{number}: {line.strip()}"
+             for package in ("controlplane", "sidecar")
+             for path in sorted((root / package).rglob("*.py"))
+             if "manifests" not in path.parts and "api" not in path.parts
+             for number, line in enumerate(path.read_text().splitlines(), 1)
+             if keyed.search(line)]
+    assert found == []
