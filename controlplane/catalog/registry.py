@@ -1,12 +1,13 @@
 """The registry reconciler: the only writer of Flotilla's entries in Consul.
 
-One thread. Every serving instance (what EDS publishes) is an entry on one
+One thread, a :class:`~controlplane.store.follower.StoreFollower` behind the
+leadership gate like every loop that follows the store. Every serving instance (what EDS publishes) is an entry on one
 of Flotilla's catalog nodes with its check set to passing; the entry is
 deregistered when the instance stops serving or goes away. Changes go to
 Consul in transactions (up to 56 entries per round trip), so a burst of
 instances turning healthy reaches Consul's listing at hundreds per second.
 
-Two kinds of pass (:meth:`Registry.sync`):
+Two kinds of pass:
 
 - after a store change to Instances, Services or Nodes, an *incremental*
   pass applies the store's events to the desired entries (:class:`Wanted`),
@@ -26,14 +27,14 @@ full pass after it returns repairs whatever changed meanwhile.
 
 When Consul cannot be reached the pass stops, the error is logged once, and
 the next full pass comes after a backoff (doubling up to ``max_backoff``):
-nothing else in the control plane waits for Consul.
+nothing else in the control plane waits for Consul. While this replica does
+not lead, the registry writes nothing; when it becomes the leader it reads
+the store and Consul afresh (another leader may have written meanwhile).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -44,9 +45,11 @@ from controlplane.catalog.registrations import (
     plan,
     registration_of,
 )
-from controlplane.model import EventType
-from controlplane.errors import FlotillaError, OutOfRange, PermissionDenied
+from controlplane.errors import FlotillaError, PermissionDenied
+from controlplane.model import EventType, WatchEvent
+from controlplane.model.clock import SYSTEM_CLOCK, Clock
 from controlplane.store import Store
+from controlplane.store.follower import StoreFollower, always_open
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +80,13 @@ class Catalog(Protocol):
 
 class Registry:
     """Keeps the catalog's Flotilla entries equal to the store's serving
-    instances. ``start()``/``stop()`` run the loop; ``sync()`` runs one pass
-    (for tests, and only while the loop is not running: the registry's state
-    belongs to one thread)."""
+    instances while ``gate()`` says this replica leads. ``start()``/``stop()``
+    run its follower; ``sync()`` runs one pass (for tests, and only while
+    it is not started: the registry's state belongs to one thread)."""
 
     def __init__(self, store: Store, catalog: Catalog, *, period: float = 2.0,
-                 max_backoff: float = 4.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 max_backoff: float = 4.0, clock: Clock = SYSTEM_CLOCK,
+                 gate: Callable[[], bool] = always_open) -> None:
         self._store = store
         self._catalog = catalog
         self._period = period
@@ -91,68 +95,101 @@ class Registry:
         #: What the registry believes the catalog holds of Flotilla's, by
         #: entry ID; None until a full pass has read it (or after a failure).
         self._known: dict[str, CatalogEntry] | None = None
-        #: The entries wanted as of store version ``_seen``; None until a
-        #: full pass has read the store.
+        #: The entries wanted as of the follower's resume point; None until
+        #: the store was read.
         self._wanted: Wanted | None = None
-        self._seen = 0
         #: How many changes the last pass took from the store.
         self._changes = 0
+        #: When the next full pass is due (monotonic), and the backoff after
+        #: a failed pass (0 while Consul answers).
+        self._next_full = 0.0
+        self._backoff = 0.0
         #: The message of the failure that stopped the last pass, if any.
         self._failing = ""
         #: Entry ID -> why the catalog rejected it (logged once per reason).
         self._rejected: dict[str, str] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="catalog-registry", daemon=True)
+        #: A pass ``sync`` asks for: True full, False incremental, None by the clock.
+        self._forced: bool | None = None
+        self._last: SyncPlan = SyncPlan((), ())
+        self._follower = StoreFollower(
+            store, self, name="catalog-registry", gate=gate, clock=clock,
+            coalesce=lambda: COALESCE if self._changes >= BURST else 0.0,
+            idle=lambda: max(0.0, self._next_full - self._clock.monotonic()))
 
     def start(self) -> None:
         log.info("publishing serving instances to %s", self._catalog)
-        self._thread.start()
+        self._follower.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._store.wake()
-        self._thread.join(timeout=10)
+        self._follower.stop()
 
-    # --- the loop -----------------------------------------------------------------
+    def sync(self, *, full: bool = True) -> SyncPlan:
+        """One pass now: with ``full`` (or before the first full pass) read
+        the catalog, else trust what the registry last wrote. Returns what it
+        set out to change. Raises ``TemporaryError``, ``PermissionDenied`` or
+        ``UserError`` when Consul fails the pass; a single entry Consul
+        rejects is logged and skipped."""
+        self._forced = full
+        try:
+            self._follower.hand_on(self._store.resource_version)
+        finally:
+            self._forced = None
+        return self._last
 
-    def _loop(self) -> None:
-        next_full = 0.0
-        backoff = 0.0
-        while not self._stop.is_set():
-            head = self._store.wait(self._seen, max(0.0, next_full - self._clock()))
-            if self._stop.is_set():
+    # --- the follower's consumer ----------------------------------------------------
+
+    def resync(self, head: int) -> None:
+        """A fresh read of the store (first, after a gap in its history, and
+        whenever this replica becomes the leader): Consul is read afresh too."""
+        self._wanted = Wanted([r for kind in WATCHED_KINDS for r in self._store.list(kind)])
+        self._known = None
+        self._changes = 0
+        self._pass(None)
+
+    def changed(self, events: Sequence[WatchEvent], head: int) -> None:
+        assert self._wanted is not None
+        self._changes = len(events)
+        touched = self._wanted.apply((e.resource, e.type is EventType.DELETED)
+                                     for e in events if e.resource.kind in WATCHED_KINDS)
+        self._pass(touched)
+
+    def _pass(self, touched: set[str] | None) -> None:
+        """A pass of the entries ``touched`` (None: every one), or a full
+        pass when one is due; none while a failed one backs off."""
+        now = self._clock.monotonic()
+        if self._forced is None:
+            if self._known is None and now < self._next_full:
+                return  # backing off: the next full pass reads everything anyway
+            full = now >= self._next_full
+            if not (full or touched or self._rejected):
                 return
-            full = self._clock() >= next_full or self._known is None
-            if not (full or head > self._seen):
-                continue
-            if not full and self._changes >= BURST:
-                self._stop.wait(COALESCE)
-            began = self._clock()
-            try:
-                self.sync(full=full)
-            except FlotillaError as error:
-                backoff = min(max(backoff * 2, 0.5), self._max_backoff)
-                self._failed(error, backoff)
-                next_full = self._clock() + backoff
-                self._stop.wait(backoff)
-                continue
-            except Exception:  # a bug: keep publishing, the next full pass retries
-                log.exception("catalog pass failed")
-                self._known = None
-                self._stop.wait(1.0)
-                continue
-            backoff = 0.0
-            if self._failing:
-                log.info("%s answers again; catalog in sync", self._catalog)
-                self._failing = ""
-            if full:
-                # A full pass reads every entry: with many, space them out so
-                # they take at most a tenth of the time (within the period cap).
-                took = self._clock() - began
-                next_full = self._clock() + min(max(self._period, 10 * took), MAX_PERIOD)
+        else:
+            full = self._forced
+        try:
+            full = self._sync(touched, full)
+        except FlotillaError as error:
+            self._known = None  # the next pass reads the catalog again
+            if self._forced is not None:
+                raise
+            self._backoff = min(max(self._backoff * 2, 0.5), self._max_backoff)
+            self._failed(error, self._backoff)
+            self._next_full = self._clock.monotonic() + self._backoff
+            return
+        except Exception:
+            self._known = None  # a bug: the follower retries; read everything then
+            raise
+        self._backoff = 0.0
+        if self._failing:
+            log.info("%s answers again; catalog in sync", self._catalog)
+            self._failing = ""
+        if full:
+            # A full pass reads every entry: with many, space them out so
+            # they take at most a tenth of the time (within the period cap).
+            took = self._clock.monotonic() - now
+            self._next_full = self._clock.monotonic() + min(max(self._period, 10 * took),
+                                                            MAX_PERIOD)
 
     def _failed(self, error: FlotillaError, backoff: float) -> None:
-        self._known = None  # the next pass reads the catalog again
         message = str(error)
         if message != self._failing:
             level = logging.ERROR if isinstance(error, PermissionDenied) else logging.WARNING
@@ -163,13 +200,8 @@ class Registry:
 
     # --- one pass ---------------------------------------------------------------------
 
-    def sync(self, *, full: bool = True) -> SyncPlan:
-        """One pass: with ``full`` (or before the first full pass) read the
-        catalog, else trust what the registry last wrote. Returns what it
-        set out to change. Raises ``TemporaryError``, ``PermissionDenied`` or
-        ``UserError`` when Consul fails the pass; a single entry Consul
-        rejects is logged and skipped."""
-        touched = self._follow_store()
+    def _sync(self, touched: set[str] | None, full: bool) -> bool:
+        """One pass; returns whether it read the catalog (a full pass)."""
         wanted = self._wanted
         assert wanted is not None
         checks: Mapping[str, str] | None = None
@@ -187,36 +219,11 @@ class Registry:
             self._rejected = {k: why for k, why in self._rejected.items()
                               if k in wanted.entries}
         self._known = known = actual
-        try:
-            self._apply(todo, known)
-        except FlotillaError:
-            self._known = None
-            raise
+        self._apply(todo, known)
+        self._last = todo
         if todo:
             log.info("catalog: %s", _summary(todo))
-        return todo
-
-    def _follow_store(self) -> set[str] | None:
-        """Bring the wanted entries up to the store's head: from the events
-        since the last pass, or from a fresh read the first time (and when
-        the event history has a gap). Returns the entry IDs the events
-        touched (None after a fresh read: every entry)."""
-        if self._wanted is not None:
-            head = self._store.resource_version
-            try:
-                events = self._store.events(self._seen, until=head, limit=1_000_000)
-            except OutOfRange:
-                pass
-            else:
-                self._seen, self._changes = head, len(events)
-                return self._wanted.apply(
-                    (e.resource, e.type is EventType.DELETED) for e in events
-                    if e.resource.kind in WATCHED_KINDS)
-        # Read the version first: events after it may be applied again later,
-        # which leaves every object in its latest state all the same.
-        self._seen = self._store.resource_version
-        self._wanted = Wanted([r for kind in WATCHED_KINDS for r in self._store.list(kind)])
-        return None
+        return full
 
     def _apply(self, todo: SyncPlan, known: dict[str, CatalogEntry]) -> None:
         if not todo:

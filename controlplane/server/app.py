@@ -157,11 +157,12 @@ class ControlPlane:
         self.reconciler = Reconciler(self.store, proxies_synced=self.xds.all_synced,
                                      is_leader=self.leader.is_leader)
         # The catalog has one writer: the leader's registry.
-        self._catalog = (ConsulCatalog.from_url(config.catalog, config.catalog_token,
-                                                node=catalog_node(config.trust_domain),
-                                                node_address=_catalog_address(config.listen))
-                         if config.catalog else None)
-        self.registry: Registry | None = None
+        catalog = (ConsulCatalog.from_url(config.catalog, config.catalog_token,
+                                          node=catalog_node(config.trust_domain),
+                                          node_address=_catalog_address(config.listen))
+                   if config.catalog else None)
+        self.registry = (Registry(self.store, catalog, gate=self.leader.is_leader)
+                         if catalog is not None else None)
         self._leadership_lock = threading.Lock()
         self.issuer = Issuer(self.store, config.trust_domain,
                              datetime.timedelta(seconds=config.cert_ttl), mtls=config.mtls)
@@ -222,6 +223,8 @@ class ControlPlane:
         self.nodes.start(self.leader.is_leader)
         self.reconciler.start()
         self.registered.start()
+        if self.registry is not None:
+            self.registry.start()
         self._identity.start()
         for name in ("", *SERVICE_NAMES):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -234,18 +237,12 @@ class ControlPlane:
         return f"{host}:{self.port}"
 
     def _leadership(self, leader: bool) -> None:
-        """This replica became (or stopped being) the leader: the leader-only
-        parts that are not gated on ``is_leader`` start or stop, and the
-        health service ``flotilla.v1.Leader`` says which replica leads."""
+        """This replica became (or stopped being) the leader: the health
+        service ``flotilla.v1.Leader`` says which replica leads (every
+        leader-only loop is gated on ``is_leader`` itself)."""
         with self._leadership_lock:
             self._health.set(LEADER_SERVICE, health_pb2.HealthCheckResponse.SERVING if leader
                              else health_pb2.HealthCheckResponse.NOT_SERVING)
-            if leader and self.registry is None and self._catalog is not None:
-                self.registry = Registry(self.store, self._catalog)
-                self.registry.start()
-            elif not leader and self.registry is not None:
-                self.registry.stop()
-                self.registry = None
 
     def _agent_credentials(self) -> grpc.ServerCredentials:
         """The agent port's TLS: the control plane's own leaf, and client
@@ -290,6 +287,8 @@ class ControlPlane:
         self.nodes.stop()
         self.reconciler.stop()
         self.registered.stop()
+        if self.registry is not None:
+            self.registry.stop()
         self.leader.stop()
         self._leadership(False)
         if self.external is not None:

@@ -3,15 +3,16 @@
 A :class:`StoreFollower` runs one consumer on a thread of its own:
 
 - it waits for the store to move past its resume point (or for ``idle``
-  seconds, or a ``wake``), then lets a burst land (``coalesce`` seconds)
+  seconds, or a ``wake``), then lets a burst land (``coalesce`` seconds;
+  like ``idle``, a number or a function the consumer answers each round)
   before reading;
 - it hands the consumer the events since its resume point in one batch
   (``changed``); a resume point the store has compacted away (``OutOfRange``),
   or more than ``limit`` events at once, make it ``resync`` from a fresh read
   instead, as does a ``resync_every`` period when one is given;
-- behind a closed ``gate`` (a replica that is not the leader) it keeps its
-  resume point at the head without handing anything on, and resyncs when the
-  gate opens: leadership is decided in one place, the gate;
+- behind a closed ``gate`` (a replica that is not the leader) it hands
+  nothing on, and resyncs when the gate opens: leadership is decided in one
+  place, the gate;
 - when the consumer raises, the same range is handed on again after
   ``retry`` seconds (consumers are level-triggered: seeing a change twice is
   harmless); the error is logged, never lost silently.
@@ -49,7 +50,8 @@ def always_open() -> bool:
 
 class StoreFollower:
     def __init__(self, store: Store, consumer: Consumer, *, name: str,
-                 gate: Callable[[], bool] = always_open, coalesce: float = 0.0,
+                 gate: Callable[[], bool] = always_open,
+                 coalesce: float | Callable[[], float] = 0.0,
                  idle: float | Callable[[], float] = 1.0, limit: int = 100_000,
                  resync_every: float | None = None, retry: float = 1.0,
                  clock: Clock = SYSTEM_CLOCK) -> None:
@@ -82,14 +84,23 @@ class StoreFollower:
         idle = self._idle() if callable(self._idle) else self._idle
         if not self._gate():
             self.seen = None  # resync when the gate opens
-            self._clock.wait(self._stop, idle)
+            # An idle of 0 (a consumer with work due) still looks at the gate
+            # only every ``retry`` seconds.
+            self._clock.wait(self._stop, idle if idle > 0 else self._retry)
             return
         head = self._store.wait(self.seen or 0, idle)
         if self._stop.is_set():
             return
-        if self.seen is not None and head > self.seen and self._coalesce:
-            self._stop.wait(self._coalesce)
+        coalesce = self._coalesce() if callable(self._coalesce) else self._coalesce
+        if self.seen is not None and head > self.seen and coalesce:
+            self._stop.wait(coalesce)
             head = self._store.resource_version
+        self.hand_on(head)
+
+    def hand_on(self, head: int) -> None:
+        """Hand the consumer the store's changes up to ``head`` now, without
+        waiting: the events since the resume point, or a resync when one is
+        due (tests drive a consumer through it)."""
         due = (self._resync_every is not None
                and self._clock.monotonic() >= self._next_resync)
         if self.seen is None or due:

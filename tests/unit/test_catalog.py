@@ -6,6 +6,7 @@ transaction chunking and the adapter's errors."""
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,9 @@ from controlplane.catalog.registrations import (
 from controlplane.catalog.registry import Registry
 from controlplane.errors import PermissionDenied, TemporaryError, UserError
 from controlplane.model import Resource
+from controlplane.model.clock import FakeClock
 from controlplane.store import Store
+from tests.harness import eventually
 
 WEB = Resource(kind="Service", name="web", labels={"version": "v2"}, generation=3,
                spec={"port": 8080})
@@ -242,14 +245,6 @@ class FakeCatalog:
         return refused
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     store = Store(tmp_path / "flotilla.db")
@@ -305,7 +300,7 @@ def test_a_check_set_critical_behind_its_back_passes_again_on_the_next_full_pass
     catalog = FakeCatalog()
     reg = registry(store, catalog, clock)
     reg.sync(full=True)
-    clock.now += 60.0  # no keep-alive: nothing expires while nothing changes
+    clock.advance(60.0)  # no keep-alive: nothing expires while nothing changes
     assert not reg.sync(full=False) and not reg.sync(full=True)
     catalog.statuses["service:flotilla-default-web-a"] = "critical"
     assert not reg.sync(full=False)  # an incremental pass trusts what it wrote
@@ -436,3 +431,34 @@ def test_wanted_kept_one_change_at_a_time_equals_desired_from_scratch(
     # Whatever the later changes altered is among the entries they touched.
     assert {i for i in set(before) | set(kept.entries)
             if before.get(i) != kept.entries.get(i)} <= touched
+
+
+def test_only_the_leader_writes_and_a_new_leader_reads_consul_afresh(store: Store) -> None:
+    """The registry runs on every replica behind the leadership gate: a
+    follower writes nothing; once it leads it registers, and an entry another
+    leader left behind meanwhile is repaired on its first pass."""
+    catalog = FakeCatalog()
+    leading, asked = threading.Event(), threading.Semaphore(0)
+
+    def gate() -> bool:
+        asked.release()
+        return leading.is_set()
+
+    reg = Registry(store, catalog, period=0.1, gate=gate)
+    reg.start()
+    try:
+        for _ in range(2):  # the gate was looked at twice: nothing was written
+            assert asked.acquire(timeout=10)
+        assert catalog.calls == 0 and not catalog.entries
+        stale = CatalogEntry("flotilla-default-web-z", "web", "127.0.0.9", 1, ("flotilla",),
+                             {MANAGED: "true"})
+        catalog.entries[stale.id] = entry(stale)
+        leading.set()
+        eventually(lambda: set(catalog.entries) == {"flotilla-default-web-a",
+                                                    "flotilla-default-web-b"} or None,
+                   10.0, "the new leader's registrations")
+        store.write_status(instance("web-a").key, {"state": "unhealthy"})
+        eventually(lambda: set(catalog.entries) == {"flotilla-default-web-b"} or None,
+                   10.0, "web-a deregistered")
+    finally:
+        reg.stop()
