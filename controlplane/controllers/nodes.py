@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime
 import logging
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 from controlplane.errors import FieldViolation, InvalidRequest, NotFound, Unauthenticated
 from controlplane.model.types import check_dns_label, check_labels
 from controlplane.model import NODE_NAMESPACE, ObjectKey, Resource
+from controlplane.model.clock import SYSTEM_CLOCK, Clock
 from controlplane.model.specs import NodeSpec
 from controlplane.model.specs.system import NodeCapacity
 from controlplane.store import Store
@@ -35,17 +35,19 @@ from controlplane.store import Store
 HEARTBEAT = "heartbeat"
 
 
-def heartbeat_age(status: Mapping[str, Any]) -> float:
-    """Seconds since the heartbeat ``status`` records (huge without one)."""
-    return time.time() - float(status.get(HEARTBEAT) or 0)
+def heartbeat_age(status: Mapping[str, Any], now: float) -> float:
+    """Seconds from the heartbeat ``status`` records to ``now`` (wall clock;
+    huge without one)."""
+    return now - float(status.get(HEARTBEAT) or 0)
 
 
 def with_heartbeat(status: Mapping[str, Any], previous: Mapping[str, Any],
-                   period: float) -> dict[str, Any]:
-    """``status`` carrying a heartbeat: a fresh one when ``previous``'s is a
-    third of ``period`` old, else that one (so most heartbeats write nothing)."""
-    due = heartbeat_age(previous) >= period / 3
-    return {**status, HEARTBEAT: time.time() if due else float(previous[HEARTBEAT])}
+                   period: float, now: float) -> dict[str, Any]:
+    """``status`` carrying a heartbeat: a fresh one (``now``, wall clock) when
+    ``previous``'s is a third of ``period`` old, else that one (so most
+    heartbeats write nothing)."""
+    due = heartbeat_age(previous, now) >= period / 3
+    return {**status, HEARTBEAT: now if due else float(previous[HEARTBEAT])}
 
 
 log = logging.getLogger(__name__)
@@ -57,7 +59,7 @@ def node_key(name: str) -> ObjectKey:
 
 class NodeRegistry:
     def __init__(self, store: Store, grace: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic, *, shared: bool = False) -> None:
+                 clock: Clock = SYSTEM_CLOCK, *, shared: bool = False) -> None:
         self._store = store
         self.grace = grace
         self._clock = clock
@@ -67,7 +69,7 @@ class NodeRegistry:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # After a restart nobody has reported yet: every node gets a full grace.
-        now = clock()
+        now = clock.monotonic()
         for node in store.list("Node"):
             self._seen[node.name] = now
 
@@ -126,21 +128,21 @@ class NodeRegistry:
         if node is None:
             raise NotFound(f"node {name} has not joined; the agent joins first")
         with self._lock:
-            self._seen[name] = self._clock()
+            self._seen[name] = self._clock.monotonic()
         status: dict[str, Any] = {"state": "ready"}
         if self._shared:
-            status = with_heartbeat(status, node.status, self.grace)
+            status = with_heartbeat(status, node.status, self.grace, self._clock.time())
         if dict(node.status) != status:
             node = self._store.write_status(node.key, status) or node
         return node
 
     def sweep(self) -> list[str]:
         """Mark nodes that stopped reporting as down; returns their names."""
-        now = self._clock()
+        now, wall = self._clock.monotonic(), self._clock.time()
         downed = []
         for node in self._store.list("Node"):
             with self._lock:
-                if self._shared and heartbeat_age(node.status) < self.grace:
+                if self._shared and heartbeat_age(node.status, wall) < self.grace:
                     self._seen[node.name] = now  # it reported to another replica
                 seen = self._seen.setdefault(node.name, now)
             if node.status.get("state") != "down" and now - seen > self.grace:
@@ -174,7 +176,8 @@ class NodeRegistry:
         elif not current.revoked:
             spec = current.model_copy(update={
                 "revoked": True,
-                "revoked_at": datetime.datetime.now(datetime.timezone.utc).isoformat()})
+                "revoked_at": datetime.datetime.fromtimestamp(
+                    self._clock.time(), datetime.timezone.utc).isoformat()})
         if spec != current:
             self._store.apply([replace(node, spec=spec, resource_version=0)])
         found = self._store.get(node_key(name))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 
@@ -77,6 +76,7 @@ class Reconciler:
                  clock: Clock = SYSTEM_CLOCK) -> None:
         self._store = store
         self._proxies_synced = proxies_synced
+        self._clock = clock
         self._drain_timeout = drain_timeout
         #: Services with instances still draining.
         self._draining: set[ObjectKey] = set()
@@ -192,7 +192,7 @@ class Reconciler:
         to_drain = [i for i in doomed if i.typed(InstanceSpec).node in usable and available(i)]
         for instance in to_drain:
             spec = instance.typed(InstanceSpec).model_copy(
-                update={"draining": True, "draining_since": time.time()})
+                update={"draining": True, "draining_since": self._clock.time()})
             try:
                 self._store.apply([replace(instance, spec=spec)])
             except Conflict:
@@ -226,7 +226,7 @@ class Reconciler:
     def _drained(self, instance: Resource) -> bool:
         """Every proxy has ACKed a config without the instance (or it waited
         long enough, or its node is gone)."""
-        waited = time.time() - instance.typed(InstanceSpec).draining_since
+        waited = self._clock.time() - instance.typed(InstanceSpec).draining_since
         return waited >= self._drain_timeout or self._proxies_synced(instance.resource_version)
 
     def _touched(self, event: WatchEvent) -> set[ObjectKey]:

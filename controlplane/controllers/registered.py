@@ -35,7 +35,6 @@ import ipaddress
 import logging
 import random
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -49,6 +48,7 @@ from controlplane.errors import (
 from controlplane.model.types import check_dns_label, check_labels
 from controlplane.manifests.references import View
 from controlplane.model import DEFAULT_NAMESPACE, SERVICE_LABEL, ObjectKey, Resource, WatchEvent
+from controlplane.model.clock import SYSTEM_CLOCK, Clock
 from controlplane.model.endpoints import is_registered
 from controlplane.model.specs import InstanceSpec, ServiceSpec
 from controlplane.controllers.nodes import HEARTBEAT, heartbeat_age, with_heartbeat
@@ -186,7 +186,7 @@ class RegisteredInstances:
     """Registers, renews and removes registered instances; ``start()`` runs
     the reaper. ``clock`` measures TTLs (monotonic seconds)."""
 
-    def __init__(self, store: Store, *, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, store: Store, *, clock: Clock = SYSTEM_CLOCK,
                  rng: random.Random | None = None, interval: float = SWEEP_INTERVAL,
                  is_leader: Callable[[], bool] = always_leader, shared: bool = False) -> None:
         self._store = store
@@ -223,7 +223,7 @@ class RegisteredInstances:
 
     def _sweep_due(self) -> None:
         """Sweep at most every ``interval`` seconds, however busy the store is."""
-        now = self._clock()
+        now = self._clock.monotonic()
         if now >= self._next_sweep:
             self._next_sweep = now + self._interval
             self.sweep()
@@ -267,7 +267,7 @@ class RegisteredInstances:
         instance = registered_instance(request, name, ttl)
         instance = replace(instance, status=registered_status(instance))
         stored = self._store.apply([instance], admit=admit, with_status=True)[0].resource
-        self._hold(name, lease_of(stored, self._clock()))
+        self._hold(name, lease_of(stored, self._clock.monotonic()))
         return stored
 
     def heartbeat(self, name: str) -> None:
@@ -276,7 +276,7 @@ class RegisteredInstances:
         with self._lock:
             lease = self._leases.get(name)
             if lease is not None:
-                lease.seen = self._clock()
+                lease.seen = self._clock.monotonic()
         if lease is None and self._shared:
             lease = self._adopt(name)
         if lease is None:
@@ -286,7 +286,8 @@ class RegisteredInstances:
             self._forget([name], lease)  # deleted behind our back (flotilla delete)
             raise NotFound(_not_registered(name))
         if self._shared:
-            status = with_heartbeat(registered_status(instance), instance.status, lease.ttl)
+            status = with_heartbeat(registered_status(instance), instance.status, lease.ttl,
+                                    self._clock.time())
             if status != dict(instance.status):
                 self._store.write_status(instance.key, status)
 
@@ -308,7 +309,7 @@ class RegisteredInstances:
     def sweep(self) -> list[str]:
         """Delete every registered instance whose TTL ran out or whose
         Service is gone; returns their names."""
-        now = self._clock()
+        now = self._clock.monotonic()
         services = {(s.namespace, s.name) for s in self._store.list("Service")}
         if self._shared:
             self._follow_others(now)
@@ -337,7 +338,7 @@ class RegisteredInstances:
         """Take every registered instance from the store with a full TTL from
         now (after a restart, or on becoming the leader), and repair a status
         a crash left unwritten."""
-        now = self._clock()
+        now = self._clock.monotonic()
         found = [i for i in self._store.list("Instance") if is_registered(i)]
         with self._lock:
             self._leases.clear()
@@ -356,7 +357,7 @@ class RegisteredInstances:
         found = next((i for i in self._registered() if i.name == name), None)
         if found is None:
             return None
-        lease = lease_of(found, self._clock())
+        lease = lease_of(found, self._clock.monotonic())
         self._hold(name, lease)
         return lease
 
@@ -367,7 +368,7 @@ class RegisteredInstances:
             with self._lock:
                 lease = self._leases.get(instance.name)
                 if lease is not None:
-                    lease.seen = max(lease.seen, now - heartbeat_age(instance.status))
+                    lease.seen = max(lease.seen, now - heartbeat_age(instance.status, self._clock.time()))
             if lease is None:
                 self._hold(instance.name, lease_of(instance, now))
 

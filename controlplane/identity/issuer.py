@@ -40,6 +40,7 @@ from controlplane.model import (
     control_plane_spiffe_id,
     node_spiffe_id,
 )
+from controlplane.model.clock import SYSTEM_CLOCK, Clock
 from controlplane.model.specs import CertificateSpec, InstanceSpec
 from controlplane.store import Store
 
@@ -53,7 +54,7 @@ NODE_LABEL = "flotilla.dev/node"
 class Issuer:
     def __init__(self, store: Store, trust_domain: str,
                  leaf_ttl: datetime.timedelta = datetime.timedelta(hours=24),
-                 clock: Callable[[], float] = time.time, *, mtls: bool = False) -> None:
+                 clock: Clock = SYSTEM_CLOCK, *, mtls: bool = False) -> None:
         self._store = store
         #: Whether proxies serve the leaves (then rotation waits for them).
         self.mtls = mtls
@@ -75,7 +76,7 @@ class Issuer:
         self.ca = self._load_or_create(trust_domain)
 
     def _now(self) -> datetime.datetime:
-        return datetime.datetime.fromtimestamp(self._clock(), tz=datetime.timezone.utc)
+        return datetime.datetime.fromtimestamp(self._clock.time(), tz=datetime.timezone.utc)
 
     def reload(self) -> None:
         """Take the CA as stored when another replica changed it (a rotation)."""
@@ -252,8 +253,8 @@ class Issuer:
             held.append(record.key)
             doomed += held[:-KEEP_PER_INSTANCE]
             del held[:-KEEP_PER_INSTANCE]
-        if time.monotonic() >= self._next_sweep:  # expired records of gone instances
-            self._next_sweep = time.monotonic() + 60
+        if self._clock.monotonic() >= self._next_sweep:  # expired records of gone instances
+            self._next_sweep = self._clock.monotonic() + 60
             now = _rfc3339(self._now())
             expired = {c.key for c in self._store.list("Certificate")
                        if c.typed(CertificateSpec).not_after < now}

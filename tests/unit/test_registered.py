@@ -20,6 +20,7 @@ from controlplane.controllers.registered import (
 )
 from controlplane.errors import InvalidRequest, NotFound
 from controlplane.model import SERVICE_LABEL, ObjectKey, Resource
+from controlplane.model.clock import FakeClock
 from controlplane.model.specs import InstanceSpec
 from controlplane.store import Store
 from controlplane.xds.mesh import Endpoint, mesh_view
@@ -76,14 +77,6 @@ def test_durations_are_written_briefly(seconds: float, written: str) -> None:
 
 
 # --- registering, heartbeats, the reaper ----------------------------------------------
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 500.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -147,12 +140,12 @@ def test_heartbeats_keep_it_and_it_is_removed_after_its_ttl_without_them(
     leases = registered(store, clock)
     name = leases.register(request()).name
     for _ in range(5):  # 40 s of heartbeats every 8 s, TTL 10 s
-        clock.now += 8.0
+        clock.advance(8.0)
         leases.heartbeat(name)
         assert leases.sweep() == [] and len(instances(store)) == 1
-    clock.now += 10.0
+    clock.advance(10.0)
     assert leases.sweep() == []  # exactly the TTL: still there
-    clock.now += 0.1
+    clock.advance(0.1)
     assert leases.sweep() == [name] and instances(store) == []
     with pytest.raises(NotFound, match=f"instance {name} is not registered"):
         leases.heartbeat(name)
@@ -162,11 +155,11 @@ def test_registering_the_same_endpoint_again_renews_it(
         store: Store, clock: FakeClock) -> None:
     leases = registered(store, clock)
     first = leases.register(request())
-    clock.now += 9.0
+    clock.advance(9.0)
     again = leases.register(request(ttl=20.0, labels={"version": "v3"}))
     assert again.name == first.name and again.typed(InstanceSpec).ttl == 20.0
     assert again.labels["version"] == "v3" and again.status["reason"] == "registered, TTL 20s"
-    clock.now += 15.0
+    clock.advance(15.0)
     assert leases.sweep() == [] and len(instances(store)) == 1
     other = leases.register(request(port=9001))
     assert other.name != first.name and len(instances(store)) == 2
@@ -186,14 +179,14 @@ def test_deregister_removes_it_at_once(store: Store, clock: FakeClock) -> None:
 def test_after_a_restart_every_registration_gets_a_fresh_ttl(
         store: Store, clock: FakeClock) -> None:
     name = registered(store, clock).register(request()).name
-    clock.now += 60.0  # the server was down for a minute
+    clock.advance(60.0)  # the server was down for a minute
     restarted = registered(store, clock)
     assert restarted.sweep() == []
-    clock.now += 8.0
+    clock.advance(8.0)
     restarted.heartbeat(name)
-    clock.now += 8.0
+    clock.advance(8.0)
     assert restarted.sweep() == []
-    clock.now += 3.0
+    clock.advance(3.0)
     assert restarted.sweep() == [name]
 
 
