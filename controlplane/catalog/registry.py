@@ -50,6 +50,7 @@ from controlplane.model import EventType, WatchEvent
 from controlplane.model.clock import SYSTEM_CLOCK, Clock
 from controlplane.store import Store
 from controlplane.store.follower import StoreFollower, always_open
+from controlplane.store.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,10 @@ BURST = 5
 #: The longest time between two full passes, in seconds, however long they
 #: take: what Flotilla did not write is repaired within about this long.
 MAX_PERIOD = 5.0
+#: Backoff of an entry Consul rejected, in seconds: doubling from the base
+#: up to the cap for incremental passes (every full pass tries it too).
+RETRY_BASE = 0.5
+RETRY_MAX = 60.0
 
 
 class Catalog(Protocol):
@@ -108,6 +113,10 @@ class Registry:
         self._failing = ""
         #: Entry ID -> why the catalog rejected it (logged once per reason).
         self._rejected: dict[str, str] = {}
+        #: Rejected entries, each tried again by an incremental pass after
+        #: its own backoff (a full pass tries every entry).
+        self._retries: WorkQueue[str] = WorkQueue(clock=clock, base_delay=RETRY_BASE,
+                                                  max_delay=RETRY_MAX)
         #: A pass ``sync`` asks for: True full, False incremental, None by the clock.
         self._forced: bool | None = None
         self._last: SyncPlan = SyncPlan((), ())
@@ -157,16 +166,19 @@ class Registry:
         """A pass of the entries ``touched`` (None: every one), or a full
         pass when one is due; none while a failed one backs off."""
         now = self._clock.monotonic()
+        if self._forced is None and self._known is None and now < self._next_full:
+            return  # backing off: the next full pass reads everything anyway
+        due = set(self._retries.get_ready())
+        for entry_id in due:
+            self._retries.done(entry_id)
         if self._forced is None:
-            if self._known is None and now < self._next_full:
-                return  # backing off: the next full pass reads everything anyway
             full = now >= self._next_full
-            if not (full or touched or self._rejected):
+            if not (full or touched or due):
                 return
         else:
             full = self._forced
         try:
-            full = self._sync(touched, full)
+            full = self._sync(None if touched is None else touched | due, full)
         except FlotillaError as error:
             self._known = None  # the next pass reads the catalog again
             if self._forced is not None:
@@ -212,9 +224,8 @@ class Registry:
             checks = self._catalog.checks()
         else:
             actual = self._known
-        # Entries Consul rejected are tried again on every pass.
         todo = plan(wanted.entries, actual, checks,
-                    only=None if full or touched is None else touched | set(self._rejected))
+                    only=None if full or touched is None else touched)
         if full:
             self._rejected = {k: why for k, why in self._rejected.items()
                               if k in wanted.entries}
@@ -236,10 +247,14 @@ class Registry:
             why = refused.get(entry.id)
             if why is None:
                 self._rejected.pop(entry.id, None)
+                self._retries.forget(entry.id)
                 known[entry.id] = entry
-            elif self._rejected.get(entry.id) != why:  # this entry only: record and go on
-                log.warning("%s rejected %s (%s at %s:%d): %s; it stays unregistered",
-                            self._catalog, entry.id, entry.name, entry.address, entry.port, why)
+                continue
+            delay = self._retries.add_rate_limited(entry.id)  # this entry only: go on
+            if self._rejected.get(entry.id) != why:
+                log.warning("%s rejected %s (%s at %s:%d): %s; it stays unregistered, "
+                            "tried again in %.3gs", self._catalog, entry.id, entry.name,
+                            entry.address, entry.port, why, delay)
                 self._rejected[entry.id] = why
         for entry_id in todo.deregister:
             if entry_id in refused:

@@ -1,10 +1,10 @@
 """Controllers: level-triggered loops that converge stored intent with what
 runs. The store follower (:mod:`controlplane.store.follower`, gated on
 leadership) hands them changes; events only enqueue keys on a
-:mod:`workqueue`; ``reconcile(key)`` re-reads the store and acts
-idempotently, and a key that fails backs off alone. Only the leader runs them.
+:mod:`~controlplane.store.workqueue`; ``reconcile(key)`` re-reads the store
+and acts idempotently, and a key that fails backs off alone. Only the leader
+runs them.
 
-- :mod:`workqueue`: the keyed queue with per-key backoff and the error policy
 - :mod:`nodes`: node membership and liveness (the only writer of Node objects)
 - :mod:`replicas`: pure decisions: how many instances to create or remove
 - :mod:`reconciler`: the Service reconciler, the scheduler call and the plan

@@ -30,7 +30,7 @@ from controlplane.controllers.replicas import (
     gateway_desired,
     service_desired,
 )
-from controlplane.controllers.workqueue import WorkQueue, sync_one
+from controlplane.store.workqueue import WorkQueue, sync_one
 from controlplane.errors import Conflict
 from controlplane.manifests.sources import CONFIG_KINDS, sources_of, versions
 from controlplane.model import SERVICE_LABEL, ObjectKey, Resource, WatchEvent, node_state

@@ -339,8 +339,15 @@ def test_a_rejected_entry_is_skipped_and_the_others_registered(
     reg = registry(store, catalog, clock)
     reg.sync(full=True)
     assert set(catalog.entries) == {"flotilla-default-web-b"}
-    catalog.rejected = set()
+    assert not reg.sync(full=False)  # it backs off alone: 0.5 s...
+    clock.advance(0.5)
     assert [r.id for r in reg.sync(full=False).register] == ["flotilla-default-web-a"]
+    clock.advance(0.5)
+    assert not reg.sync(full=False)  # ...then, rejected again, 1 s
+    catalog.rejected = set()
+    clock.advance(0.5)
+    assert [r.id for r in reg.sync(full=False).register] == ["flotilla-default-web-a"]
+    assert set(catalog.entries) == {"flotilla-default-web-a", "flotilla-default-web-b"}
 
 
 # --- --catalog and the adapter's errors -------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controlplane.controllers.workqueue import WorkQueue, process_next, sync_one
+from controlplane.store.workqueue import WorkQueue, process_next, sync_one
 from controlplane.errors import PermanentError, TemporaryError
 from controlplane.model.clock import FakeClock
 
