@@ -16,6 +16,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from controlplane.model.specs.service import ResourceLimits, WorkloadFields
+
+#: A Service's defaults, for a workload built without them (tests, benchmarks):
+#: the agent's own come filled in from the control plane.
+_RESOURCES = ResourceLimits()
+_PROTOCOL: str = WorkloadFields.model_fields["protocol"].default
+
 
 class DriverError(Exception):
     """The runtime refused or failed; the message says what to fix."""
@@ -100,9 +107,9 @@ class Workload:
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     #: The app's port inside the instance, or None for no listener.
     port: int | None = None
-    protocol: str = "http"
-    cpu_millis: int = 100
-    memory_mib: int = 128
+    protocol: str = _PROTOCOL
+    cpu_millis: int = _RESOURCES.cpu
+    memory_mib: int = _RESOURCES.memory
     #: Restarts so far; the runtime keeps it with the workload so that an
     #: agent restarted on the node continues the count.
     restarts: int = 0
