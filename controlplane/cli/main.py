@@ -134,18 +134,20 @@ def read_manifests(paths: Sequence[str], recursive: bool) -> list[tuple[Any, str
     return docs
 
 
-def _texts(path: str, recursive: bool) -> Iterator[tuple[str, str]]:
+def _texts(path: str, recursive: bool) -> Iterator[tuple[str, bytes]]:
+    """Each manifest file's bytes (decoded by the loader: invalid UTF-8 is
+    a manifest error naming the line, not a crash)."""
     if path == "-":
-        yield "<stdin>", sys.stdin.read()
+        yield "<stdin>", sys.stdin.buffer.read()
         return
     target = Path(path)
     if target.is_dir():
         pattern = "**/*" if recursive else "*"
         for child in sorted(target.glob(pattern)):
             if child.is_file() and child.suffix in MANIFEST_SUFFIXES:
-                yield str(child), child.read_text()
+                yield str(child), child.read_bytes()
     elif target.is_file():
-        yield str(target), target.read_text()
+        yield str(target), target.read_bytes()
     else:
         raise errors.InvalidManifest(
             [errors.FieldViolation("", f"{path}: no such file or directory")]

@@ -15,11 +15,11 @@ import typing
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from controlplane.errors import FieldViolation, InvalidManifest
 from controlplane.manifests.document import Document
+from controlplane.manifests.loader import ManifestError, load_all
 from controlplane.model.specs import NOT_SUPPORTED, NOT_SUPPORTED_VALUES, SPEC_SCHEMAS, Schema
 from controlplane.model.types import FieldError
 from controlplane.model import API_VERSION, KINDS, SYSTEM_KINDS, Resource
@@ -48,21 +48,17 @@ def resolve_kind(name: str, *, system: bool = False) -> str | None:
     return found
 
 
-def parse_yaml(text: str, source: str) -> list[tuple[Any, str]]:
+def parse_yaml(text: str | bytes, source: str) -> list[tuple[Any, str]]:
     """Split a (multi-document) YAML text into ``(document, "source#n")`` pairs.
 
-    Empty documents are skipped (but counted). A syntax error is an :class:`InvalidManifest`
-    naming the line and column.
+    Empty documents are skipped (but counted). A syntax error, or what
+    :mod:`loader` refuses, is an :class:`InvalidManifest` naming the line
+    and column.
     """
     try:
-        loaded = list(yaml.safe_load_all(text))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise InvalidManifest(
-            [FieldViolation("", f"YAML syntax error at {where}{problem}", source)]
-        ) from None
+        loaded = load_all(text)
+    except ManifestError as error:
+        raise InvalidManifest([FieldViolation("", str(error), source)]) from None
     if len(loaded) == 1:
         return [] if loaded[0] is None else [(loaded[0], source)]
     # Numbered by position in the file (empty documents count), so "#3" is

@@ -224,6 +224,22 @@ def test_yaml_syntax_error_names_the_line(seeded: ServerProcess, tmp_path: Path)
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(("text", "words"), [
+    (b"metadata: {name: x}\nkind: Service\nkind: ConfigMap\n", "key 'kind' is given twice"),
+    (b"kind: ConfigMap\nspec: {data: {k: \xff}}\n", "is not UTF-8 text"),
+    (b"kind: ConfigMap\nspec: {data: {k: !!binary aGk=}}\n", "binary is not supported"),
+    (b"a: " + b"[" * 50_000 + b"]" * 50_000 + b"\n", "levels deep"),
+], ids=["duplicate-key", "not-utf8", "binary", "deep"])
+def test_files_the_loader_refuses_are_errors_not_crashes(
+        seeded: ServerProcess, tmp_path: Path, text: bytes, words: str) -> None:
+    manifest = tmp_path / "odd.yaml"
+    manifest.write_bytes(text)
+    result = run_cli("apply", "-f", str(manifest), server=seeded)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "odd.yaml" in result.stderr and words in result.stderr, result.stderr
+
+
 def test_same_object_twice_in_one_apply(seeded: ServerProcess, tmp_path: Path) -> None:
     manifest = tmp_path / "twice.yaml"
     manifest.write_text(yaml.safe_dump_all([INNOCENT, INNOCENT]))
