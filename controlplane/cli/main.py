@@ -17,6 +17,7 @@ from controlplane import __version__, errors
 from controlplane.cli import output
 from controlplane.client import DEFAULT_SERVER, Client, Rollout, ServerUnavailable, SyncState
 from controlplane.manifests import parse_yaml, resolve_kind, to_resources
+from controlplane.model.limits import DEFAULT_MAX_REPLICAS, HARD_MAX_REPLICAS
 from controlplane.model.durations import parse_duration
 from controlplane.model import KINDS, NODE_NAMESPACE, SERVICE_LABEL, SYSTEM_KINDS
 
@@ -399,10 +400,13 @@ def delete(ctx: click.Context, kind: str | None, names: tuple[str, ...],
               help="The Consul ACL token for --store (env FLOTILLA_STORE_TOKEN).")
 @click.option("--catalog-token", envvar="CONSUL_HTTP_TOKEN", default="", show_default=False,
               help="The Consul ACL token for --catalog (env CONSUL_HTTP_TOKEN).")
+@click.option("--max-replicas", type=click.IntRange(min=1, max=HARD_MAX_REPLICAS),
+              default=DEFAULT_MAX_REPLICAS, show_default=True,
+              help="The most replicas one Service or Gateway may ask for.")
 def server(listen: str, agent_listen: str, data_dir: Path | None, durable: bool,
            node_grace: float, trust_domain: str, cert_ttl: float, mtls: bool,
            default_intention: str, store_url: str, store_token: str, catalog: str,
-           catalog_token: str) -> None:
+           catalog_token: str, max_replicas: int) -> None:
     """Run the control plane."""
     from controlplane.server.app import ServerConfig, run
 
@@ -411,7 +415,8 @@ def server(listen: str, agent_listen: str, data_dir: Path | None, durable: bool,
                      agent_listen=agent_listen, durable=durable, node_grace=node_grace,
                      trust_domain=trust_domain, cert_ttl=cert_ttl, mtls=mtls,
                      default_intention=default_intention, catalog=catalog,
-                     catalog_token=catalog_token, store=store_url, store_token=store_token))
+                     catalog_token=catalog_token, store=store_url, store_token=store_token,
+                     max_replicas=max_replicas))
 
 
 def _trust_domain(value: str) -> str:

@@ -105,6 +105,10 @@ Int = Annotated[int, BeforeValidator(strict_int)]
 NonNegativeInt = Annotated[int, BeforeValidator(strict_int), Field(ge=0)]
 PositiveInt = Annotated[int, BeforeValidator(strict_int), Field(ge=1)]
 Port = Annotated[int, BeforeValidator(strict_int), Field(ge=1, le=65535)]
+#: The most replicas any server allows one Service or Gateway (a server's
+#: own bound, ``--max-replicas``, is lower: :mod:`controlplane.model.limits`).
+HARD_MAX_REPLICAS = 100_000
+Replicas = Annotated[int, BeforeValidator(strict_int), Field(ge=0, le=HARD_MAX_REPLICAS)]
 Percent = Annotated[int, BeforeValidator(strict_int), Field(ge=0, le=100)]
 Name = Annotated[str, AfterValidator(check_dns_label)]
 Labels = Annotated[dict[str, str], AfterValidator(check_labels)]

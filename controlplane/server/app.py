@@ -37,6 +37,7 @@ from controlplane.api.flotilla.v1 import (
 )
 from controlplane.errors import UserError
 from controlplane.model.external import external_name
+from controlplane.model.limits import DEFAULT_MAX_REPLICAS
 from controlplane.catalog.consul import ConsulCatalog
 from controlplane.catalog.external import ExternalWatcher
 from controlplane.catalog.registrations import catalog_node
@@ -128,6 +129,8 @@ class ServerConfig:
     store: str = ""
     #: The ACL token for ``store`` ("" for none).
     store_token: str = ""
+    #: The most replicas one Service or Gateway may ask for.
+    max_replicas: int = DEFAULT_MAX_REPLICAS
 
 
 class ControlPlane:
@@ -149,7 +152,8 @@ class ControlPlane:
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers),
                                    options=SERVER_OPTIONS)
         self._health = health.HealthServicer()
-        self._resources = ResourceServicer(self.store, catalog=bool(config.catalog))
+        self._resources = ResourceServicer(self.store, catalog=bool(config.catalog),
+                                           max_replicas=config.max_replicas)
         resources_pb2_grpc.add_ResourceServiceServicer_to_server(self._resources, self._server)
         self.nodes = NodeRegistry(self.store, grace=config.node_grace,
                                   shared=replicated is not None)

@@ -14,6 +14,7 @@ from controlplane.manifests import check_batch, resolve_kind, to_resources
 from controlplane.manifests.references import View
 from controlplane.model import DEFAULT_NAMESPACE, KINDS, EventType, ObjectKey, Resource, WatchEvent
 from controlplane.model.external import external_name
+from controlplane.model.limits import DEFAULT_MAX_REPLICAS, replicas_of
 from controlplane import convert
 from controlplane.server.status import abort
 from controlplane.store import Store
@@ -39,9 +40,11 @@ class ResourceServicer(pb_grpc.ResourceServiceServicer):
     """``catalog``: the server follows a Consul catalog, so external Services
     (``spec.external``) can have endpoints; without one they are refused."""
 
-    def __init__(self, store: Store, *, catalog: bool = False) -> None:
+    def __init__(self, store: Store, *, catalog: bool = False,
+                 max_replicas: int = DEFAULT_MAX_REPLICAS) -> None:
         self._store = store
         self._catalog = catalog
+        self._max_replicas = max_replicas
         self._stopping = threading.Event()
 
     def shutdown(self) -> None:
@@ -62,7 +65,8 @@ class ResourceServicer(pb_grpc.ResourceServiceServicer):
                 for r, (_, src) in zip(batch, docs, strict=True)
             }
             outcomes = self._store.apply(
-                batch, dry_run=request.dry_run, admit=_admission(labels, self._catalog)
+                batch, dry_run=request.dry_run,
+                admit=_admission(labels, self._catalog, self._max_replicas)
             )
         except UserError as error:
             abort(context, error)
@@ -155,10 +159,17 @@ def watch(
             store.wait(after, WATCH_POLL_SECONDS)
 
 
-def _admission(sources: dict[ObjectKey, str], catalog: bool
+def _admission(sources: dict[ObjectKey, str], catalog: bool, max_replicas: int
                ) -> Callable[[Sequence[Resource], View], None]:
     def admit(batch: Sequence[Resource], view: View) -> None:
         problems = check_batch(batch, view, sources)
+        problems += [
+            FieldViolation("spec.replicas", f"{wanted:,} replicas is more than this server "
+                           f"allows ({max_replicas:,}); ask for fewer, or start `flotilla "
+                           "server` with a higher --max-replicas",
+                           sources.get(r.key) or str(r.key))
+            for r in batch if (wanted := replicas_of(r)) > max_replicas
+        ]
         if not catalog:
             problems += [
                 FieldViolation("spec.external", "an external Service follows Consul, and "

@@ -35,6 +35,11 @@ ROUTE = [{"service": "backend"}]
 # (id, bad document, field path expected, words of the message expected)
 CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("negative-replicas", svc(replicas=-1), "spec.replicas", "must be >= 0, got -1"),
+    ("a-million-replicas", svc(replicas=1_000_000), "spec.replicas",
+     "must be <= 100000, got 1000000"),
+    ("more-replicas-than-the-server-allows", svc(replicas=10_001), "spec.replicas",
+     "10,001 replicas is more than this server allows (10,000); ask for fewer, or start "
+     "`flotilla server` with a higher --max-replicas"),
     ("unknown-field", svc(replica=3), "spec.replica", "did you mean 'replicas'"),
     ("wrong-type", svc(port="8080"), "spec.port", "must be an integer, got string '8080'"),
     ("bad-name", svc(name="My_App"), "metadata.name", "e.g. 'my-app'"),
@@ -256,3 +261,12 @@ def test_every_problem_is_reported_at_once(client: Client) -> None:
     assert paths == ["spec.port", "spec.protocol", "spec.replicas"]
     as_json = json.dumps([str(v) for v in caught.value.violations])
     assert "must be >= 1, got 0" in as_json
+
+
+def test_scaling_past_the_servers_bound_is_refused(client: Client) -> None:
+    before = snapshot(client)
+    with pytest.raises(errors.InvalidManifest) as caught:
+        client.scale("db", 10_001)
+    [violation] = caught.value.violations
+    assert violation.path == "spec.replicas" and "--max-replicas" in violation.message
+    assert snapshot(client) == before

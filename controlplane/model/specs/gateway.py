@@ -12,7 +12,7 @@ from controlplane.model.specs.common import (
     Schema,
     not_supported_yet,
 )
-from controlplane.model.types import AbsPath, FieldError, Name, Port, PositiveInt
+from controlplane.model.types import AbsPath, FieldError, Name, Port, Replicas
 
 
 class GatewayRoute(Schema):
@@ -63,7 +63,7 @@ class Listener(Schema):
 
 class GatewaySpec(Schema):
     listeners: Annotated[list[Listener], Field(min_length=1)]
-    replicas: PositiveInt = 1
+    replicas: Annotated[Replicas, Field(ge=1)] = 1
     placement: PlacementSpec = PlacementSpec()
 
     @model_validator(mode="after")

@@ -25,6 +25,7 @@ from controlplane.model.types import (
     NonNegativeInt,
     Port,
     PositiveInt,
+    Replicas,
 )
 from controlplane.model.types import is_consul_name, is_server_name
 
@@ -212,7 +213,7 @@ class Workload(WorkloadFields):
 
 
 class ServiceSpec(WorkloadFields):
-    replicas: NonNegativeInt | None = None
+    replicas: Replicas | None = None
     placement: PlacementSpec = PlacementSpec()
     update: UpdateStrategy = UpdateStrategy()
     autoscaling: Autoscaling | None = not_supported_yet(

@@ -1,0 +1,24 @@
+"""Bounds on what one object may ask for, so that one apply cannot take the
+server down (a million replicas is a million Instance objects)."""
+
+from __future__ import annotations
+
+from controlplane.model.resources import Resource
+from controlplane.model.specs import GatewaySpec, ServiceSpec
+from controlplane.model.types import HARD_MAX_REPLICAS
+
+__all__ = ["DEFAULT_MAX_REPLICAS", "HARD_MAX_REPLICAS", "replicas_of"]
+
+#: The most replicas one Service or Gateway may ask for, unless the server
+#: is started with another ``--max-replicas`` (at most HARD_MAX_REPLICAS,
+#: the schema's bound).
+DEFAULT_MAX_REPLICAS = 10_000
+
+
+def replicas_of(resource: Resource) -> int:
+    """How many instances ``resource`` asks for (0 for kinds that run none)."""
+    if isinstance(resource.spec, ServiceSpec):
+        return resource.spec.desired_replicas
+    if isinstance(resource.spec, GatewaySpec):
+        return resource.spec.replicas
+    return 0
