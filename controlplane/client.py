@@ -440,7 +440,7 @@ class Client:
             # The server cancels calls in flight when it shuts down; nothing
             # was stored, and retrying against a live server is safe.
             return ServerUnavailable(self.address, "the call was cancelled (server shutting down?)")
-        found = errors.user_error(code.name, detail, _violations(error))
+        found = errors.user_error(code.name, detail, *_violations(error))
         return found or errors.FlotillaError(f"{code.name}: {detail}")
 
 
@@ -540,9 +540,12 @@ def _short(detail: str) -> str:
     return detail.splitlines()[0] if detail else ""
 
 
-def _violations(error: grpc.RpcError) -> list[errors.FieldViolation]:
+def _violations(error: grpc.RpcError) -> tuple[list[errors.FieldViolation], int]:
+    """The field violations of a status's details, and how many more the
+    server found but cut (its ``ErrorInfo`` says)."""
     status = rpc_status.from_call(error)
     out: list[errors.FieldViolation] = []
+    more = 0
     for detail in status.details if status is not None else []:
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             request = error_details_pb2.BadRequest()
@@ -550,4 +553,9 @@ def _violations(error: grpc.RpcError) -> list[errors.FieldViolation]:
             for v in request.field_violations:
                 source, sep, path = v.field.rpartition(": ")
                 out.append(errors.FieldViolation(path if sep else v.field, v.description, source))
-    return out
+        elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            if info.reason == errors.MORE_VIOLATIONS and info.metadata.get("more", "").isdigit():
+                more = int(info.metadata["more"])
+    return out, more

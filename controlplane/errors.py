@@ -59,11 +59,18 @@ class InvalidManifest(UserError):
     #: How the message starts.
     summary = "invalid manifest, nothing was applied"
 
-    def __init__(self, violations: list[FieldViolation]) -> None:
+    def __init__(self, violations: list[FieldViolation], more: int = 0) -> None:
+        """``more``: problems found beyond ``violations`` and not listed (an
+        error too long to send is cut)."""
         self.violations = list(violations)
-        count = len(self.violations)
+        self.more = more
+        count = len(self.violations) + more
         head = "1 problem" if count == 1 else f"{count} problems"
+        if more:
+            head += f", the first {len(self.violations)} shown"
         lines = "\n".join(f"  {v}" for v in self.violations)
+        if more:
+            lines += f"\n  ... and {more} more: fix these and apply again to see them"
         super().__init__(f"{self.summary} ({head}):\n{lines}")
 
 
@@ -106,18 +113,24 @@ USER_ERRORS_BY_CODE: dict[str, type[UserError]] = {
 }
 
 
-def user_error(code: str, message: str,
-               violations: list[FieldViolation] | None = None) -> UserError | None:
-    """The user error a gRPC status (its code's name, its message and the
-    field violations of its details) carries back; None when the code is not
-    a user error's."""
+#: The reason of the ``google.rpc.ErrorInfo`` detail that says how many
+#: field violations a status left out (``metadata["more"]``).
+MORE_VIOLATIONS = "MORE_VIOLATIONS"
+ERROR_DOMAIN = "flotilla.dev"
+
+
+def user_error(code: str, message: str, violations: list[FieldViolation] | None = None,
+               more: int = 0) -> UserError | None:
+    """The user error a gRPC status (its code's name, its message, and the
+    field violations of its details with how many more were cut) carries
+    back; None when the code is not a user error's."""
     kind = USER_ERRORS_BY_CODE.get(code)
     if kind is None:
         return None
     if issubclass(kind, InvalidManifest):
         if message.startswith(InvalidRequest.summary):
             kind = InvalidRequest
-        return kind(violations or [FieldViolation("", message)])
+        return kind(violations or [FieldViolation("", message)], more)
     return kind(message)
 
 

@@ -270,3 +270,29 @@ def test_scaling_past_the_servers_bound_is_refused(client: Client) -> None:
     [violation] = caught.value.violations
     assert violation.path == "spec.replicas" and "--max-replicas" in violation.message
     assert snapshot(client) == before
+
+
+def test_more_problems_than_the_trailers_hold_are_cut_with_a_count(client: Client) -> None:
+    """gRPC drops a status whose trailers pass 16 KiB: a thousand bad documents
+    get their first problems and how many more, not RESOURCE_EXHAUSTED."""
+    before = snapshot(client)
+    docs = [(svc(f"s{i}", replica=3), f"many.yaml#{i}") for i in range(1, 1001)]
+    with pytest.raises(errors.InvalidManifest) as caught:
+        client.apply(docs)
+    shown = caught.value.violations
+    assert 10 <= len(shown) < 1000 and caught.value.more == 1000 - len(shown)
+    assert all(v.path == "spec.replica" and "did you mean 'replicas'" in v.message
+               for v in shown)
+    message = str(caught.value)
+    assert message.startswith(
+        f"invalid manifest, nothing was applied (1000 problems, the first {len(shown)} shown)")
+    assert message.endswith(f"... and {1000 - len(shown)} more: fix these and apply again "
+                            "to see them")
+    assert snapshot(client) == before
+
+
+def test_a_huge_unknown_field_is_quoted_clipped(client: Client) -> None:
+    with pytest.raises(errors.InvalidManifest) as caught:
+        client.apply([(svc(**{"x" * 100_000: 1}), "huge.yaml")])
+    [violation] = caught.value.violations
+    assert violation.message.startswith("unknown field") and len(violation.path) < 400
