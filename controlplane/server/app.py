@@ -48,6 +48,7 @@ from controlplane.controllers.registered import RegisteredInstances
 from controlplane.identity.issuer import Issuer
 from controlplane.identity.tokens import JoinTokens
 from controlplane.server.agents import AgentServicer
+from controlplane.server.wellformed import WellFormed
 from controlplane.server.cluster import InstanceServicer, NodeServicer
 from controlplane.server.identity import IdentityServicer
 from controlplane.server.resources import ResourceServicer
@@ -150,7 +151,7 @@ class ControlPlane:
             ConsulLeader(replicated.client, replicated.prefix, config.listen,
                          on_change=self._leadership) if replicated is not None else Solo())
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers),
-                                   options=SERVER_OPTIONS)
+                                   options=SERVER_OPTIONS, interceptors=[WellFormed()])
         self._health = health.HealthServicer()
         self._resources = ResourceServicer(self.store, catalog=bool(config.catalog),
                                            max_replicas=config.max_replicas)
