@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 from controlplane.model.resources import decode_spec
 from controlplane.model.specs import Schema
-from controlplane.model.types import Int, Labels, Name
+from controlplane.model.types import Annotations, Int, Labels, Name
 
 S = TypeVar("S", bound=Schema)
 
@@ -16,7 +16,7 @@ class Metadata(Schema):
     name: Name
     namespace: Name = "default"
     labels: Labels = {}
-    annotations: dict[str, str] = {}
+    annotations: Annotations = {}
     #: A precondition on apply; the server's value on output.
     resource_version: Int | None = None
     # Output-only fields, accepted so that `get -o yaml` output can be reapplied.

@@ -102,6 +102,10 @@ def to_resource(doc: Any, source: str = "") -> Resource:
             [FieldViolation("", f"a manifest must be a mapping, got {_describe(doc)}", source)]
         )
     label = _label(doc, source)
+    nul = [FieldViolation(path, "contains a NUL character (\\0); remove it", label)
+           for path in _nul_paths(doc, "")]
+    if nul:
+        raise InvalidManifest(nul)
     try:
         envelope = Document.model_validate(doc)
     except ValidationError as exc:
@@ -146,6 +150,24 @@ def to_resource(doc: Any, source: str = "") -> Resource:
         annotations=dict(meta.annotations),
         resource_version=meta.resource_version or 0,
     )
+
+
+def _nul_paths(value: Any, path: str) -> Iterator[str]:
+    """The field paths of every string (key or value) holding a NUL: no
+    process, file name or header can carry one."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            yield path or "(document)"
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and "\x00" in key:
+                yield where
+            else:
+                yield from _nul_paths(item, where)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _nul_paths(item, f"{path}[{i}]")
 
 
 def not_supported(model: BaseModel, path: str) -> Iterator[tuple[str, str]]:

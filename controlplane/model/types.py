@@ -39,16 +39,16 @@ def check_dns_label(value: str) -> str:
     return value
 
 
-def check_label_key(key: str) -> str:
+def check_label_key(key: str, what: str = "label") -> str:
     prefix, _, name = key.rpartition("/")
     if prefix and (len(prefix) > 253 or not DNS_SUBDOMAIN.match(prefix)):
         raise ValueError(
-            f"label key {key!r}: the prefix before '/' must be a DNS subdomain "
+            f"{what} key {key!r}: the prefix before '/' must be a DNS subdomain "
             "like 'example.com'"
         )
     if not name or len(name) > 63 or not LABEL_NAME.match(name):
         raise ValueError(
-            f"label key {key!r} is not valid: use at most 63 letters, digits, "
+            f"{what} key {key!r} is not valid: use at most 63 letters, digits, "
             "'-', '_' or '.', starting and ending with a letter or digit "
             "(optionally prefixed by a DNS subdomain and '/')"
         )
@@ -71,9 +71,27 @@ def check_labels(labels: dict[str, str]) -> dict[str, str]:
     return labels
 
 
+#: The longest duration a manifest may give (30 days): a timeout or an
+#: interval beyond it is a typo, and Envoy's own bound is far below a float's.
+MAX_DURATION_SECONDS = 30 * 24 * 3600.0
+#: The most bytes a resource's annotations (keys and values) may hold, as in Kubernetes.
+MAX_ANNOTATION_BYTES = 256 * 1024
+
+
 def check_duration(value: str) -> str:
-    parse_duration(value)
+    if parse_duration(value) > MAX_DURATION_SECONDS:
+        raise ValueError(f"{value!r} is longer than 30 days (720h); use a shorter duration")
     return value
+
+
+def check_annotations(annotations: dict[str, str]) -> dict[str, str]:
+    for key in annotations:
+        check_label_key(key, "annotation")
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in annotations.items())
+    if size > MAX_ANNOTATION_BYTES:
+        raise ValueError(f"annotations hold {size:,} bytes, more than {MAX_ANNOTATION_BYTES:,}; "
+                         "keep large data in a ConfigMap")
+    return annotations
 
 
 def check_path(value: str) -> str:
@@ -112,6 +130,7 @@ Replicas = Annotated[int, BeforeValidator(strict_int), Field(ge=0, le=HARD_MAX_R
 Percent = Annotated[int, BeforeValidator(strict_int), Field(ge=0, le=100)]
 Name = Annotated[str, AfterValidator(check_dns_label)]
 Labels = Annotated[dict[str, str], AfterValidator(check_labels)]
+Annotations = Annotated[dict[str, str], AfterValidator(check_annotations)]
 Duration = Annotated[str, AfterValidator(check_duration)]
 AbsPath = Annotated[str, AfterValidator(check_path)]
 

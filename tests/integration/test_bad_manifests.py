@@ -35,6 +35,15 @@ ROUTE = [{"service": "backend"}]
 # (id, bad document, field path expected, words of the message expected)
 CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("negative-replicas", svc(replicas=-1), "spec.replicas", "must be >= 0, got -1"),
+    ("nul-in-a-string", svc(env={"MODE": "a\x00b"}), "spec.env.MODE",
+     "contains a NUL character"),
+    ("annotation-key", {**svc(), "metadata": {"name": "web", "annotations": {"no way": "x"}}},
+     "metadata.annotations", "annotation key 'no way' is not valid"),
+    ("annotations-too-big",
+     {**svc(), "metadata": {"name": "web", "annotations": {"blob": "x" * 300_000}}},
+     "metadata.annotations", "more than 262,144; keep large data in a ConfigMap"),
+    ("duration-too-long", svc(healthCheck={"http": {}, "timeout": "1000h"}),
+     "spec.healthCheck.timeout", "'1000h' is longer than 30 days (720h)"),
     ("a-million-replicas", svc(replicas=1_000_000), "spec.replicas",
      "must be <= 100000, got 1000000"),
     ("more-replicas-than-the-server-allows", svc(replicas=10_001), "spec.replicas",
