@@ -13,9 +13,9 @@ from controlplane.api.flotilla.v1 import resources_pb2 as pb
 from controlplane.model import API_VERSION, ApplyAction, EventType, Resource, WatchEvent
 from controlplane.model.durations import parse_duration
 from controlplane.model.specs import SecretSpec, Workload
+from controlplane.model.specs.data import REDACTED
 from controlplane.model.specs.service import HealthCheck
 
-REDACTED = "<redacted>"
 
 ACTIONS = {
     ApplyAction.CREATED: pb.APPLY_ACTION_CREATED,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 
 import grpc
 
@@ -12,7 +13,18 @@ from controlplane.api.flotilla.v1 import resources_pb2_grpc as pb_grpc
 from controlplane.errors import FieldViolation, InvalidManifest, NotFound, UserError
 from controlplane.manifests import check_batch, resolve_kind, to_resources
 from controlplane.manifests.references import View
-from controlplane.model import DEFAULT_NAMESPACE, KINDS, EventType, ObjectKey, Resource, WatchEvent
+from controlplane.model import (
+    DEFAULT_NAMESPACE,
+    KINDS,
+    ApplyAction,
+    ApplyOutcome,
+    EventType,
+    ObjectKey,
+    Resource,
+    WatchEvent,
+)
+from controlplane.model.specs import SecretSpec
+from controlplane.model.specs.data import REDACTED
 from controlplane.model.external import external_name
 from controlplane.model.limits import DEFAULT_MAX_REPLICAS, replicas_of
 from controlplane import convert
@@ -64,10 +76,14 @@ class ResourceServicer(pb_grpc.ResourceServiceServicer):
                 r.key: f"{r.key} ({src})" if src else str(r.key)
                 for r, (_, src) in zip(batch, docs, strict=True)
             }
+            given = {r.key: r for r in batch}
+            batch = with_stored_secrets(batch, self._store.get, labels)
             outcomes = self._store.apply(
                 batch, dry_run=request.dry_run,
                 admit=_admission(labels, self._catalog, self._max_replicas)
             )
+            if request.dry_run:
+                outcomes = [_secret_blind(o, given[o.resource.key]) for o in outcomes]
         except UserError as error:
             abort(context, error)
         return pb.ApplyResponse(
@@ -157,6 +173,48 @@ def watch(
             after = batch[-1].resource_version if len(batch) == WATCH_BATCH else head
         else:
             store.wait(after, WATCH_POLL_SECONDS)
+
+
+def with_stored_secrets(batch: Sequence[Resource], get: Callable[[ObjectKey], Resource | None],
+                       labels: Mapping[ObjectKey, str]) -> list[Resource]:
+    """``batch`` with each Secret value given as ``<redacted>`` (``get -o
+    yaml`` reapplied) replaced by the value stored for its key, the stored
+    version then a precondition; a key the stored Secret lacks is an error."""
+    out: list[Resource] = []
+    problems: list[FieldViolation] = []
+    for resource in batch:
+        spec = resource.spec
+        if not isinstance(spec, SecretSpec) or REDACTED not in spec.data.values():
+            out.append(resource)
+            continue
+        current = get(resource.key)
+        stored = current.typed(SecretSpec).data if current is not None else {}
+        missing = [k for k, v in spec.data.items() if v == REDACTED and k not in stored]
+        problems += [FieldViolation(
+            f"spec.data.{key}", f"is {REDACTED} (as the API shows every value), but "
+            f"{resource.key} {'has no such key' if current else 'does not exist'}; give the "
+            "value (base64, or as stringData)", labels.get(resource.key, str(resource.key)))
+            for key in missing]
+        if missing or current is None:
+            continue
+        data = {k: stored[k] if v == REDACTED else v for k, v in spec.data.items()}
+        out.append(replace(resource, spec=spec.model_copy(update={"data": data}),
+                           resource_version=resource.resource_version
+                           or current.resource_version))
+    if problems:
+        raise InvalidManifest(problems)
+    return out
+
+
+def _secret_blind(outcome: ApplyOutcome, given: Resource) -> ApplyOutcome:
+    """A dry run never says whether a Secret's values match the stored ones:
+    one that gives any value (not ``<redacted>``) of an existing Secret is
+    "configured" whether or not that value is already stored."""
+    spec = given.spec
+    if (outcome.action is ApplyAction.UNCHANGED and isinstance(spec, SecretSpec)
+            and any(v != REDACTED for v in spec.data.values())):
+        return replace(outcome, action=ApplyAction.CONFIGURED)
+    return outcome
 
 
 def _admission(sources: dict[ObjectKey, str], catalog: bool, max_replicas: int

@@ -13,6 +13,9 @@ from controlplane.model.types import DATA_KEY
 
 
 MAX_DATA_BYTES = 1024 * 1024
+#: What the API shows of every Secret value; applied back (``get -o yaml``
+#: edited and reapplied), it keeps the value stored for that key.
+REDACTED = "<redacted>"
 
 
 def _check_keys(data: dict[str, str]) -> dict[str, str]:
@@ -42,7 +45,7 @@ class SecretSpec(Schema):
                                "with TLS at the gateway, which is not supported yet either, and "
                                "nothing else reads the type; use type opaque (tls.crt and "
                                "tls.key then mount as files like any other keys)"}})
-    #: Values base64-encoded.
+    #: Values base64-encoded; ``<redacted>`` keeps the stored value.
     data: DataMap = {}
     #: Values as plain text; merged into data when stored.
     string_data: DataMap | None = None
@@ -50,6 +53,8 @@ class SecretSpec(Schema):
     @model_validator(mode="after")
     def _decode(self) -> SecretSpec:
         for key, value in self.data.items():
+            if value == REDACTED:
+                continue  # the stored value, filled in by the server on apply
             try:
                 base64.b64decode(value, validate=True)
             except (binascii.Error, ValueError):
