@@ -39,6 +39,7 @@ from controlplane.api.flotilla.v1 import resources_pb2 as pb
 from controlplane.api.flotilla.v1 import resources_pb2_grpc as pb_grpc
 from controlplane.model import NODE_NAMESPACE, SERVICE_LABEL
 from controlplane.model.endpoints import SERVING
+from controlplane.model.limits import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES
 from controlplane.manifests.document import spec_of, typed_spec
 from controlplane.model.specs import InstanceSpec, NodeSpec, ServiceSpec, Workload
 
@@ -204,7 +205,9 @@ class Client:
         # Reconnect within a second of the server coming back (gRPC's own
         # backoff grows to two minutes), so heartbeats resume within a TTL.
         self._channel = grpc.insecure_channel(replicas_target(address), options=[
-            ("grpc.initial_reconnect_backoff_ms", 250), ("grpc.max_reconnect_backoff_ms", 1000)])
+            ("grpc.initial_reconnect_backoff_ms", 250), ("grpc.max_reconnect_backoff_ms", 1000),
+            ("grpc.max_send_message_length", MAX_REQUEST_BYTES),
+            ("grpc.max_receive_message_length", MAX_RESPONSE_BYTES)])
         self._stub = pb_grpc.ResourceServiceStub(self._channel)
         self._nodes = nodes_pb2_grpc.NodeServiceStub(self._channel)
         self._proxies = proxies_pb2_grpc.ProxyServiceStub(self._channel)
@@ -440,6 +443,10 @@ class Client:
             # The server cancels calls in flight when it shuts down; nothing
             # was stored, and retrying against a live server is safe.
             return ServerUnavailable(self.address, "the call was cancelled (server shutting down?)")
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "message larger than max" in detail:
+            return errors.InvalidRequest([errors.FieldViolation(
+                "", f"the request is larger than the server takes ({MAX_REQUEST_BYTES >> 20} "
+                "MiB): apply fewer objects at a time")])
         found = errors.user_error(code.name, detail, *_violations(error))
         return found or errors.FlotillaError(f"{code.name}: {detail}")
 

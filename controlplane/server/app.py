@@ -37,7 +37,7 @@ from controlplane.api.flotilla.v1 import (
 )
 from controlplane.errors import UserError
 from controlplane.model.external import external_name
-from controlplane.model.limits import DEFAULT_MAX_REPLICAS
+from controlplane.model.limits import DEFAULT_MAX_REPLICAS, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES
 from controlplane.catalog.consul import ConsulCatalog
 from controlplane.catalog.external import ExternalWatcher
 from controlplane.catalog.registrations import catalog_node
@@ -78,6 +78,8 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+    ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
 )
 #: The grpc health service that is SERVING on the replica that leads only.
 LEADER_SERVICE = "flotilla.v1.Leader"

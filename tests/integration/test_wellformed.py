@@ -1,6 +1,7 @@
 """Requests that are not their method's message (invalid UTF-8, random bytes)
-are INVALID_ARGUMENT naming the message, on unary calls and on streams; and
-a server fed such streams still stops on SIGTERM within its grace."""
+are INVALID_ARGUMENT naming the message, on unary calls and on streams; a
+server fed such streams still stops on SIGTERM within its grace; a request
+past the size bound is refused saying what to do."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
+from controlplane import errors
+from controlplane.model.limits import MAX_REQUEST_BYTES
 from tests.harness import ServerProcess
 
 ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
@@ -76,3 +79,34 @@ def test_sigterm_stops_the_server_within_its_grace_after_random_byte_streams(
     finally:
         for channel in channels:
             channel.close()
+
+
+def test_a_request_past_the_size_bound_is_refused_saying_what_to_do(
+        module_server: ServerProcess) -> None:
+    big = "x" * (1024 * 1024 - 100)  # each ConfigMap just under its own 1 MiB bound
+    docs = [({"apiVersion": "flotilla.dev/v1", "kind": "ConfigMap",
+              "metadata": {"name": f"blob-{i}"}, "spec": {"data": {"blob": big}}}, f"b#{i}")
+            for i in range(MAX_REQUEST_BYTES // len(big) + 1)]
+    with module_server.client() as client:
+        with pytest.raises(errors.InvalidRequest, match="larger than the server takes "
+                           r"\(16 MiB\): apply fewer objects at a time"):
+            client.apply(docs)
+        assert not [d for d in client.list("ConfigMap", "")[0]
+                    if d["metadata"]["name"].startswith("blob-")]
+    # A client without that bound of its own meets the server's.
+    with grpc.insecure_channel(module_server.address, options=[
+            ("grpc.max_send_message_length", -1)]) as channel:
+        with pytest.raises(grpc.RpcError) as caught:
+            raw(channel, "/flotilla.v1.ResourceService/Apply", "unary_unary")(
+                b"\x0a" + _varint(MAX_REQUEST_BYTES + 10) + b"\x00" * (MAX_REQUEST_BYTES + 10),
+                timeout=30)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
