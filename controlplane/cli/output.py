@@ -100,8 +100,8 @@ COLUMNS: dict[str, list[Column]] = {
         ("IDENTITY", lambda d, s: s.identity),
         ("SERIAL", lambda d, s: s.serial[:16]),
         ("EXPIRES", lambda d, s: s.not_after),
-        ("NODE", lambda d, s: s.node),
-        ("INSTANCE", lambda d, s: s.instance or "-"),
+        ("NODE", lambda d, s: s.node or "-"),
+        ("INSTANCE", lambda d, s: s.instance or (f"client {s.client}" if s.client else "-")),
     ],
 }
 

@@ -49,6 +49,8 @@ KEEP_PER_INSTANCE = 2
 #: Label of a Certificate record naming what holds it.
 INSTANCE_LABEL = "flotilla.dev/instance"
 NODE_LABEL = "flotilla.dev/node"
+#: On the records of leaves signed for clients outside the sidecars (proxyless).
+CLIENT_LABEL = "flotilla.dev/client"
 
 
 class Issuer:
@@ -209,16 +211,20 @@ class Issuer:
             check_dns_label(name)
         except ValueError as error:
             raise UserError(f"a client is named like a service: {error}") from None
-        return self._sign(csr_pem, spiffe_id(self.ca.trust_domain, namespace, name))
+        leaf = self._sign(csr_pem, spiffe_id(self.ca.trust_domain, namespace, name))
+        self._record(leaf, "", namespace, name, CLIENT_LABEL)
+        return leaf
 
     def _record(self, leaf: Leaf, node: str, namespace: str, owner: str, label: str) -> None:
-        """Record a leaf held by ``owner`` (an instance, or a node)."""
+        """Record a leaf held by ``owner`` (an instance, a node, or a client)."""
+        prefix = "client-" if label == CLIENT_LABEL else ""
         record = Resource(
-            kind="Certificate", namespace=namespace, name=f"{owner}-{leaf.serial[:12]}",
-            labels={label: owner},
+            kind="Certificate", namespace=namespace,
+            name=f"{prefix}{owner}-{leaf.serial[:12]}", labels={label: owner},
             spec=CertificateSpec(
                 identity=leaf.identity, serial=leaf.serial, node=node,
-                instance=owner if label == INSTANCE_LABEL else None, root=leaf.root,
+                instance=owner if label == INSTANCE_LABEL else None,
+                client=owner if label == CLIENT_LABEL else None, root=leaf.root,
                 not_after=_rfc3339(leaf.not_after)),
         )
         with self._pending_lock:

@@ -217,3 +217,21 @@ def test_a_proxyless_client_keeps_its_certificate_renewed(tmp_path: Path) -> Non
         keeper.terminate()
         keeper.wait(timeout=15)
         server.stop()
+
+
+def test_a_client_certificate_is_recorded_and_listed(server: ServerProcess) -> None:
+    """Every leaf the CA signs shows in `flotilla certs`, those of proxyless
+    clients too (they hold a service's identity)."""
+    _, csr = new_key_and_csr()
+    with server.client() as client:
+        leaf = client.sign_client("default", "probe", csr)
+        record = eventually(lambda: [c for c in client.list("Certificate", "default")[0]
+                                     if c["spec"]["serial"] == leaf.serial], 15,
+                            "the client certificate's record")[0]
+    assert record["spec"]["identity"] == "spiffe://flotilla.local/ns/default/svc/probe"
+    assert record["spec"]["client"] == "probe"
+    assert record["metadata"]["labels"] == {"flotilla.dev/client": "probe"}
+    listed = run_cli("certs", server=server)
+    assert listed.returncode == 0, listed.stderr
+    row = next(line for line in listed.stdout.splitlines() if leaf.serial[:16] in line)
+    assert "spiffe://flotilla.local/ns/default/svc/probe" in row and "client probe" in row

@@ -67,6 +67,8 @@ class CertificateSpec(SystemSchema):
     node: str = ""
     #: The instance holding it; unset for a node's own certificate.
     instance: str | None = None
+    #: The client it was signed for (a proxyless gRPC client, by the name it gave).
+    client: str | None = None
     #: The serial of the root it chains to.
     root: str = ""
     #: RFC 3339, UTC.
