@@ -44,6 +44,7 @@ from controlplane.errors import (
     FieldViolation,
     InvalidRequest,
     NotFound,
+    PermissionDenied,
 )
 from controlplane.model.types import check_dns_label, check_labels
 from controlplane.manifests.references import View
@@ -245,11 +246,18 @@ class RegisteredInstances:
             found = view.get(service)
             if found is None:
                 raise NotFound(_no_service(service))
-            if found.typed(ServiceSpec).external is not None:
+            spec = found.typed(ServiceSpec)
+            if spec.external is not None:
                 raise InvalidRequest([FieldViolation("service", (
                     f"Service {service.namespace}/{service.name} is external: its instances "
                     "come from Consul; register there, or name a Service without "
                     "spec.external"))])
+            if not spec.registration.allows(request.address):
+                ranges = ", ".join(spec.registration.cidrs) or "none"
+                raise PermissionDenied(
+                    f"address {request.address} is not in a range Service {service.namespace}/"
+                    f"{service.name} takes registrations from ({ranges}): whoever applies the "
+                    "Service lists them in spec.registration.cidrs, e.g. ['10.0.0.0/8']")
             current = view.get(batch[0].key)
             if current is not None and not is_registered(current):
                 raise Conflict(f"{batch[0].key} already exists and is run by Flotilla")

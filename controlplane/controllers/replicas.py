@@ -33,8 +33,9 @@ from controlplane.model.specs import GatewaySpec, InstanceSpec, ServiceSpec, Wor
 from controlplane.model.specs.common import PlacementSpec
 from controlplane.model.specs.service import ResourceLimits, UpdateStrategy
 
-#: Spec fields that do not shape an instance.
-NOT_TEMPLATE = ("replicas", "autoscaling", "update", "placement")
+#: Spec fields that do not shape an instance (the ones a Service has
+#: besides its workload: changing them replaces no instance).
+NOT_TEMPLATE = ("replicas", "autoscaling", "update", "placement", "registration")
 
 #: What a Gateway's Envoy is given on its node (millicores, MiB).
 GATEWAY_RESOURCES = ResourceLimits(cpu=100, memory=64)

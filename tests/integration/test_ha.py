@@ -42,7 +42,9 @@ def web(replicas: int) -> dict[str, Any]:
     return {"apiVersion": "flotilla.dev/v1", "kind": "Service", "metadata": {"name": "web"},
             "spec": {"command": [sys.executable, str(WEB)], "port": 8080, "replicas": replicas,
                      "resources": {"cpu": 100, "memory": 64},
-                     "healthCheck": {"http": {"path": "/healthz"}, "interval": "250ms"}}}
+                     "healthCheck": {"http": {"path": "/healthz"}, "interval": "250ms"},
+                     # The test registers instances on loopback too.
+                     "registration": {"cidrs": ["127.0.0.0/8"]}}}
 
 
 def healthy(client: Client) -> list[dict[str, Any]]:

@@ -58,7 +58,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         client = stack.enter_context(server.client())
         client.apply([({"apiVersion": "flotilla.dev/v1", "kind": "Service",
                         "metadata": {"name": SERVICE},
-                        "spec": {"port": 9090, "protocol": "grpc"}}, "lb")])
+                        "spec": {"port": 9090, "protocol": "grpc",
+                                 "registration": {"cidrs": ["127.0.0.0/8"]}}}, "lb")])
         for n in range(BACKENDS):
             port, name = free_port(), f"echo-outside-{n}"
             env = {**os.environ, "PYTHONPATH": str(APPS), "HOST": "127.0.0.1",

@@ -75,7 +75,8 @@ def manifests() -> list[dict[str, Any]]:
     return [
         # No workload: its instances come from registrations.
         {"apiVersion": "flotilla.dev/v1", "kind": "Service", "metadata": {"name": SERVICE},
-         "spec": {"port": 9090, "protocol": "grpc"}},
+         "spec": {"port": 9090, "protocol": "grpc",
+                  "registration": {"cidrs": ["127.0.0.0/8"]}}},
         {"apiVersion": "flotilla.dev/v1", "kind": "Service", "metadata": {"name": CONSUMER},
          "spec": {**process_workload("http_echo"), "port": 8080, "replicas": 1,
                   "env": {"PYTHONPATH": str(APPS), "GRPC_UPSTREAM": f"{SERVICE}:9090"},
@@ -299,6 +300,27 @@ def test_bad_registrations_are_refused_naming_the_field(
         else:
             assert str(raised.value).startswith(f"{field}: ") and message in str(raised.value)
         assert client.list("Instance")[0] == before
+
+
+def test_a_registration_outside_the_services_ranges_is_permission_denied(
+        cluster: Cluster) -> None:
+    """spec.registration.cidrs (127.0.0.0/8 here) bounds where a registration
+    may point the Service's traffic; a Service naming none takes none."""
+    with cluster.server.client() as client:
+        before = client.list("Instance")[0]
+        with pytest.raises(errors.PermissionDenied, match=(
+                r"address 10\.0\.0\.5 is not in a range Service default/payments takes "
+                r"registrations from \(127\.0\.0\.0/8\)")):
+            client.register(SERVICE, "10.0.0.5", 9000, ttl=10.0).close()
+        with pytest.raises(errors.PermissionDenied, match=r"takes registrations from \(none\)"):
+            client.register(CONSUMER, REGISTERED_ADDRESS, 9000, ttl=10.0).close()
+        assert client.list("Instance")[0] == before
+    with grpc.insecure_channel(cluster.server.address) as channel:
+        with pytest.raises(grpc.RpcError) as raised:
+            instances_pb2_grpc.InstanceServiceStub(channel).RegisterInstance(
+                instances_pb2.RegisterInstanceRequest(service=SERVICE, address="169.254.169.254",
+                                                      port=80), timeout=30)
+    assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
 def test_the_api_answers_invalid_argument_and_not_found(cluster: Cluster) -> None:

@@ -24,6 +24,8 @@ _MESH = "tests/integration/test_mesh.py"
 _GATEWAY_PLACEMENT = "tests/integration/test_gateway_replicas.py::test_placement_decides_where_a_gateway_runs"
 _MTLS = "tests/integration/test_mtls.py"
 _EXTERNAL = "tests/integration/test_external_services.py"
+_REGISTRATION_RANGES = ("tests/integration/test_registration.py::"
+                        "test_a_registration_outside_the_services_ranges_is_permission_denied")
 _BUILDER = "tests/unit/test_xds_builder.py"
 _SCHEDULER = "tests/unit/test_scheduler.py"
 _DOCKER_DRIVER = "tests/e2e/test_docker_driver.py"
@@ -118,6 +120,9 @@ EFFECTS: dict[str, str] = {
     "Service.update": "tests/unit/test_replicas.py::test_decide",
     "Service.update.strategy": "tests/unit/test_replicas.py::test_decide",
     "Service.external": f"{_EXTERNAL}::test_a_mesh_service_reaches_a_service_registered_in_consul",
+    # A registration outside spec.registration.cidrs is PERMISSION_DENIED, none without it.
+    "Service.registration": _REGISTRATION_RANGES,
+    "Service.registration.cidrs": _REGISTRATION_RANGES,
     # ledger-verified follows the Consul service "ledger" and is answered by it.
     "Service.external.service": f"{_EXTERNAL}::test_a_ca_verifies_the_instances_certificate",
     # Unit (mesh view): tls forces TLS on endpoints Consul does not mark. In the

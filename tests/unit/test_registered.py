@@ -18,14 +18,15 @@ from controlplane.controllers.registered import (
     check_request,
     format_seconds,
 )
-from controlplane.errors import InvalidRequest, NotFound
+from controlplane.errors import InvalidRequest, NotFound, PermissionDenied
 from controlplane.model import SERVICE_LABEL, ObjectKey, Resource
 from controlplane.model.clock import FakeClock
 from controlplane.model.specs import InstanceSpec
 from controlplane.store import Store
 from controlplane.xds.mesh import Endpoint, mesh_view
 
-PAYMENTS = Resource(kind="Service", name="payments", spec={"port": 9000, "replicas": 0})
+PAYMENTS = Resource(kind="Service", name="payments", spec={
+    "port": 9000, "replicas": 0, "registration": {"cidrs": ["127.0.0.0/8", "10.1.0.0/16"]}})
 
 
 def request(**fields: object) -> RegistrationRequest:
@@ -132,6 +133,35 @@ def test_bad_input_stores_nothing(store: Store, clock: FakeClock) -> None:
     store.apply([Resource(kind="Service", name="ledger", spec={"port": 80, "external": {}})])
     with pytest.raises(InvalidRequest, match="service: Service default/ledger is external"):
         leases.register(request(service="ledger"))
+    assert instances(store) == []
+
+
+@pytest.mark.parametrize("address", ["10.1.255.7", "127.0.0.5", "127.255.0.1"])
+def test_an_address_in_a_range_the_service_allows_registers(
+        store: Store, clock: FakeClock, address: str) -> None:
+    assert registered(store, clock).register(request(address=address)).typed(
+        InstanceSpec).address == address
+
+
+@pytest.mark.parametrize("address", ["10.2.0.1", "192.168.1.10", "::1", "169.254.169.254"])
+def test_an_address_outside_the_services_ranges_is_refused(
+        store: Store, clock: FakeClock, address: str) -> None:
+    with pytest.raises(PermissionDenied) as refused:
+        registered(store, clock).register(request(address=address))
+    assert str(refused.value) == (
+        f"address {address} is not in a range Service default/payments takes registrations "
+        "from (127.0.0.0/8, 10.1.0.0/16): whoever applies the Service lists them in "
+        "spec.registration.cidrs, e.g. ['10.0.0.0/8']")
+    assert instances(store) == []
+
+
+def test_a_service_takes_no_registrations_unless_it_names_ranges(
+        store: Store, clock: FakeClock) -> None:
+    """Nobody may point a Service's traffic at an address its owner did not
+    allow: the host's loopback, the control plane, a metadata service."""
+    store.apply([Resource(kind="Service", name="ledger", spec={"port": 9000})])
+    with pytest.raises(PermissionDenied, match=r"takes registrations from \(none\)"):
+        registered(store, clock).register(request(service="ledger"))
     assert instances(store) == []
 
 

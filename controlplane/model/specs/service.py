@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Literal
 
 from cryptography import x509
@@ -96,6 +97,28 @@ def _check_pem_certificates(value: str) -> str:
     return value
 
 
+def _check_cidr(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=True)
+    except ValueError as error:
+        raise ValueError(f"{value!r} is not an address range: write one like '10.0.0.0/8' or "
+                         f"'2001:db8::/32' ({error})") from None
+    return value
+
+
+Cidr = Annotated[str, AfterValidator(_check_cidr)]
+
+
+class Registration(Schema):
+    #: The address ranges instances registered over the API may serve from;
+    #: empty (the default): none may register.
+    cidrs: list[Cidr] = []
+
+    def allows(self, address: str) -> bool:
+        parsed = ipaddress.ip_address(address)
+        return any(parsed in ipaddress.ip_network(cidr) for cidr in self.cidrs)
+
+
 class ExternalTls(Schema):
     #: The server name sent in the handshake; with ``ca``, also the DNS name
     #: the server's certificate must carry.
@@ -116,7 +139,7 @@ class External(Schema):
 #: Fields that describe a workload Flotilla runs: an external Service has none.
 _WORKLOAD_FIELDS = ("image", "command", "args", "env", "env_from", "resources", "health_check",
                     "restart_policy", "driver", "placement", "upstreams", "update",
-                    "autoscaling", "mounts")
+                    "autoscaling", "mounts", "registration")
 
 
 class UpdateStrategy(Schema):
@@ -221,6 +244,8 @@ class ServiceSpec(WorkloadFields):
         "set spec.replicas (or `flotilla scale`) instead")
     #: Instances registered in Consul by others serve this Service.
     external: External | None = None
+    #: Who may register instances of it over the API (RegisterInstance).
+    registration: Registration = Registration()
 
     @property
     def has_workload(self) -> bool:
