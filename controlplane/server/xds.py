@@ -24,7 +24,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import json_format, timestamp_pb2
 
 from controlplane.api.flotilla.v1 import proxies_pb2, proxies_pb2_grpc
-from controlplane.xds.cache import WAKE, ProxyState, XdsCache
+from controlplane.xds.cache import REPLACED, WAKE, ProxyState, XdsCache
 from controlplane.xds.mesh import ProxyError, proxy_of
 from controlplane.xds.stream import DeltaStream, SotwStream
 
@@ -114,6 +114,10 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
                     continue
                 if message is _END:
                     return
+                if message is REPLACED:
+                    context.abort(grpc.StatusCode.ABORTED,
+                                  f"a newer stream connected as proxy {state.proxy.id}; this "
+                                  "one ends (two proxies must not share an id)")
                 yield state, message
         finally:
             self._cache.disconnect(state)

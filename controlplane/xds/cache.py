@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 from controlplane.xds.builder import Builder
-from controlplane.xds.mesh import MeshView, Proxy
+from controlplane.xds.mesh import PROXYLESS, MeshView, Proxy
 from controlplane.xds.snapshot import Snapshot, check
 from controlplane.xds.stream import Nack, StreamStatus
 
@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 #: Put on a stream's queue when its snapshot changed.
 WAKE = object()
+#: Put on a stream's queue when a newer stream connected for the same proxy
+#: id: the newer one is the proxy now, and this one ends.
+REPLACED = object()
 
 
 @dataclass
@@ -72,9 +75,22 @@ class XdsCache:
         return self._builder.view
 
     def connect(self, proxy: Proxy, protocol: str) -> ProxyState:
+        """A new stream of ``proxy``. One stream per Envoy (a sidecar's or a
+        gateway's id is its instance's): a stream still connected under the
+        same id is replaced (told ``REPLACED``, and gone from ``states``),
+        never listed as a second proxy. Proxyless clients are left alone:
+        every process started from one bootstrap file has its node id."""
         with self._lock:
             state = ProxyState(proxy, protocol)
             self._install(state, self._builder)
+            older = [] if proxy.kind == PROXYLESS else [
+                s for s in self._states if s.proxy.id == proxy.id]
+            for old in older:
+                self._states.remove(old)
+                old.inbox.put(REPLACED)
+                log.warning("proxy %s connected again: its older stream (since %s) ends",
+                            proxy.id, time.strftime("%H:%M:%S",
+                                                    time.localtime(old.connected_since)))
             self._states.append(state)
             return state
 

@@ -19,7 +19,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 from controlplane.api.flotilla.v1 import proxies_pb2, proxies_pb2_grpc
 from controlplane.server.xds import AggregatedDiscoveryServicer, ProxyServicer, status_of
 from controlplane.xds.cache import ProxyState, XdsCache
-from controlplane.xds.mesh import SIDECAR, Endpoint, MeshView, Proxy, ServiceView
+from controlplane.xds.mesh import PROXYLESS, SIDECAR, Endpoint, MeshView, Proxy, ServiceView
 from controlplane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SHORT, TYPES, Snapshot
 from controlplane.xds.stream import StreamStatus
 from tests.harness import eventually
@@ -277,3 +277,28 @@ def test_a_view_installed_while_a_stream_reports_is_not_counted_as_synced() -> N
         # The client cannot hold view 3's db endpoints yet: they are pushed
         # only after this report returns.
         assert reported < 3
+
+
+def test_a_second_stream_with_a_connected_proxys_id_replaces_it(ads: Ads) -> None:
+    """One stream per proxy id: the newer one is the proxy, the older one ends
+    ABORTED saying why, and proxy-status never shows the id twice."""
+    first = ads.connect(WEB)
+    old = ads.synced(first, 1)
+    second = ads.connect(WEB)
+    new = eventually(lambda: next((s for s in ads.cache.states() if s is not old
+                                   and s.proxy.id == WEB.id), None), WAIT, "the new stream")
+    ads.synced(second, 1)
+    eventually(lambda: first.error is not None, WAIT, "the first stream to end")
+    assert first.error is not None and first.error.code() == grpc.StatusCode.ABORTED
+    assert f"a newer stream connected as proxy {WEB.id}" in (first.error.details() or "")
+    assert [s for s in ads.cache.states() if s.proxy.id == WEB.id] == [new]
+    assert [p.id for p in ads.list_proxies()].count(WEB.id) == 1
+    assert second.error is None
+
+
+def test_proxyless_clients_from_one_bootstrap_share_its_id_and_both_stay(ads: Ads) -> None:
+    client = Proxy(id="web~3f2a9c1d", kind=PROXYLESS, namespace="default", name="web")
+    first, second = ads.connect(client), ads.connect(client)
+    eventually(lambda: len([s for s in ads.cache.states() if s.proxy.id == client.id]) == 2,
+               WAIT, "both processes' streams")
+    assert first.error is None and second.error is None
