@@ -324,4 +324,8 @@ def _intention_rules(
 
 
 def _qualify(pattern: str, namespace: str) -> str:
+    """A service pattern of an intention in ``namespace`` as ``ns/name``: ``*``
+    alone is every namespace's every service (as intentions read it)."""
+    if pattern == "*":
+        return "*/*"
     return pattern if "/" in pattern else f"{namespace}/{pattern}"
