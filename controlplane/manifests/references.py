@@ -47,6 +47,15 @@ def placement_names(placement: PlacementSpec) -> list[tuple[str, list[str]]]:
             ("preferredAntiAffinity", placement.preferred_anti_affinity)]
 
 
+def may_name_gateway(ref: Reference) -> bool:
+    """Whether a reference recorded to a Service may mean a Gateway of that
+    name: the scheduler counts a gateway's instances under its name, so
+    placement may name one, and a gateway calls services under its name, so
+    an intention's source may."""
+    return ref.path.startswith("spec.placement.") or (
+        ref.path == "spec.source" and ref.source.kind == "Intention")
+
+
 def references(resource: Resource) -> list[Reference]:
     spec, ns, out = resource.spec, resource.namespace, []
 
@@ -109,11 +118,8 @@ def check_batch(
         source = sources.get(resource.key) or str(resource.key)
         for ref in references(resource):
             target = lookup(ref.target)
-            # A gateway calls services under its own name: it may be a source;
-            # the scheduler counts its instances under it: placement may name it.
             placed = ref.path.startswith("spec.placement.")
-            if target is None and (placed or (
-                    ref.path == "spec.source" and resource.kind == "Intention")):
+            if target is None and may_name_gateway(ref):
                 target = lookup(ObjectKey("Gateway", ref.target.namespace, ref.target.name))
             if target is None:
                 out.append(FieldViolation(

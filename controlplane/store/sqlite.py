@@ -39,12 +39,13 @@ from controlplane.errors import (
     TemporaryError,
 )
 from controlplane.manifests import references
-from controlplane.manifests.references import View
+from controlplane.manifests.references import View, may_name_gateway
 from controlplane.model import (
     ApplyAction,
     ApplyOutcome,
     EventType,
     ObjectKey,
+    Reference,
     Resource,
     WatchEvent,
 )
@@ -450,20 +451,34 @@ class Store:
                 raise NotFound(f"{key} not found")
             found.append(current)
         for resource in found:
-            for src_kind, src_ns, src_name, path in self._db.execute(
-                "SELECT src_kind, src_namespace, src_name, path FROM refs "
-                "WHERE dst_kind=? AND dst_namespace=? AND dst_name=?",
-                _key_tuple(resource.key),
-            ):
-                source = ObjectKey(src_kind, src_ns, src_name)
-                if source not in doomed:
+            for ref in self._referrers(resource.key, doomed):
+                if ref.source not in doomed:
                     raise FailedPrecondition(
-                        f"{resource.key} is still referenced by {source} ({path}); "
-                        f"change or delete {source} first, or delete both together"
+                        f"{resource.key} is still referenced by {ref.source} ({ref.path}); "
+                        f"change or delete {ref.source} first, or delete both together"
                     )
         for resource in found:
             self._rv += 1
             self._remove(resource, self._encode(resource))
+        return found
+
+    def _referrers(self, key: ObjectKey, doomed: set[ObjectKey]) -> builtins.list[Reference]:
+        """The references to ``key``; for a Gateway also those recorded to a
+        Service of its name that may mean it (placement, an intention's
+        source) while no such Service stays to answer them."""
+        targets = [key]
+        alias = ObjectKey("Service", key.namespace, key.name)
+        if key.kind == "Gateway" and (alias in doomed or self._get(alias) is None):
+            targets.append(alias)
+        found = []
+        for target in targets:
+            for src_kind, src_ns, src_name, path in self._db.execute(
+                "SELECT src_kind, src_namespace, src_name, path FROM refs "
+                "WHERE dst_kind=? AND dst_namespace=? AND dst_name=?", _key_tuple(target),
+            ):
+                ref = Reference(ObjectKey(src_kind, src_ns, src_name), path, target)
+                if target == key or may_name_gateway(ref):
+                    found.append(ref)
         return found
 
     def _put(self, stored: Resource, event: EventType, body: str | None = None) -> None:

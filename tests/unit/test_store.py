@@ -93,6 +93,29 @@ def test_delete_is_refused_while_referenced(store: Store) -> None:
     assert store.list() == []
 
 
+def test_a_gateway_named_in_placement_or_as_a_source_is_kept_while_named(
+        store: Store) -> None:
+    """Placement and an intention's source may name a Gateway (recorded as a
+    Service of its name): deleting the gateway is refused while they do,
+    unless a Service of that name stays to answer them."""
+    edge = make("Gateway", "edge", listeners=[{"name": "web", "port": 8000,
+                                               "routes": [{"service": "api"}]}])
+    store.apply([make("Service", "api", image="x"), edge,
+                 make("Service", "cache", image="c", placement={"affinity": ["edge"]}),
+                 make("Intention", "from-edge", source="edge", destination="api",
+                      action="allow")], admit=admit)
+    gateway = ObjectKey("Gateway", "default", "edge")
+    with pytest.raises(FailedPrecondition) as refused:
+        store.delete([gateway])
+    assert "Gateway default/edge is still referenced by" in str(refused.value)
+    store.delete([ObjectKey("Intention", "default", "from-edge")])
+    with pytest.raises(FailedPrecondition, match=r"Service default/cache \(spec.placement"):
+        store.delete([gateway])
+    # A Service of the gateway's name answers the placement rule on its own.
+    store.apply([make("Service", "edge", image="e")], admit=admit)
+    assert [r.name for r in store.delete([gateway])] == ["edge"]
+
+
 def test_events_replay_in_order_with_filters(store: Store) -> None:
     store.apply([make("ConfigMap", "a"), make("Service", "s", image="x")])
     store.apply([make("ConfigMap", "a", data={"x": "y"})])
