@@ -81,13 +81,13 @@ def _refuse(loader: _Loader, node: Node) -> Any:
                            f"manifest: {_REFUSED_TAGS[node.tag]}", node.start_mark)
 
 
-for _tag in _REFUSED_TAGS:
-    _Loader.add_constructor(_tag, _refuse)
 def _as_written(loader: _Loader, node: Node) -> Any:
     """Dates and times stay the text they are written as."""
     return node.value
 
 
+for _tag in _REFUSED_TAGS:
+    _Loader.add_constructor(_tag, _refuse)
 _Loader.add_constructor(_TIMESTAMP, _as_written)
 
 
