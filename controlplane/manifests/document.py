@@ -41,12 +41,9 @@ def spec_json(doc: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def spec_of(doc: Mapping[str, Any]) -> Schema:
-    """A document's spec as its kind's model. The server redacts a Secret's
-    values: its keys are kept, with empty values."""
-    spec = spec_json(doc)
-    if doc["kind"] == "Secret":
-        spec["data"] = dict.fromkeys(spec.get("data") or {}, "")
-    return decode_spec(doc["kind"], spec)
+    """A document's spec as its kind's model (a Secret's values are
+    ``<redacted>``, as the server sends them and the schema takes them)."""
+    return decode_spec(doc["kind"], spec_json(doc))
 
 
 def typed_spec(doc: Mapping[str, Any], spec_type: type[S]) -> S:
