@@ -162,6 +162,11 @@ def _summaries(name: str, part: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _certificate_order(doc: dict[str, Any]) -> tuple[str, str]:
+    spec = typed_spec(doc, CertificateSpec)  # sort calls a key once per item
+    return spec.identity, spec.not_after
+
+
 @cli.command()
 @click.option("-n", "--namespace", default=None, help="Only this namespace [default: all].")
 @OUTPUT
@@ -170,8 +175,7 @@ def certs(ctx: click.Context, namespace: str | None, output: str) -> None:
     """The service certificates the mesh CA issued: identity, serial, expiry,
     node and instance (private keys never leave their nodes)."""
     found, _ = client_of(ctx).list("Certificate", namespace or "")
-    specs = {id(d): typed_spec(d, CertificateSpec) for d in found}
-    found.sort(key=lambda d: (specs[id(d)].identity, specs[id(d)].not_after))
+    found.sort(key=_certificate_order)
     if not found and output == "table":
         out.print("No certificates issued.")
         return
