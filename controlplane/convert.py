@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from controlplane.api.flotilla.v1 import agent_pb2
 from controlplane.api.flotilla.v1 import resources_pb2 as pb
 from controlplane.model import API_VERSION, ApplyAction, EventType, Resource, WatchEvent
-from controlplane.model.durations import parse_duration
+from controlplane.model.durations import duration_message
 from controlplane.model.specs import SecretSpec, Workload
 from controlplane.model.specs.data import REDACTED
 from controlplane.model.specs.service import HealthCheck
@@ -46,8 +46,8 @@ def workload_to_pb(workload: Workload, namespace: str) -> agent_pb2.Workload:
 
 def _health_check_to_pb(check: HealthCheck) -> agent_pb2.HealthCheck:
     out = agent_pb2.HealthCheck(
-        interval=_duration_pb(check.interval), timeout=_duration_pb(check.timeout),
-        initial_delay=_duration_pb(check.initial_delay),
+        interval=duration_message(check.interval), timeout=duration_message(check.timeout),
+        initial_delay=duration_message(check.initial_delay),
         failure_threshold=check.failure_threshold)
     if check.http is not None:
         out.http.CopyFrom(agent_pb2.HttpProbe(path=check.http.path, port=check.http.port or 0))
@@ -56,12 +56,6 @@ def _health_check_to_pb(check: HealthCheck) -> agent_pb2.HealthCheck:
     elif check.grpc is not None:
         out.grpc.CopyFrom(agent_pb2.GrpcProbe(service=check.grpc.service,
                                               port=check.grpc.port or 0))
-    return out
-
-
-def _duration_pb(text: str) -> duration_pb2.Duration:
-    out = duration_pb2.Duration()
-    out.FromNanoseconds(round(parse_duration(text) * 1e9))
     return out
 
 

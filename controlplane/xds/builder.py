@@ -67,7 +67,7 @@ from envoy.type.v3 import hash_policy_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
-from controlplane.model.durations import parse_duration
+from controlplane.model.durations import duration_message
 from controlplane.model import spiffe_id
 from controlplane.model.specs.gateway import GatewayRoute
 from controlplane.xds import rbac
@@ -111,11 +111,6 @@ def _any(message: Message) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed
-
-
-def _duration(text: str) -> duration_pb2.Duration:
-    seconds, nanos = divmod(round(parse_duration(text) * 1e9), 1_000_000_000)
-    return duration_pb2.Duration(seconds=int(seconds), nanos=int(nanos))
 
 
 def _socket(address: str, port: int) -> address_pb2.Address:
@@ -421,7 +416,7 @@ class Builder:
             name=name, type=cluster_pb2.Cluster.EDS,
             eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=_ADS,
                                                                     service_name=name),
-            connect_timeout=_duration(policy.connect_timeout),
+            connect_timeout=duration_message(policy.connect_timeout),
             lb_policy=_LB[_algorithm(service)],
         )
         if service.protocol == "grpc":
@@ -457,8 +452,8 @@ class Builder:
         if outlier is not None:
             cluster.outlier_detection.CopyFrom(outlier_detection_pb2.OutlierDetection(
                 consecutive_5xx=wrappers_pb2.UInt32Value(value=outlier.consecutive_5xx),
-                interval=_duration(outlier.interval),
-                base_ejection_time=_duration(outlier.base_ejection_time),
+                interval=duration_message(outlier.interval),
+                base_ejection_time=duration_message(outlier.base_ejection_time),
                 max_ejection_percent=wrappers_pb2.UInt32Value(value=outlier.max_ejection_percent),
             ))
         return cluster
@@ -518,18 +513,18 @@ class Builder:
             cluster=cluster,
             # Like a mesh should: no deadline unless the policy sets one (gRPC
             # streams and long polls would break at Envoy's 15 s default).
-            timeout=(_duration(policy.request_timeout) if policy.request_timeout
+            timeout=(duration_message(policy.request_timeout) if policy.request_timeout
                      else duration_pb2.Duration()),
         )
         if policy.idle_timeout:
-            action.idle_timeout.CopyFrom(_duration(policy.idle_timeout))
+            action.idle_timeout.CopyFrom(duration_message(policy.idle_timeout))
         retries = policy.effective_retries
         retry = rc_pb2.RetryPolicy(
             retry_on=",".join(retries.conditions),
             num_retries=wrappers_pb2.UInt32Value(value=retries.attempts),
         )
         if retries.per_try_timeout:
-            retry.per_try_timeout.CopyFrom(_duration(retries.per_try_timeout))
+            retry.per_try_timeout.CopyFrom(duration_message(retries.per_try_timeout))
         action.retry_policy.CopyFrom(retry)
         hash_on = policy.load_balancer.hash_on
         if hash_on is not None and hash_on.header:
